@@ -1,0 +1,1 @@
+"""FlexBERT model: blocks registered by YAML name (see `flexbert.model.registries`)."""

@@ -1,0 +1,84 @@
+"""The one attention module. Variants are settings, kernels are a registry.
+
+The schema's `attention_layer` names parse into two orthogonal settings (`AttentionSpec`):
+- `rope`:        rotate queries and keys with RoPE (else no positional signal here);
+- `fused_input`: Wqkv is part of the layer's fused `Wqkvff` projection (parallel layers).
+Whether a layer is global or local (sliding window) and its RoPE theta come from the layer index
+(`FlexBertConfig.is_global_layer`, `rope_theta`). The kernel (flash-attn varlen, SDPA, pure-PyTorch sliding
+window, ...) is looked up in `attention_kernels` once per call from the config's `attn_kernel`, the device and
+the window, so the same weights run anywhere.
+
+Parameters: `Wqkv` [3H, H] laid out [Q | K | V], each head-major; `Wo` [H, H].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from flexbert.model.attention_kernels import PackedIndex, select_kernel
+from flexbert.model.packed import PackedSequences
+from flexbert.model.registries import ATTENTION
+from flexbert.model.rotary import apply_rope, rope_tables, xpos_scale
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    rope: bool
+    fused_input: bool
+
+
+ATTENTION.add("base", AttentionSpec(rope=False, fused_input=False), "softmax attention, no positional signal")
+ATTENTION.add("rope", AttentionSpec(rope=True, fused_input=False), "attention with rotary positions (ModernBERT)")
+ATTENTION.add("parallel", AttentionSpec(rope=False, fused_input=True), "attention fed by the parallel layer's fused projection")
+ATTENTION.add("rope_parallel", AttentionSpec(rope=True, fused_input=True), "rotary attention fed by the fused projection")
+
+
+class FlexBertAttention(nn.Module):
+    def __init__(self, config, layer_id: int, attention_layer: str):
+        super().__init__()
+        self.spec: AttentionSpec = ATTENTION.get(attention_layer)
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.window = None if config.is_global_layer(layer_id) else config.local_window
+        self.rope_theta = config.rope_theta(layer_id)
+        self.rope_dim = config.rope_dim(layer_id)
+        self.rope_interleaved = config.rotary_emb_interleaved
+        self.rope_scale_base = config.rotary_emb_scale_base
+        self.kernel_name = config.attn_kernel
+        self.probs_dropout = config.attention_probs_dropout_prob
+        self.deterministic = config.deterministic_fa2
+        if not self.spec.fused_input:
+            self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attn_qkv_bias)
+        self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attn_out_bias)
+        self.out_drop = nn.Dropout(config.attn_out_dropout_prob) if config.attn_out_dropout_prob > 0 else nn.Identity()
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor, packed: PackedSequences) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("rope", self.rope_dim, self.rope_theta, q.dtype)
+        cos, sin = packed.cached(key, lambda: rope_tables(packed.position_ids, self.rope_dim, self.rope_theta, q.dtype))
+        if self.rope_scale_base is None:
+            return apply_rope(q, cos, sin, self.rope_interleaved), apply_rope(k, cos, sin, self.rope_interleaved)
+        scale = packed.cached(
+            ("xpos", self.rope_dim, self.rope_scale_base, q.dtype),
+            lambda: xpos_scale(packed.position_ids, self.rope_dim, self.rope_scale_base, q.dtype),
+        )
+        return (
+            apply_rope(q, cos, sin, self.rope_interleaved, scale),
+            apply_rope(k, cos, sin, self.rope_interleaved, 1.0 / scale),
+        )
+
+    def forward(self, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+        """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection."""
+        qkv = x if self.spec.fused_input else self.Wqkv(x)
+        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(dim=1)  # (T, heads, head_dim) each
+        if self.spec.rope:
+            q, k = self._rotate(q, k, packed)
+        dropout_p = self.probs_dropout if self.training else 0.0
+        kernel = select_kernel(
+            self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic
+        )
+        index = packed.cached("attn_index", lambda: PackedIndex.from_cu_seqlens(packed.cu_seqlens, packed.max_seqlen))
+        out = kernel(q, k, v, packed.cu_seqlens, packed.max_seqlen, self.window, dropout_p, index=index)  # (T, heads, head_dim)
+        return self.out_drop(self.Wo(out.reshape(out.shape[0], -1)))

@@ -1,0 +1,71 @@
+"""MLM losses (`loss_function`, `loss_kwargs`).
+
+`cross_entropy`: mean token cross entropy over labels != ignore_index, with optional label smoothing and
+z-loss (`lse_square_scale` * mean(logsumexp^2), which keeps logits from drifting).
+`fa_cross_entropy`: the same loss through flash-attn's fused Triton kernel when installed and on CUDA,
+else computed here -- so a config never depends on the machine.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flexbert.model.registries import LOSSES
+from flexbert.registry import closest
+
+LOSS_KWARGS = ("ignore_index", "label_smoothing", "lse_square_scale", "reduction", "inplace_backward")
+
+
+class CrossEntropyLoss(nn.Module):
+    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, lse_square_scale: float = 0.0,
+                 reduction: str = "mean", inplace_backward: bool = False):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_kwargs.reduction: '{reduction}' is not one of mean, sum")
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.lse_square_scale = lse_square_scale
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits (N, V), labels (N,) -> scalar."""
+        logits = logits.float()
+        loss = F.cross_entropy(
+            logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction=self.reduction
+        )
+        if self.lse_square_scale:
+            keep = labels != self.ignore_index
+            lse_sq = torch.logsumexp(logits[keep], dim=-1).pow(2)
+            loss = loss + self.lse_square_scale * (lse_sq.mean() if self.reduction == "mean" else lse_sq.sum())
+        return loss
+
+
+class FlashCrossEntropyLoss(CrossEntropyLoss):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if logits.is_cuda:
+            try:
+                from flash_attn.losses.cross_entropy import CrossEntropyLoss as FlashCE  # type: ignore
+            except Exception:
+                FlashCE = None
+            if FlashCE is not None:
+                fused = FlashCE(
+                    ignore_index=self.ignore_index,
+                    label_smoothing=self.label_smoothing,
+                    lse_square_scale=self.lse_square_scale,
+                    reduction=self.reduction,
+                )
+                return fused(logits, labels)
+        return super().forward(logits, labels)
+
+
+LOSSES.add("cross_entropy", CrossEntropyLoss, "PyTorch cross entropy with optional z-loss and label smoothing")
+LOSSES.add("fa_cross_entropy", FlashCrossEntropyLoss, "flash-attn's fused cross entropy on CUDA when installed, else the same loss")
+
+
+def build_loss(config) -> nn.Module:
+    for key in config.loss_kwargs:
+        if key not in LOSS_KWARGS:
+            raise ValueError(f"model_config.loss_kwargs: unknown key `{key}`{closest(key, LOSS_KWARGS)}; valid: {', '.join(LOSS_KWARGS)}")
+    return LOSSES.get(config.loss_function)(**config.loss_kwargs)

@@ -1,0 +1,58 @@
+"""MLP blocks (`mlp_layer`). Parameter names match released checkpoints: `Wi` (input), `Wo` (output).
+
+- `mlp`:  Wo(drop(act(Wi x)))                                  Wi: H -> I
+- `glu`:  Wo(drop(act(a) * g)), (a, g) = Wi x split in halves   Wi: H -> 2I (ModernBERT's GeGLU)
+- `parallel_glu`: the GLU of a parallel layer; its input projection is part of the layer's fused `Wqkvff`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from flexbert.model.activations import build_activation
+from flexbert.model.registries import MLPS
+
+
+class _MLPBase(nn.Module):
+    fused_input = False  # True: the layer computes Wi as part of a fused projection and passes its output
+    gated = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.act = build_activation(config.hidden_act)
+        self.drop = nn.Dropout(config.mlp_dropout_prob) if config.mlp_dropout_prob > 0 else nn.Identity()
+        self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
+
+    def activate(self, projected: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            inp, gate = projected.chunk(2, dim=-1)
+            return self.act(inp) * gate
+        return self.act(projected)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(T, H) -> (T, H); for fused-input MLPs, x is the (T, 2I) slice of the fused projection."""
+        projected = x if self.fused_input else self.Wi(x)
+        return self.Wo(self.drop(self.activate(projected)))
+
+
+@MLPS.register("mlp", "Linear -> activation -> Linear (BERT)")
+class MLP(_MLPBase):
+    def __init__(self, config):
+        super().__init__(config)
+        self.Wi = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_in_bias)
+
+
+@MLPS.register("glu", "gated linear unit: Wi -> (input, gate), act(input) * gate -> Wo (ModernBERT's GeGLU)")
+class GLU(_MLPBase):
+    gated = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_in_bias)
+
+
+@MLPS.register("parallel_glu", "GLU whose input projection is fused with attention's Wqkv (parallel_prenorm)")
+class ParallelGLU(_MLPBase):
+    gated = True
+    fused_input = True

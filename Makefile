@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# Cache bytecode: with PYTHONDONTWRITEBYTECODE every process recompiles torch and transformers (~8 s each).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: demo test venv clean-demo
 
 venv: $(STAMP)

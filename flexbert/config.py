@@ -118,7 +118,12 @@ LEGACY_KEYS = {
 }
 
 # Keys that transformers' own PretrainedConfig machinery reads and writes (checkpoint configs carry them).
-_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "_attn_implementation_autoset"}
+_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "torch_dtype", "attn_implementation", "cls_token_id"}
+
+
+def _is_hf_key(key: str) -> bool:
+    # transformers passes private bookkeeping keys (`_commit_hash`, `_name_or_path`, ...) through from_pretrained
+    return key in _HF_BASE_KEYS or key.startswith("_")
 
 _CHOICES = {
     "padding": ("unpadded", "padded"),
@@ -141,7 +146,7 @@ class FlexBertConfig(PretrainedConfig):
 
     def __init__(self, **kwargs: Any):
         given = dict(kwargs)
-        unknown = [k for k in given if k not in MODEL_CONFIG_DEFAULTS and k not in LEGACY_KEYS and k not in _HF_BASE_KEYS]
+        unknown = [k for k in given if k not in MODEL_CONFIG_DEFAULTS and k not in LEGACY_KEYS and not _is_hf_key(k)]
         if unknown:
             key = unknown[0]
             raise FlexBertConfigError(
@@ -155,7 +160,7 @@ class FlexBertConfig(PretrainedConfig):
                 del value
         values = {k: copy.deepcopy(v) for k, v in MODEL_CONFIG_DEFAULTS.items()}
         values.update({k: v for k, v in given.items() if k in MODEL_CONFIG_DEFAULTS})
-        hf_kwargs = {k: v for k, v in given.items() if k in _HF_BASE_KEYS and k not in ("model_type",)}
+        hf_kwargs = {k: v for k, v in given.items() if _is_hf_key(k) and k != "model_type"}
         for key in ("pad_token_id", "tie_word_embeddings"):
             hf_kwargs[key] = values.pop(key)
         super().__init__(**hf_kwargs)
@@ -294,6 +299,11 @@ class FlexBertConfig(PretrainedConfig):
             self._fail("norm_kwargs", f"accepts only `eps` and `bias`, got {bad}")
         if not isinstance(self.loss_kwargs, dict):
             self._fail("loss_kwargs", f"must be a mapping, got {self.loss_kwargs!r}")
+        from flexbert.model.loss import LOSS_KWARGS
+
+        for key in self.loss_kwargs:
+            if key not in LOSS_KWARGS:
+                self._fail("loss_kwargs", f"unknown key `{key}`{closest(key, LOSS_KWARGS)}; valid: {', '.join(LOSS_KWARGS)}")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             self._fail("pad_token_id", f"{self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if not isinstance(self.num_initial_layers, int) or self.num_initial_layers < 0:

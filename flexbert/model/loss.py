@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flexbert.model.registries import LOSSES
-from flexbert.registry import closest
 
 LOSS_KWARGS = ("ignore_index", "label_smoothing", "lse_square_scale", "reduction", "inplace_backward")
 
@@ -65,7 +64,5 @@ LOSSES.add("fa_cross_entropy", FlashCrossEntropyLoss, "flash-attn's fused cross 
 
 
 def build_loss(config) -> nn.Module:
-    for key in config.loss_kwargs:
-        if key not in LOSS_KWARGS:
-            raise ValueError(f"model_config.loss_kwargs: unknown key `{key}`{closest(key, LOSS_KWARGS)}; valid: {', '.join(LOSS_KWARGS)}")
+    """The config validated `loss_kwargs` against LOSS_KWARGS."""
     return LOSSES.get(config.loss_function)(**config.loss_kwargs)

@@ -1,0 +1,292 @@
+"""Shared helpers for the corpus-preparation tools in `data_prep/`.
+
+Inside:
+- `DataError` (an input problem, reported as `file:line: message`) and `run_main` (turns it into one
+  line on stderr and exit code 2 instead of a traceback wall);
+- `atomic_output_dir`: build an output folder under a temporary sibling name and rename it into place
+  only when everything succeeded, so an interrupted run never leaves a folder that looks complete;
+- `expand_inputs` / `iter_documents`: the document readers shared by `train_tokenizer.py` and
+  `tokenize_to_mds.py` (.txt, .jsonl, .parquet, folders, globs);
+- `progress`, `folder_size`, `human_bytes`: progress bar and summary formatting.
+
+Input formats (one rule for every tool):
+- `.jsonl`: one JSON object per line; the document is the string in `--text-field`. Blank lines are ignored.
+- `.txt`: `--txt-doc line` (default) makes each line one document (blank lines are empty documents);
+  `--txt-doc file` makes the whole file one document.
+- `.parquet`: one document per row, from the `--text-field` column.
+Records are numbered from 1 (`file:line` for text formats, `file:row` for parquet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+
+SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+class DataError(Exception):
+    """A problem with the user's input or arguments; `str()` is the full one-line message."""
+
+    def __init__(self, message: str, path: Optional[os.PathLike] = None, line: Optional[int] = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+        self.path = None if path is None else str(path)
+        self.line = line
+
+
+def run_main(body: Callable[[], int], prog: str) -> int:
+    """Run a tool's body; input errors become one stderr line and exit code 2, Ctrl-C exit code 130.
+
+    Anything else is a bug in the tool and keeps its traceback.
+    """
+    try:
+        return body()
+    except DataError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic output folder
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber an existing non-empty folder (or any file) unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output path exists and is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary sibling `OUT.tmp-<pid>`; on success it is renamed to `OUT`.
+
+    On any exception (including KeyboardInterrupt) the temporary folder is removed and `OUT` is left
+    untouched. A run killed with SIGKILL leaves only the `.tmp-<pid>` folder, which no reader mistakes
+    for a finished output.
+    """
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():  # left by an earlier process that had our pid; it cannot still be running
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # Move the old folder aside first so there is never a moment with a half-replaced OUT.
+    old = None
+    if out.exists():
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers
+
+
+def expand_inputs(args: Sequence[str]) -> List[Path]:
+    """Turn files, folders (searched recursively) and glob patterns into a list of input files.
+
+    Folder and glob contents are sorted so the document order (and so every output) is reproducible.
+    """
+    files: List[Path] = []
+
+    def from_folder(folder: Path) -> List[Path]:
+        return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
+
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = from_folder(path)
+            if not found:
+                raise DataError(f"folder has no {'/'.join(SUPPORTED_SUFFIXES)} files", path)
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix not in SUPPORTED_SUFFIXES:
+                raise DataError(f"unsupported file type '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}", path)
+            files.append(path)
+        elif glob.has_magic(arg):
+            found = []
+            for match in sorted(glob.glob(arg, recursive=True)):
+                match_path = Path(match)
+                if match_path.is_dir():
+                    found.extend(from_folder(match_path))
+                elif match_path.suffix in SUPPORTED_SUFFIXES:
+                    found.append(match_path)
+            if not found:
+                raise DataError(f"glob '{arg}' matches no {'/'.join(SUPPORTED_SUFFIXES)} files")
+            files.extend(found)
+        else:
+            raise DataError("input not found (not a file, folder or glob that matches)", path)
+    return files
+
+
+@dataclass
+class Document:
+    text: str
+    path: Path
+    line: int  # 1-based line (text formats) or row (parquet)
+
+
+@dataclass
+class BadRecords:
+    """Collects record-level errors when `skip` is set, otherwise raises the first one."""
+
+    skip: bool = False
+    count: int = 0
+    examples: List[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def report(self, err: DataError) -> None:
+        if not self.skip:
+            raise err
+        self.count += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(str(err))
+
+    def print_examples(self, prog: str) -> None:
+        for example in self.examples:
+            print(f"{prog}: skipped bad record: {example}", file=sys.stderr)
+        if self.count > len(self.examples):
+            print(f"{prog}: ... and {self.count - len(self.examples)} more bad records", file=sys.stderr)
+
+
+def _iter_jsonl(path: Path, text_field: str, bad: BadRecords) -> Iterator[Document]:
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.report(DataError(f"invalid UTF-8 at byte {err.start} of the line", path, line_no))
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                bad.report(DataError(f"invalid JSON ({err.msg} at column {err.colno})", path, line_no))
+                continue
+            if not isinstance(record, dict):
+                bad.report(DataError(f"expected a JSON object, got {type(record).__name__}", path, line_no))
+                continue
+            if text_field not in record:
+                keys = ", ".join(sorted(record)[:8])
+                bad.report(DataError(f"missing field '{text_field}' (keys: {keys}); set --text-field", path, line_no))
+                continue
+            text = record[text_field]
+            if not isinstance(text, str):
+                bad.report(DataError(f"field '{text_field}' is {type(text).__name__}, expected a string", path, line_no))
+                continue
+            yield Document(text, path, line_no)
+
+
+def _iter_txt(path: Path, txt_doc: str, bad: BadRecords) -> Iterator[Document]:
+    if txt_doc == "file":
+        data = path.read_bytes()
+        try:
+            yield Document(data.decode("utf-8"), path, 1)
+        except UnicodeDecodeError as err:
+            line_no = data[: err.start].count(b"\n") + 1
+            bad.report(DataError("invalid UTF-8", path, line_no))
+        return
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.report(DataError(f"invalid UTF-8 at byte {err.start} of the line", path, line_no))
+                continue
+            yield Document(text.rstrip("\r\n"), path, line_no)
+
+
+def _iter_parquet(path: Path, text_field: str, bad: BadRecords) -> Iterator[Document]:
+    import pyarrow.parquet as pq  # imported here: only parquet inputs pay for it
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"cannot read parquet file ({err})", path) from None
+    names = parquet.schema_arrow.names
+    if text_field not in names:
+        raise DataError(f"no column '{text_field}' (columns: {', '.join(names)}); set --text-field", path)
+    row = 0
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if not isinstance(value, str):
+                kind = "null" if value is None else type(value).__name__
+                bad.report(DataError(f"column '{text_field}' is {kind}, expected a string", path, row))
+                continue
+            yield Document(value, path, row)
+
+
+def iter_documents(
+    files: Iterable[Path], text_field: str = "text", txt_doc: str = "line", bad: Optional[BadRecords] = None
+) -> Iterator[Document]:
+    """Yield every document of every file in order; record errors go to `bad` (raise by default)."""
+    bad = bad if bad is not None else BadRecords()
+    for path in files:
+        if path.suffix == ".jsonl":
+            yield from _iter_jsonl(path, text_field, bad)
+        elif path.suffix == ".txt":
+            yield from _iter_txt(path, txt_doc, bad)
+        elif path.suffix == ".parquet":
+            yield from _iter_parquet(path, text_field, bad)
+        else:
+            raise DataError(f"unsupported file type '{path.suffix}'", path)
+
+
+def add_input_arguments(parser) -> None:
+    """The input options shared by the tools that read documents."""
+    parser.add_argument("--text-field", default="text", help="JSONL field / parquet column holding the text [text]")
+    parser.add_argument(
+        "--txt-doc",
+        choices=("line", "file"),
+        default="line",
+        help=".txt inputs: one document per line, or the whole file as one document [line]",
+    )
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress and summaries
+
+
+def progress(desc: str, unit: str, quiet: bool = False, total: Optional[int] = None):
+    """A tqdm bar on stderr (nothing when `quiet`)."""
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, total=total, disable=quiet, mininterval=0.5, dynamic_ncols=True, unit_scale=True)
+
+
+def folder_size(path: os.PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"

@@ -1,0 +1,455 @@
+"""The resumable packed MLM loader, its typed config, its Composer DataSpec and checkpoint callback.
+
+Spec: issue 3 (second half), recipe section 7, schema `train_loader` / `eval_loader`.
+
+`PackedLoader` is an iterable of device batches (see packing.py for the format): documents in
+`EpochOrder` -> `BestFitPacker` rows -> MLM masking per row -> R rows per step (R from `BatchSizeWarmup`).
+- Training loaders are endless: epochs roll over inside (each reshuffled, rows never span epochs), so
+  Composer durations must be in `tok`/`ba`/`sp`. Eval loaders make one deterministic pass per iter().
+- State (`state_dict()`) is taken right after the last batch handed to the consumer, never what the
+  prefetch thread has read ahead: epoch, cursor into this rank's order (+ offset inside a long
+  document), the segments (doc id, start, end) of the rows still open in the packer and of rows packed
+  but not yet batched, row/batch/token counters. `load_state_dict` rebuilds those rows by random access,
+  so the next batch is exactly the one that would have come next; nothing is replayed.
+- `num_workers > 0` runs reading/packing/masking in ONE background thread holding up to
+  max(2, num_workers) batches; any exception there is re-raised in the consumer (no hang). No worker
+  processes: the work is numpy-heavy (the GIL is released) and one producer keeps the state exact.
+- Composer saves dataset state only for torch DataLoaders: `LoaderStateCallback` puts the loader
+  state of every rank into the checkpoint (rank 0 writes it) and gives each rank its own back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+from composer.core import Callback, DataSpec
+
+from flexbert.data.masking import MaskingSpec, mask_row, row_rng
+from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
+                                   count_tokens, split_packed_batch)
+from flexbert.data.sources import EpochOrder, open_source
+from flexbert.data.warmup import BatchSizeWarmup
+from flexbert.registry import Registry, closest
+
+DATA_LOADERS: Registry = Registry("data loader", "train_loader.name")
+STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------- config
+def _typed(cls, data: Any, where: str):
+    """Build dataclass `cls` from a mapping: unknown keys and wrong types fail naming the key."""
+    if not hasattr(data, "items"):
+        raise TypeError(f"`{where}` must be a mapping, got {type(data).__name__}")
+    data = dict(data.items())
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise KeyError(f"unknown key `{where}.{key}`{closest(key, known)}; valid keys: {', '.join(known)}")
+    for key, value in data.items():
+        allowed = cls._types[key]
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        ok = ok or (dict in allowed and hasattr(value, "items"))  # OmegaConf DictConfig is a mapping too
+        if value is not None and not ok:
+            names = "/".join(t.__name__ for t in allowed)
+            raise TypeError(f"`{where}.{key}` must be {names}, got {value!r}")
+    return data
+
+
+@dataclass
+class DatasetConfig:
+    """`train_loader.dataset` / `eval_loader.dataset`."""
+
+    local: str | None = None
+    remote: str | None = None
+    split: str | None = None
+    tokenizer_name: str | None = None  # informational: the tokenizer object is passed to the builder
+    max_seq_len: int | None = None
+    shuffle: bool = False
+    shuffle_seed: int = 9176
+    mlm_probability: float | None = None
+    streaming: bool = False
+    _types = {"local": (str,), "remote": (str,), "split": (str,), "tokenizer_name": (str,), "max_seq_len": (int,),
+              "shuffle": (bool,), "shuffle_seed": (int,), "mlm_probability": (float, int), "streaming": (bool,)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str = "train_loader.dataset") -> "DatasetConfig":
+        cfg = cls(**_typed(cls, data, where))
+        if cfg.local is None:
+            raise ValueError(f"`{where}.local` is required: the local MDS folder (cache folder when streaming)")
+        if cfg.shuffle_seed < 0:
+            raise ValueError(f"`{where}.shuffle_seed` must be >= 0, got {cfg.shuffle_seed}")
+        return cfg
+
+
+@dataclass
+class LoaderConfig:
+    """`train_loader` / `eval_loader`."""
+
+    name: str = "text"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    drop_last: bool = True  # eval pass only: drop a last batch with fewer rows (training never ends)
+    num_workers: int = 0  # 0: produce inline; > 0: one prefetch thread holding max(2, num_workers) batches
+    sequence_packing: bool = True
+    batch_size_warmup_min_size: int | None = None  # sequences per device
+    batch_size_warmup_tokens: int | str | None = None  # e.g. '50_000_000_000tok'
+    _types = {"name": (str,), "dataset": (dict,), "drop_last": (bool,), "num_workers": (int,),
+              "sequence_packing": (bool,), "batch_size_warmup_min_size": (int,),
+              "batch_size_warmup_tokens": (int, str)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str = "train_loader") -> "LoaderConfig":
+        values = _typed(cls, data, where)
+        values["dataset"] = DatasetConfig.from_dict(values.get("dataset", {}), f"{where}.dataset")
+        cfg = cls(**values)
+        DATA_LOADERS.get(cfg.name)
+        if cfg.num_workers < 0:
+            raise ValueError(f"`{where}.num_workers` must be >= 0, got {cfg.num_workers}")
+        return cfg
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Everything a PackedLoader needs besides the source and the masking spec."""
+
+    max_seq_len: int
+    microbatch_size: int  # sequence slots per packed row
+    warmup: BatchSizeWarmup  # rows per step (its full_rows is the full device batch in rows)
+    seed: int  # masking seed
+    pad_token_id: int
+    rank: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    shuffle_seed: int = 9176
+    endless: bool = True  # training: epochs roll over; eval: one pass per iter()
+    drop_last: bool = False
+    sequence_packing: bool = True
+    count_padding_tokens: bool = False
+    prefetch: int = 0  # batches held by the background thread; 0 = no thread
+    max_open_rows: int = 8
+
+    @property
+    def row_len(self) -> int:
+        return self.microbatch_size * self.max_seq_len
+
+    def fingerprint(self, num_docs: int) -> dict:
+        """What a saved state must agree on to be resumable here."""
+        return {"num_docs": num_docs, "max_seq_len": self.max_seq_len, "row_len": self.row_len,
+                "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
+                "shuffle_seed": self.shuffle_seed, "sequence_packing": self.sequence_packing,
+                "max_open_rows": self.max_open_rows}
+
+
+# ---------------------------------------------------------------------------------------- producer
+def _flat(segments) -> list[int]:
+    return list(itertools.chain.from_iterable(segments))
+
+
+class _Producer:
+    """Single-threaded state machine: state -> batches. Owned by one thread at a time."""
+
+    def __init__(self, source, masking: MaskingSpec, s: LoaderSettings, state: dict):
+        self.source, self.masking, self.s = source, masking, s
+        for key in ("epoch", "cursor", "piece", "rows_in_epoch", "batches", "tokens", "real_tokens", "slots",
+                    "exhausted"):
+            setattr(self, key, state[key])
+        self.order = self._order(self.epoch)
+        self._doc: tuple[int, np.ndarray | None] = (-1, None)
+        self.packer = (BestFitPacker(s.row_len, s.max_open_rows) if s.sequence_packing
+                       else SlotPacker(s.row_len, s.microbatch_size))
+        self.packer.open = [self._rebuild(flat) for flat in state["open_rows"]]
+        self.ready: list[tuple[int, int, Row]] = [(e, i, self._rebuild(flat)) for e, i, flat in state["ready_rows"]]
+
+    def _order(self, epoch: int) -> EpochOrder:
+        return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
+                          rank=self.s.rank, world_size=self.s.world_size)
+
+    def _read(self, doc_id: int) -> np.ndarray:
+        if self._doc[0] != doc_id:
+            tokens = self.source.get(doc_id)
+            if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+                raise ValueError(f"document {doc_id}: expected a 1-D integer token array, got "
+                                 f"{tokens.dtype} {tokens.shape}")
+            self._doc = (doc_id, tokens)
+        return self._doc[1]
+
+    def _rebuild(self, flat: list[int]) -> Row:
+        row = Row(self.s.row_len)
+        for doc_id, start, end in zip(flat[0::3], flat[1::3], flat[2::3]):
+            row.append((doc_id, start, end), self._read(doc_id)[start:end])
+        return row
+
+    def _emit(self, rows: list[Row]) -> None:
+        for row in rows:
+            self.ready.append((self.epoch, self.rows_in_epoch, row))
+            self.rows_in_epoch += 1
+
+    def _step(self) -> None:
+        """Feed one document piece to the packer, or close the epoch."""
+        if self.cursor >= len(self.order):
+            self._emit(self.packer.flush())
+            if self.rows_in_epoch == 0:
+                raise ValueError(f"epoch {self.epoch} of rank {self.s.rank} produced no tokens: are all "
+                                 f"{len(self.order)} of its documents empty?")
+            if not self.s.endless:
+                self.exhausted = True
+                return
+            self.epoch, self.cursor, self.piece, self.rows_in_epoch = self.epoch + 1, 0, 0, 0
+            self.order = self._order(self.epoch)
+            return
+        doc_id = self.order[self.cursor]
+        tokens = self._read(doc_id)
+        start, end = self.piece, min(self.piece + self.s.max_seq_len, len(tokens))
+        if end > start:  # empty documents are skipped
+            self._emit(self.packer.add((doc_id, start, end), tokens[start:end]))
+        if end >= len(tokens):
+            self.cursor, self.piece = self.cursor + 1, 0
+        else:
+            self.piece = end
+
+    def next_batch(self) -> tuple[dict, dict] | None:
+        """(batch, state right after it), or None when an eval pass is over."""
+        want = self.s.warmup.rows_at(self.tokens * self.s.world_size)
+        while len(self.ready) < want and not self.exhausted:
+            self._step()
+        if not self.ready or (len(self.ready) < want and self.s.drop_last):
+            return None
+        taken, self.ready = self.ready[:want], self.ready[want:]
+        rows = []
+        for epoch, index, row in taken:
+            r = assemble_row(row.arrays, self.s.row_len, self.s.pad_token_id)
+            rng = row_rng(self.s.seed, self.s.rank, epoch, index)
+            r["input_ids"], r["labels"] = mask_row(r["input_ids"], self.masking, rng)
+            rows.append(r)
+        real, slots = sum(r["num_tokens"] for r in rows), len(rows) * self.s.row_len
+        self.tokens += slots if self.s.count_padding_tokens else real
+        self.real_tokens, self.slots, self.batches = self.real_tokens + real, self.slots + slots, self.batches + 1
+        return collate_rows(rows), self.snapshot()
+
+    def snapshot(self) -> dict:
+        return {
+            "version": STATE_VERSION, "fingerprint": self.s.fingerprint(len(self.source)),
+            "epoch": self.epoch, "cursor": self.cursor, "piece": self.piece, "rows_in_epoch": self.rows_in_epoch,
+            "batches": self.batches, "tokens": self.tokens, "real_tokens": self.real_tokens, "slots": self.slots,
+            "exhausted": self.exhausted,
+            "open_rows": [_flat(row.segments) for row in self.packer.open],
+            "ready_rows": [(e, i, _flat(row.segments)) for e, i, row in self.ready],
+        }
+
+
+def _initial_state(fingerprint: dict) -> dict:
+    return {"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": 0, "cursor": 0, "piece": 0,
+            "rows_in_epoch": 0, "batches": 0, "tokens": 0, "real_tokens": 0, "slots": 0, "exhausted": False,
+            "open_rows": [], "ready_rows": []}
+
+
+class _Prefetcher:
+    """Runs `produce()` in a daemon thread; results and exceptions travel through one bounded queue."""
+
+    def __init__(self, produce: Callable[[], Any], depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True, name="flexbert-data")
+        self._thread.start()
+
+    def _run(self, produce) -> None:
+        try:
+            while not self._stop.is_set():
+                item = produce()
+                self._put(("item", item))
+                if item is None:
+                    return
+        except BaseException as e:  # noqa: BLE001 -- every failure must reach the consumer
+            self._put(("error", e))
+
+    def _put(self, message) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self):
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive():  # cannot happen unless the interpreter is shutting down
+                    raise RuntimeError("the data prefetch thread ended without a result") from None
+                continue
+            if kind == "error":
+                if hasattr(value, "add_note"):
+                    value.add_note("(raised in the data loader's prefetch thread)")
+                raise value
+            return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+# ------------------------------------------------------------------------------------------ loader
+class PackedLoader:
+    """Iterable of packed, masked device batches; resumable with state_dict()/load_state_dict()."""
+
+    def __init__(self, source, masking: MaskingSpec, settings: LoaderSettings):
+        self.source, self.masking, self.settings = source, masking, settings
+        self._fingerprint = settings.fingerprint(len(source))
+        EpochOrder(len(source), epoch=0, seed=settings.shuffle_seed, shuffle=settings.shuffle,
+                   rank=settings.rank, world_size=settings.world_size)  # fail now on bad sizes/seeds
+        self._state = _initial_state(self._fingerprint)
+        self._loaded = False  # an eval pass restarts from scratch unless a state was loaded
+        self._generation = 0
+        self._prefetcher: _Prefetcher | None = None
+
+    @property
+    def microbatch_size(self) -> int:
+        return self.settings.microbatch_size
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Non-pad slots / all slots over every batch handed out so far (restored on resume)."""
+        return self._state["real_tokens"] / self._state["slots"] if self._state["slots"] else 0.0
+
+    @property
+    def stats(self) -> dict:
+        s = self._state
+        return {"epoch": s["epoch"], "batches": s["batches"], "tokens": s["tokens"],
+                "packing_efficiency": self.packing_efficiency}
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
+        diff = {k: (v, self._fingerprint.get(k)) for k, v in state["fingerprint"].items()
+                if self._fingerprint.get(k) != v}
+        if diff:
+            raise ValueError("the saved loader state belongs to another data setup; differing "
+                             f"(saved, now): {diff}")
+        self._close()
+        self._state, self._loaded = state, True
+        self._generation += 1  # a live iterator from before the load stops with an error
+
+    def _close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def __iter__(self) -> Iterator[dict]:
+        self._close()
+        if not self.settings.endless and not self._loaded:
+            self._state = _initial_state(self._fingerprint)
+        self._loaded = False
+        self._generation += 1
+        producer = _Producer(self.source, self.masking, self.settings, self._state)  # restore errors raise here
+        if self.settings.prefetch > 0:
+            self._prefetcher = _Prefetcher(producer.next_batch, max(2, self.settings.prefetch))
+            return self._consume(self._prefetcher.get, self._generation)
+        return self._consume(producer.next_batch, self._generation)
+
+    def _consume(self, next_item: Callable[[], Any], generation: int) -> Iterator[dict]:
+        try:
+            while True:
+                if generation != self._generation:
+                    raise RuntimeError("this loader iterator was superseded by a newer iter() or load_state_dict()")
+                item = next_item()
+                if item is None:
+                    return
+                batch, self._state = item
+                yield batch
+        finally:  # iterator finished, failed or dropped: stop its prefetch thread
+            if generation == self._generation:
+                self._close()
+
+
+# --------------------------------------------------------------------------- Composer integration
+class LoaderStateCallback(Callback):
+    """Checkpoints a PackedLoader: every rank's state goes into the checkpoint (Composer writes rank 0's
+    copy), and on load each rank takes its own. Use with `Trainer(spin_dataloaders=False)`.
+
+    strict=False ignores (with a warning) a saved state from another data setup, e.g. when a new phase
+    starts from a checkpoint of the previous phase with another sequence length or dataset.
+    """
+
+    def __init__(self, loader: PackedLoader | DataSpec, strict: bool = True):
+        self.loader = loader.dataloader if isinstance(loader, DataSpec) else loader
+        self.strict = strict
+
+    def state_dict(self) -> dict[str, Any]:
+        from composer.utils import dist
+
+        local = self.loader.state_dict()
+        return {"ranks": dist.all_gather_object(local) if dist.get_world_size() > 1 else [local]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ranks, rank = state["ranks"], self.loader.settings.rank
+        try:
+            if len(ranks) != self.loader.settings.world_size:
+                raise ValueError(f"checkpoint holds loader states of {len(ranks)} ranks, this run has "
+                                 f"{self.loader.settings.world_size}")
+            self.loader.load_state_dict(ranks[rank])
+        except ValueError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"loader state not restored, starting the data from scratch: {e}")
+
+
+def make_data_spec(loader: PackedLoader) -> DataSpec:
+    """DataSpec: one packed row per microbatch; samples = rows x microbatch_size sequence slots (so the
+    recipe's batch sizes in sequences hold); tokens = non-pad tokens (all slots with count_padding_tokens)."""
+    mb, pad = loader.settings.microbatch_size, loader.settings.count_padding_tokens
+    return DataSpec(loader, split_batch=split_packed_batch,
+                    get_num_samples_in_batch=lambda batch: count_rows(batch) * mb,
+                    get_num_tokens_in_batch=lambda batch: count_tokens(batch, pad))
+
+
+@DATA_LOADERS.register("text", "MDS documents -> best-fit packed rows -> MLM masking (resumable)")
+def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size: int, microbatch_size: int,
+                            max_seq_len: int, seed: int, rank: int | None = None, world_size: int | None = None,
+                            count_padding_tokens: bool = False, mlm_probability: float | None = None,
+                            mode: str = "train", where: str | None = None) -> DataSpec:
+    """Schema `train_loader`/`eval_loader` -> DataSpec over a PackedLoader (`spec.dataloader`).
+
+    device_batch_size and microbatch_size are in sequences; a step holds device_batch_size /
+    microbatch_size packed rows of microbatch_size * max_seq_len slots. mode='eval': one deterministic
+    pass per iteration, no batch-size warmup, 15% masking unless configured.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}{closest(mode, ['train', 'eval'])}")
+    where = where or f"{mode}_loader"
+    cfg = LoaderConfig.from_dict(loader_cfg, where)
+    ds = cfg.dataset
+    if ds.max_seq_len is not None and ds.max_seq_len != max_seq_len:
+        raise ValueError(f"`{where}.dataset.max_seq_len` ({ds.max_seq_len}) differs from max_seq_len ({max_seq_len})")
+    if microbatch_size <= 0 or device_batch_size <= 0 or device_batch_size % microbatch_size:
+        raise ValueError(f"device batch size ({device_batch_size} sequences) must be a positive multiple of the "
+                         f"device microbatch size ({microbatch_size}): a packed row holds one microbatch")
+    if rank is None or world_size is None:
+        from composer.utils import dist
+
+        rank = dist.get_global_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    full_rows = device_batch_size // microbatch_size
+    if mode == "train":
+        warmup = BatchSizeWarmup.from_config(cfg.batch_size_warmup_min_size, cfg.batch_size_warmup_tokens,
+                                             microbatch_size=microbatch_size, full_rows=full_rows)
+    else:
+        warmup = BatchSizeWarmup(full_rows, full_rows, 0)
+    p = mlm_probability if mlm_probability is not None else ds.mlm_probability
+    p = p if p is not None else (0.3 if mode == "train" else 0.15)
+    source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer)
+    settings = LoaderSettings(
+        max_seq_len=max_seq_len, microbatch_size=microbatch_size, warmup=warmup, seed=seed,
+        pad_token_id=int(tokenizer.pad_token_id), rank=rank, world_size=world_size, shuffle=ds.shuffle,
+        shuffle_seed=ds.shuffle_seed, endless=mode == "train", drop_last=cfg.drop_last,
+        sequence_packing=cfg.sequence_packing, count_padding_tokens=count_padding_tokens,
+        prefetch=cfg.num_workers)
+    return make_data_spec(PackedLoader(source, MaskingSpec.from_tokenizer(tokenizer, p), settings))

@@ -1,0 +1,264 @@
+"""Attention kernels over packed (unpadded) tokens, one signature, one registry (`model_config.attn_kernel`).
+
+Every kernel computes, for packed q, k, v of shape (T, H, D) holding several documents back to back
+(boundaries `cu_seqlens`), softmax(q k^T / sqrt(D)) v where key j is visible from query i iff both are in the
+same document and, on local layers, |i - j| <= window (ModernBERT: sliding_window 128 -> window 64, the
+flash-attn `window_size=(64, 64)` convention of the recipe). Signature:
+
+    kernel(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None) -> (T, H, D)
+
+`index` is an optional `PackedIndex`: the batch's gather/scatter maps and masks, computed once per forward by
+the model (`PackedIndex.from_cu_seqlens`) and shared by every layer (masks are cached on it per window).
+
+Kernels: `eager` (naive per-document softmax, the definition of correctness), `sdpa` (padded batch + SDPA with a
+key-padding or band mask), `sliding_window` (blocked local attention, cost linear in T), `flash_attn2`,
+`flash_attn3` (flash-attn varlen, see `flash_attn_adapter`). `select_kernel` resolves 'auto'.
+`attention_flops` counts the matmul FLOPs the attention really performs (for MFU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from flexbert.model.flash_attn_adapter import FlashAttnAdapter, flash_attn_available
+from flexbert.registry import Registry
+
+ATTENTION_KERNELS = Registry("attention kernel", "model_config.attn_kernel")
+
+
+@dataclasses.dataclass
+class PackedIndex:
+    """Per-batch layout of packed documents, computed once and passed to every attention layer.
+
+    Empty documents (zero length in `cu_seqlens`) are dropped: they hold no tokens, and a padded row
+    without any real key would make SDPA produce NaN.
+    """
+
+    cu_seqlens: torch.Tensor  # (B+1,) int32 boundaries of the non-empty documents
+    lengths: list[int]  # B document lengths
+    max_seqlen: int  # S: the padded length
+    doc_ids: torch.Tensor  # (T,) int64 document of each token
+    positions: torch.Tensor  # (T,) int64 position of each token inside its document
+    scatter_index: torch.Tensor  # (T,) int64 slot of each token in the flat padded batch: doc * S + position
+    gather_index: torch.Tensor  # (B*S,) int64 token read into each padded slot (padding repeats its doc's last token)
+    key_padding_mask: Optional[torch.Tensor]  # (B, 1, 1, S) bool, True = real key; None when nothing is padded
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: Optional[int] = None) -> "PackedIndex":
+        device = cu_seqlens.device
+        all_lengths = torch.diff(cu_seqlens.long())
+        if bool((all_lengths < 0).any()):
+            raise ValueError(f"cu_seqlens must be non-decreasing, got {cu_seqlens.tolist()}")
+        lengths_t = all_lengths[all_lengths > 0]  # (B,)
+        lengths = lengths_t.tolist()  # one host sync per batch, not per layer
+        longest = max(lengths, default=0)
+        if max_seqlen is not None and max_seqlen < longest:
+            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest document ({longest})")
+        S = longest  # pad to the true longest, not a caller's upper bound, to waste nothing
+        B = len(lengths)
+        starts = torch.cumsum(lengths_t, 0) - lengths_t  # (B,)
+        doc_ids = torch.repeat_interleave(torch.arange(B, device=device), lengths_t)  # (T,)
+        positions = torch.arange(doc_ids.numel(), device=device) - starts[doc_ids]  # (T,)
+        slot_pos = torch.arange(S, device=device)  # (S,)
+        gather = starts[:, None] + torch.minimum(slot_pos[None, :], lengths_t[:, None] - 1)  # (B, S)
+        padded = any(n != S for n in lengths)
+        kpm = (slot_pos[None, :] < lengths_t[:, None]).view(B, 1, 1, S) if padded else None
+        cu = F.pad(torch.cumsum(lengths_t, 0), (1, 0)).to(torch.int32)
+        return cls(cu, lengths, S, doc_ids, positions, doc_ids * S + positions, gather.reshape(-1), kpm)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.doc_ids.numel()
+
+    @property
+    def is_padded(self) -> bool:
+        return self.key_padding_mask is not None
+
+    def cached(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A mask built once per batch and reused by every layer with the same window."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+
+def _index_for(index: Optional[PackedIndex], cu_seqlens: torch.Tensor, max_seqlen: int) -> PackedIndex:
+    return index if index is not None else PackedIndex.from_cu_seqlens(cu_seqlens, max_seqlen)
+
+
+def _check_window(window: Optional[int]) -> None:
+    if window is not None and (not isinstance(window, int) or window < 0):
+        raise ValueError(f"window must be None (global) or a non-negative int half-width, got {window!r}")
+
+
+# --------------------------------------------------------------------------------------------- eager
+@ATTENTION_KERNELS.register("eager", "naive per-document softmax(QK^T)V with masks; the reference, slow")
+def eager_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None):
+    _check_window(window)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    bounds = cu_seqlens.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        qd, kd, vd = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (H, L, D)
+        scores = (qd @ kd.transpose(1, 2)) * scale  # (H, L, L)
+        if window is not None:
+            pos = torch.arange(end - start, device=q.device)
+            scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > window, float("-inf"))
+        probs = F.dropout(scores.softmax(-1), dropout_p) if dropout_p > 0 else scores.softmax(-1)
+        outs.append((probs @ vd).transpose(0, 1))  # (L, H, D)
+    return torch.cat(outs, 0) if outs else torch.zeros_like(q)
+
+
+# --------------------------------------------------------------------------------------------- sdpa
+def _band_mask(index: PackedIndex, window: int) -> torch.Tensor:  # (B, 1, S, S) bool
+    S = index.max_seqlen
+    pos = torch.arange(S, device=index.doc_ids.device)
+    band = ((pos[:, None] - pos[None, :]).abs() <= window).view(1, 1, S, S)
+    return band & index.key_padding_mask if index.is_padded else band
+
+
+@ATTENTION_KERNELS.register("sdpa", "torch SDPA on the padded batch; key-padding mask (global) or dense band mask (local, slow)")
+def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None):
+    _check_window(window)
+    index = _index_for(index, cu_seqlens, max_seqlen)
+    T, H, D = q.shape
+    B, S = index.batch_size, index.max_seqlen
+    if window is not None and window >= S - 1:
+        window = None  # the band covers every document: global attention, without the S x S mask
+    if window is None:
+        mask = index.key_padding_mask  # None when unpadded, which lets SDPA pick its flash kernel
+    else:
+        mask = index.cached(("band", window), lambda: _band_mask(index, window))
+
+    def to_padded(x):  # (T, H, D) -> (B, H, S, D)
+        x = x.index_select(0, index.gather_index) if index.is_padded else x
+        return x.reshape(B, S, H, D).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=mask,
+                                         dropout_p=dropout_p)  # (B, H, S, D)
+    out = out.transpose(1, 2).reshape(B * S, H, D)
+    return out.index_select(0, index.scatter_index) if index.is_padded else out
+
+
+# --------------------------------------------------------------------------------------------- sliding window
+def default_block_size(window: int) -> int:
+    """Query block: the window rounded up to a multiple of 32 (>= 32). Measured on 2 CPU threads at T=8192,
+    window 64: blocks of 32..128 all within 15% (fwd+bwd ~0.24 s); 64 is the sweet spot."""
+    return max(32, -(-window // 32) * 32)
+
+
+def _sliding_mask(index: PackedIndex, window: int, block: int) -> torch.Tensor:  # (nb, 1, block, block+2w) bool
+    T = index.num_tokens
+    nb = -(-T // block)
+    span = block + 2 * window
+    # Padding tokens get document -1: real queries never see them, and a padding query sees at least itself
+    # (a fully masked row would be NaN, and NaN * 0 still poisons the backward pass).
+    doc_q = F.pad(index.doc_ids, (0, nb * block - T), value=-1).view(nb, block)  # (nb, b)
+    doc_k = F.pad(index.doc_ids, (window, nb * block - T + window), value=-1).unfold(0, span, block)  # (nb, span)
+    i = torch.arange(block, device=doc_q.device)[:, None]
+    j = torch.arange(span, device=doc_q.device)[None, :]
+    band = (j - i >= 0) & (j - i <= 2 * window)  # key slot j of query i is token i - window + (j - i)
+    return ((doc_q[:, :, None] == doc_k[:, None, :]) & band).unsqueeze(1)
+
+
+@ATTENTION_KERNELS.register("sliding_window", "blocked local attention in PyTorch SDPA, cost linear in tokens (local layers)")
+def sliding_window_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None,
+                             block_size: Optional[int] = None):
+    """Query block n (tokens [n*b, (n+1)*b)) attends to the key span [n*b - w, (n+1)*b + w): b + 2w keys that hold
+    every key any of its queries may see; a (b, b + 2w) mask keeps |i - j| <= w and the same document.
+    Work per query is b + 2w keys instead of T (dense); no T x T tensor is ever built."""
+    _check_window(window)
+    index = _index_for(index, cu_seqlens, max_seqlen)
+    if window is None or window >= index.max_seqlen - 1:
+        return sdpa_attention(q, k, v, cu_seqlens, max_seqlen, None, dropout_p, index=index)
+    T, H, D = q.shape
+    b = block_size or default_block_size(window)
+    nb = -(-T // b)
+    span = b + 2 * window
+    mask = index.cached(("sliding", window, b), lambda: _sliding_mask(index, window, b))
+    qb = F.pad(q, (0, 0, 0, 0, 0, nb * b - T)).view(nb, b, H, D).transpose(1, 2)  # (nb, H, b, D)
+
+    def key_blocks(x):  # (T, H, D) -> (nb, H, span, D), overlapping spans of the zero-padded sequence
+        x = F.pad(x, (0, 0, 0, 0, window, nb * b - T + window))  # (w + nb*b + w, H, D)
+        return x.unfold(0, span, b).permute(0, 1, 3, 2)  # unfold: (nb, H, D, span)
+
+    out = F.scaled_dot_product_attention(qb, key_blocks(k), key_blocks(v), attn_mask=mask,
+                                         dropout_p=dropout_p)  # (nb, H, b, D)
+    return out.transpose(1, 2).reshape(nb * b, H, D)[:T]
+
+
+# --------------------------------------------------------------------------------------------- flash-attn
+flash_attn2 = ATTENTION_KERNELS.add("flash_attn2", FlashAttnAdapter(2), "flash-attn 2 varlen (CUDA; sliding window, dropout)")
+flash_attn3 = ATTENTION_KERNELS.add("flash_attn3", FlashAttnAdapter(3), "flash-attn 3 varlen (Hopper; no dropout)")
+
+
+# --------------------------------------------------------------------------------------------- selection
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+
+
+@functools.lru_cache(maxsize=None)
+def _select(name, device: torch.device, dtype: torch.dtype, is_global: bool, dropout: bool, deterministic: bool):
+    if name not in (None, "auto"):
+        kernel = ATTENTION_KERNELS.get(name)
+    elif device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if is_global and not dropout and _is_hopper(device) and flash_attn_available(3):
+            kernel = flash_attn3
+        elif flash_attn_available(2):
+            kernel = flash_attn2
+        else:  # no flash-attn, or FA3 alone where it does not apply (dropout; local layers use FA2 in the recipe)
+            kernel = sdpa_attention if is_global else sliding_window_attention
+    else:
+        kernel = sdpa_attention if is_global else sliding_window_attention
+    if deterministic and isinstance(kernel, FlashAttnAdapter):
+        kernel = dataclasses.replace(kernel, deterministic=True)
+    return kernel
+
+
+def select_kernel(name: Optional[str], device, dtype: torch.dtype, window: Optional[int], *,
+                  dropout_p: float = 0.0, deterministic: bool = False) -> Callable:
+    """The kernel for `model_config.attn_kernel` = `name` (None/'auto' or a registered name).
+
+    auto: flash_attn3 on global layers on Hopper when installed (and no attention dropout), else flash_attn2 when
+    installed on CUDA, else sdpa for global and sliding_window for local layers. Call it with the tensors' real
+    device and dtype (under AMP the autocast dtype): flash-attn is only chosen for fp16/bf16 so that fp32 runs
+    stay fp32. Results are cached, so calling it in every forward is cheap.
+    """
+    _check_window(window)
+    return _select(name, torch.device(device), dtype, window is None, dropout_p > 0.0, bool(deterministic))
+
+
+# --------------------------------------------------------------------------------------------- FLOPs
+def lengths_from_cu_seqlens(cu_seqlens) -> list[int]:
+    return torch.diff(torch.as_tensor(cu_seqlens).long()).tolist()
+
+
+def visible_pairs(doc_lengths: Sequence[int] | torch.Tensor, window: Optional[int]) -> int:
+    """Number of (query, key) pairs with both in one document and |i - j| <= window.
+
+    Per document of length L with m = min(window, L - 1): L query-key pairs at distance 0 plus 2 (L - d) at each
+    distance d = 1..m, i.e. L (2m + 1) - m (m + 1); global attention is L^2."""
+    L = torch.as_tensor(doc_lengths, dtype=torch.int64)
+    if window is None:
+        return int((L * L).sum())
+    m = torch.clamp(torch.minimum(L - 1, torch.full_like(L, window)), min=0)
+    return int((L * (2 * m + 1) - m * (m + 1)).sum())
+
+
+def attention_flops(doc_lengths: Sequence[int] | torch.Tensor, num_heads: int, head_dim: int,
+                    window: Optional[int]) -> int:
+    """Forward matmul FLOPs of QK^T and PV in one layer: 2 matmuls x 2 FLOPs (mul + add) x head_dim per visible
+    pair per head. Takes document lengths; use `lengths_from_cu_seqlens` for boundaries. Backward is 2x this."""
+    return 4 * num_heads * head_dim * visible_pairs(doc_lengths, window)

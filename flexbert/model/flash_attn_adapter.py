@@ -1,0 +1,167 @@
+"""Adapter from our kernel signature to flash-attn's varlen kernels (FA2 `flash_attn`, FA3 `flash_attn_interface`).
+
+Inside:
+- `FlashAttnAdapter(version)`: a callable with the common kernel signature of `attention_kernels`
+  (`q, k, v, cu_seqlens, max_seqlen, window, dropout_p`); it owns the calling convention:
+  fp32 inputs cast to bf16 (flash-attn only runs fp16/bf16) and the output cast back, int32 `cu_seqlens`,
+  `window` (one-sided half window, None = global) mapped to flash-attn's `window_size=(w, w)` / `(-1, -1)`,
+  contiguous (T, H, D) inputs, softmax scale left to flash-attn's default 1/sqrt(D).
+- `flash_attn_available(version)`: whether the package imports (cached, imported lazily: CPU machines have none).
+- `reference_varlen_attention`: a naive per-document PyTorch stand-in with the SAME signature and semantics as
+  `flash_attn.flash_attn_varlen_func`, so the adapter's conventions are tested on CPU by injecting it
+  (`FlashAttnAdapter(2, varlen_func=reference_varlen_attention)`).
+
+Follows flash-attn's documented API: FA2 `flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+max_seqlen_k, dropout_p, softmax_scale, causal, window_size, ..., deterministic)`; FA3 (Hopper) has no dropout and
+some releases return `(out, softmax_lse)` instead of `out`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+# version -> (module, attribute) of the varlen function; imported only when first used.
+_VARLEN_SOURCES = {2: ("flash_attn", "flash_attn_varlen_func"), 3: ("flash_attn_interface", "flash_attn_varlen_func")}
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _import_varlen_func(version: int) -> Optional[Callable]:
+    module, attr = _VARLEN_SOURCES[version]
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception:  # not installed, or built for another CUDA/torch: treat as absent, selection falls back
+        return None
+
+
+def flash_attn_available(version: int) -> bool:
+    """True when flash-attn `version` (2 or 3) imports on this machine."""
+    if version not in _VARLEN_SOURCES:
+        raise ValueError(f"flash-attn version must be one of {sorted(_VARLEN_SOURCES)}, got {version!r}")
+    return _import_varlen_func(version) is not None
+
+
+@dataclasses.dataclass
+class FlashAttnAdapter:
+    """Common-signature attention kernel backed by flash-attn `version`'s varlen function.
+
+    `varlen_func` is looked up lazily (injectable for tests); `compute_dtype` is what fp32 inputs are cast to;
+    `deterministic` is FA2's deterministic backward (config `deterministic_fa2`).
+    """
+
+    version: int
+    varlen_func: Optional[Callable] = None
+    compute_dtype: torch.dtype = torch.bfloat16
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.version not in _VARLEN_SOURCES:
+            raise ValueError(f"flash-attn version must be one of {sorted(_VARLEN_SOURCES)}, got {self.version!r}")
+        if self.compute_dtype not in _HALF_DTYPES:
+            raise ValueError(f"flash-attn computes in fp16/bf16; compute_dtype={self.compute_dtype} is not one of them")
+
+    def _func(self) -> Callable:
+        func = self.varlen_func or _import_varlen_func(self.version)
+        if func is None:
+            pkg = _VARLEN_SOURCES[self.version][0]
+            raise RuntimeError(
+                f"attention kernel 'flash_attn{self.version}' needs the `{pkg}` package, which does not import here; "
+                f"install it (CUDA only) or set `model_config.attn_kernel` to 'auto' or 'sdpa'"
+            )
+        return func
+
+    def __call__(
+        self,
+        q: torch.Tensor,  # (T, H, D)
+        k: torch.Tensor,  # (T, H, D)
+        v: torch.Tensor,  # (T, H, D)
+        cu_seqlens: torch.Tensor,  # (B+1,)
+        max_seqlen: int,
+        window: Optional[int],
+        dropout_p: float = 0.0,
+        *,
+        index=None,  # PackedIndex of the other kernels; flash-attn needs only cu_seqlens
+    ) -> torch.Tensor:  # (T, H, D)
+        if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+            raise ValueError(f"flash_attn{self.version} expects q, k, v of one shape (T, H, D); got "
+                             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        if self.version == 3 and dropout_p > 0.0:
+            raise ValueError(
+                f"flash_attn3 has no attention dropout (got dropout_p={dropout_p}); set "
+                f"`model_config.attention_probs_dropout_prob: 0.0` or `attn_kernel: flash_attn2`"
+            )
+        in_dtype = q.dtype
+        dtype = in_dtype if in_dtype in _HALF_DTYPES else self.compute_dtype
+        # flash-attn reads the last dim with stride 1 and rejects fp32 and int64 boundaries.
+        q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+        window_size = (-1, -1) if window is None else (int(window), int(window))
+        max_seqlen = int(max_seqlen)
+        if self.version == 2:
+            out = self._func()(q, k, v, cu, cu, max_seqlen, max_seqlen, float(dropout_p), softmax_scale=None,
+                               causal=False, window_size=window_size, deterministic=self.deterministic)
+        else:
+            out = self._func()(q, k, v, cu, cu, max_seqlen, max_seqlen, softmax_scale=None, causal=False,
+                               window_size=window_size, deterministic=self.deterministic)
+        if isinstance(out, tuple):  # FA3 releases that return (out, softmax_lse)
+            out = out[0]
+        return out.to(in_dtype)
+
+
+def reference_varlen_attention(
+    q: torch.Tensor,  # (Tq, H, D)
+    k: torch.Tensor,  # (Tk, H, D)
+    v: torch.Tensor,  # (Tk, H, D)
+    cu_seqlens_q: torch.Tensor,  # (B+1,) int32
+    cu_seqlens_k: torch.Tensor,  # (B+1,) int32
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes=None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> torch.Tensor:  # (Tq, H, D)
+    """Naive per-document `flash_attn_varlen_func`: same arguments, same masking, math in the input dtype.
+
+    flash-attn's masking rule (queries aligned to the END of the key sequence): key j is visible from query i
+    iff i + sk - sq - left <= j <= i + sk - sq + right, with -1 meaning unbounded and causal meaning right = 0.
+    """
+    if softcap != 0.0 or alibi_slopes is not None or return_attn_probs:
+        raise NotImplementedError("reference_varlen_attention implements neither softcap, alibi nor attn probs")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.dtype != torch.int32:
+            raise TypeError(f"{name} must be int32 like flash-attn requires, got {cu.dtype}")
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    left, right = window_size
+    if causal:
+        right = 0
+    outs = []
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        qd = q[bounds_q[b]: bounds_q[b + 1]].transpose(0, 1)  # (H, Lq, D)
+        kd = k[bounds_k[b]: bounds_k[b + 1]].transpose(0, 1)  # (H, Lk, D)
+        vd = v[bounds_k[b]: bounds_k[b + 1]].transpose(0, 1)  # (H, Lk, D)
+        lq, lk = qd.shape[1], kd.shape[1]
+        assert lq <= max_seqlen_q and lk <= max_seqlen_k, "a document is longer than max_seqlen"
+        rel = torch.arange(lk, device=q.device)[None, :] - torch.arange(lq, device=q.device)[:, None] - (lk - lq)
+        visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device)  # (Lq, Lk)
+        if left >= 0:
+            visible &= rel >= -left
+        if right >= 0:
+            visible &= rel <= right
+        scores = (qd @ kd.transpose(1, 2)) * scale  # (H, Lq, Lk)
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        probs = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
+        outs.append((probs @ vd).transpose(0, 1))  # (Lq, H, D)
+    return torch.cat(outs, 0) if outs else q.new_zeros(q.shape)

@@ -1,0 +1,93 @@
+"""Gradient-norm logging with at most one host sync per logged step: `grad_norms`, `total_grad_norm`, `LogGradNorm`.
+
+`torch._foreach_norm` computes every tensor's L2 norm in one launch per (device, dtype) bucket; the norms are
+stacked into one fp32 vector and reduced on device, so nothing leaves the accelerator until the logger reads the
+result (a single `.tolist()`). Composer's own `OptimizerMonitor` calls `.item()` per tensor and reads gradients at
+BATCH_END, after `optimizer.step()` -- too late for optimi's foreach / Kahan paths, which reuse `p.grad` as
+scratch. `LogGradNorm` reads them at Event.AFTER_TRAIN_BATCH: all microbatches are accumulated, DDP has reduced,
+AMP has unscaled, and the optimizer has not stepped (Composer runs that event before `optimizer.step()`, also
+when the step takes a closure).
+
+Registered as the schema's callback `log_grad_norm: {batch_log_interval}` in `GRAD_NORM_CALLBACKS`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from flexbert.registry import Registry
+
+__all__ = ["GRAD_NORM_CALLBACKS", "LogGradNorm", "grad_norms", "total_grad_norm"]
+
+GRAD_NORM_CALLBACKS: Registry = Registry("optim_callback", "callbacks")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    # FSDP2 gradients are DTensors; the norm of this rank's shard is what gets reduced below.
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def grad_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, as one fp32 vector [len(grads)] on the first tensor's device. No host sync."""
+    if not grads:
+        return torch.zeros(0)
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for i, g in enumerate(grads):
+        buckets[(g.device, g.dtype)].append(i)
+    out_device = grads[0].device
+    norms = torch.empty(len(grads), dtype=torch.float32, device=out_device)  # [n]
+    for (_, dtype), idx in buckets.items():
+        # accumulate bf16/fp16 norms in fp32: a bf16 sum of squares is off in the third digit
+        acc = torch.float32 if dtype.itemsize < 4 else None
+        bucket = torch._foreach_norm([_local(grads[i]) for i in idx], 2, dtype=acc)  # n_bucket 0-d tensors
+        norms[torch.tensor(idx, device=out_device)] = torch.stack(bucket).to(out_device, torch.float32)
+    return norms
+
+
+def total_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """sqrt(sum of squares) over all gradients of `params` (0-d fp32 tensor, stays on device)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(grad_norms(grads))
+
+
+@GRAD_NORM_CALLBACKS.register("log_grad_norm", "L2 norm of the gradients before the optimizer step (one sync)")
+class LogGradNorm(Callback):
+    """Logs `grad_norm/total` and, with `per_layer=True`, `grad_norm/<parameter name>` for every parameter.
+
+    Args:
+        batch_log_interval: log on batches whose index (batches completed before it) is a multiple of this.
+        per_layer: also log each parameter tensor's norm (Composer's "layer" = parameter name).
+    """
+
+    def __init__(self, batch_log_interval: int = 1, per_layer: bool = False):
+        if batch_log_interval < 1:
+            raise ValueError(f"log_grad_norm.batch_log_interval must be >= 1, got {batch_log_interval}")
+        self.batch_log_interval = batch_log_interval
+        self.per_layer = per_layer
+
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        if state.timestamp.batch.value % self.batch_log_interval != 0:
+            return
+        named = [(n, p.grad) for n, p in state.model.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = grad_norms([g for _, g in named])  # [n]
+        if state.fsdp_enabled:
+            # each rank holds a shard of every gradient: sum the squared shard norms over ranks
+            squares = norms.square()
+            dist.all_reduce(squares, reduce_operation="SUM")
+            norms = squares.sqrt()
+        total = torch.linalg.vector_norm(norms)
+        if not self.per_layer:
+            logger.log_metrics({"grad_norm/total": total.item()})
+            return
+        values = torch.cat([total.reshape(1), norms]).tolist()  # the one host sync
+        metrics = {"grad_norm/total": values[0]}
+        metrics.update({f"grad_norm/{name}": v for (name, _), v in zip(named, values[1:])})
+        logger.log_metrics(metrics)

@@ -313,6 +313,11 @@ class PackedLoader:
         return self.settings.microbatch_size
 
     @property
+    def batch_size(self) -> int:
+        """Full device batch in sequences (Composer reads it for default microbatch sizes)."""
+        return self.settings.warmup.full_rows * self.settings.microbatch_size
+
+    @property
     def packing_efficiency(self) -> float:
         """Non-pad slots / all slots over every batch handed out so far (restored on resume)."""
         return self._state["real_tokens"] / self._state["slots"] if self._state["slots"] else 0.0

@@ -1,0 +1,124 @@
+"""Logger destinations: Composer's console and Weights & Biases, plus `metrics.jsonl` for scripts and sweeps.
+
+`metrics.jsonl` holds one JSON object per logged step: `{"batch": N, "token": T, "sample": S, <metric>: value}`.
+A resumed run first drops the lines of batches after the checkpoint it resumed from, so the file continues
+without duplicated steps. Lines are flushed as written: a crash loses at most the line being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination, WandBLogger
+from composer.utils import dist
+
+from flexbert.registry import Registry, closest
+
+LOGGERS: Registry = Registry("logger", "loggers")
+
+
+class MetricsJsonl(LoggerDestination):
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file = None
+        self._state: Optional[State] = None
+        self._pending: dict[str, Any] = {}
+        self._pending_batch: Optional[int] = None
+
+    def init(self, state: State, logger: Logger) -> None:
+        self._state = state
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        resumed_at = int(state.timestamp.batch)
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if _batch_of(line) is not None and _batch_of(line) <= resumed_at]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if self._state is None or dist.get_global_rank() != 0:
+            return
+        batch = int(self._state.timestamp.batch)
+        if self._pending_batch is not None and batch != self._pending_batch:
+            self._flush()
+        self._pending_batch = batch
+        for key, value in metrics.items():
+            if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+                value = value.item()
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                self._pending[key] = value
+
+    def _flush(self) -> None:
+        if not self._pending or self._file is None or self._state is None:
+            self._pending = {}
+            return
+        ts = self._state.timestamp
+        record = {"batch": self._pending_batch, "token": int(ts.token), "sample": int(ts.sample), **self._pending}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self._pending = {}
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self._flush()
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        self._flush()
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._flush()
+
+    def close(self, state: State, logger: Logger) -> None:
+        self._flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _batch_of(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["batch"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn last line from a crash is dropped
+
+
+def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Optional[str] = None,
+           group: Optional[str] = None, tags: Optional[list] = None, log_artifacts: bool = False,
+           mode: Optional[str] = None, init_kwargs: Optional[dict] = None) -> WandBLogger:
+    init_kwargs = dict(init_kwargs or {})
+    # No account configured: log offline (wandb sync later) rather than failing or prompting.
+    if mode is None and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        mode = "offline"
+    if mode:
+        init_kwargs["mode"] = mode
+    return WandBLogger(project=project, entity=entity, name=name, group=group, tags=tags,
+                       log_artifacts=log_artifacts, init_kwargs=init_kwargs)
+
+
+LOGGERS.add("wandb", _wandb, "Weights & Biases (offline when no account is configured)")
+
+
+def build_loggers(section: Mapping[str, Any] | None, metrics_path: Optional[Path]) -> list[LoggerDestination]:
+    """The schema's `loggers` plus metrics.jsonl; the console logger is the Trainer's own (`log_to_console`)."""
+    import inspect
+
+    out: list[LoggerDestination] = []
+    for name, kwargs in (section or {}).items():
+        factory = LOGGERS.get(name)
+        kwargs = dict(kwargs or {})
+        accepted = [p for p in inspect.signature(factory).parameters]
+        for key in kwargs:
+            if key not in accepted:
+                raise KeyError(f"unknown key `loggers.{name}.{key}`{closest(key, accepted)}; valid: {', '.join(accepted)}")
+        out.append(factory(**kwargs))
+    if metrics_path is not None:
+        out.append(MetricsJsonl(metrics_path))
+    return out

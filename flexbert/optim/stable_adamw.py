@@ -90,7 +90,7 @@ class StableAdamW(optimi.StableAdamW):
         )
         # prepend: optimi's own post-load hook reads group["triton"], which older checkpoints lack.
         self.register_load_state_dict_pre_hook(_complete_loaded_groups, prepend=True)
-        self.register_load_state_dict_post_hook(_complete_loaded_state)
+        pass
 
     def _init_group(self, group: dict[str, Any], *args, **kwargs):
         if not group["setup"] and group["triton"] is None and group["foreach"] is None:

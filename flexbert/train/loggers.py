@@ -1,7 +1,7 @@
 """Logger destinations: Composer's console and Weights & Biases, plus `metrics.jsonl` for scripts and sweeps.
 
 `metrics.jsonl` holds one JSON object per logged step: `{"batch": N, "token": T, "sample": S, <metric>: value}`.
-A resumed run first drops the lines of batches after the checkpoint it resumed from, so the file continues
+Train and eval metrics of a step share its line. A resumed run first drops the lines of batches after the checkpoint it resumed from, so the file continues
 without duplicated steps. Lines are flushed as written: a crash loses at most the line being written.
 """
 
@@ -67,10 +67,8 @@ class MetricsJsonl(LoggerDestination):
         self._file.flush()
         self._pending = {}
 
-    def batch_end(self, state: State, logger: Logger) -> None:
-        self._flush()
-
-    def eval_end(self, state: State, logger: Logger) -> None:
+    def batch_checkpoint(self, state: State, logger: Logger) -> None:
+        # After BATCH_END and the evaluation of this batch, before the checkpoint: one line per step.
         self._flush()
 
     def fit_end(self, state: State, logger: Logger) -> None:

@@ -133,6 +133,11 @@ class LoaderSettings:
     prefetch: int = 0  # batches held by the background thread; 0 = no thread
     max_open_rows: int = 8
 
+    def __post_init__(self):
+        if self.seed < 0 or self.max_seq_len <= 0 or self.microbatch_size <= 0:
+            raise ValueError(f"seed must be >= 0 and max_seq_len, microbatch_size > 0; got seed={self.seed}, "
+                             f"max_seq_len={self.max_seq_len}, microbatch_size={self.microbatch_size}")
+
     @property
     def row_len(self) -> int:
         return self.microbatch_size * self.max_seq_len

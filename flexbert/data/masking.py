@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from flexbert.errors import DataError
 
 IGNORE_INDEX = -100
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # the rest (0.1) stays unchanged
@@ -63,7 +64,7 @@ def row_rng(seed: int, rank: int, epoch: int, row_index: int) -> np.random.Gener
 def mask_row(input_ids: np.ndarray, spec: MaskingSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """input_ids (L,) int64 (pad tail included) -> (masked input_ids (L,), labels (L,)), both int64."""
     if input_ids.size and int(input_ids.max()) >= len(spec.is_special):
-        raise ValueError(f"token id {int(input_ids.max())} is outside the tokenizer vocabulary "
+        raise DataError(f"token id {int(input_ids.max())} is outside the tokenizer vocabulary "
                          f"({len(spec.is_special)} ids): were the shards written with another tokenizer?")
     selectable = ~spec.is_special[input_ids]  # (L,) bool
     selected = np.flatnonzero((rng.random(input_ids.shape[0], dtype=np.float32) < spec.probability) & selectable)

@@ -21,6 +21,7 @@ import os
 from typing import Protocol, Sequence
 
 import numpy as np
+from flexbert.errors import DataError
 
 INDEX_FILE = "index.json"
 DEFAULT_MAX_BLOCK = 1 << 20  # documents per shuffle block (8 MiB of ids per block permutation)
@@ -54,8 +55,9 @@ class _SampleDecoder:
         if "input_ids" in columns:
             self.column = "input_ids"
         elif "text" in columns:
-            if tokenizer is None:
-                raise ValueError(f"{where} has a `text` column; a tokenizer is needed to tokenize it")
+            if tokenizer is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+                raise ValueError(f"{where} has a `text` column: a tokenizer with [CLS] and [SEP] tokens is "
+                                 f"needed to tokenize it on the fly")
             self.column = "text"
         else:
             raise ValueError(f"{where} has columns {columns}; expected `input_ids` (token ids) or `text`")
@@ -109,7 +111,7 @@ def _check_shards(path: str) -> list[str]:
         with open(raw, "rb") as f:
             header = np.frombuffer(f.read(4), np.uint32)
         if size != expected or header.size != 1 or int(header[0]) != info["samples"]:
-            raise ValueError(f"MDS shard '{raw}' is truncated or corrupted: {size} bytes "
+            raise DataError(f"MDS shard '{raw}' is truncated or corrupted: {size} bytes "
                              f"(index.json says {expected}), header sample count "
                              f"{int(header[0]) if header.size else 'missing'} (index.json says {info['samples']})")
     return list(shards[0]["column_names"])
@@ -135,7 +137,7 @@ class LocalMDSSource:
         except Exception as e:
             shard_id, in_shard = self.dataset.spanner[doc_id]
             shard = os.path.join(self.where, self.dataset.shards[shard_id].raw_data.basename)
-            raise ValueError(f"cannot read document {doc_id} (sample {in_shard} of MDS shard '{shard}'): "
+            raise DataError(f"cannot read document {doc_id} (sample {in_shard} of MDS shard '{shard}'): "
                              f"{type(e).__name__}: {e}; the shard may be corrupted") from e
 
 
@@ -161,7 +163,7 @@ class StreamingMDSSource:
         except Exception as e:
             shard_id, in_shard = self.dataset.spanner[doc_id]
             name = self.dataset.shards[shard_id].raw_data.basename
-            raise ValueError(f"cannot read document {doc_id} (sample {in_shard} of MDS shard "
+            raise DataError(f"cannot read document {doc_id} (sample {in_shard} of MDS shard "
                              f"'{self.where}/{name}'): {type(e).__name__}: {e}") from e
 
 

@@ -16,14 +16,13 @@ from flexbert.optim.builders import (
     build_optimizer,
     build_scheduler,
 )
-from flexbert.optim.grad_norm import GRAD_NORM_CALLBACKS, LogGradNorm, grad_norms, total_grad_norm
+from flexbert.optim.grad_norm import LogGradNorm, grad_norms, total_grad_norm
 from flexbert.optim.param_groups import filter_bias_norm_wd, is_no_decay
 from flexbert.optim.restart import RestartOverride
 from flexbert.optim.schedulers import OneMinusSqrtScheduler, WarmupStableDecayScheduler
 from flexbert.optim.stable_adamw import StableAdamW
 
 __all__ = [
-    "GRAD_NORM_CALLBACKS",
     "OPTIMIZERS",
     "SCHEDULERS",
     "LogGradNorm",

@@ -8,7 +8,7 @@ scratch. `LogGradNorm` reads them at Event.AFTER_TRAIN_BATCH: all microbatches a
 AMP has unscaled, and the optimizer has not stepped (Composer runs that event before `optimizer.step()`, also
 when the step takes a closure).
 
-Registered as the schema's callback `log_grad_norm: {batch_log_interval}` in `GRAD_NORM_CALLBACKS`.
+The schema's callback `log_grad_norm: {batch_log_interval}` (registered in flexbert.train.callbacks).
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from flexbert.registry import Registry
 
-__all__ = ["GRAD_NORM_CALLBACKS", "LogGradNorm", "grad_norms", "total_grad_norm"]
-
-GRAD_NORM_CALLBACKS: Registry = Registry("optim_callback", "callbacks")
+__all__ = ["LogGradNorm", "grad_norms", "total_grad_norm"]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -56,7 +53,6 @@ def total_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(grad_norms(grads))
 
 
-@GRAD_NORM_CALLBACKS.register("log_grad_norm", "L2 norm of the gradients before the optimizer step (one sync)")
 class LogGradNorm(Callback):
     """Logs `grad_norm/total` and, with `per_layer=True`, `grad_norm/<parameter name>` for every parameter.
 

@@ -70,6 +70,10 @@ def apply_hyperparameters(state: State, snapshot: list[dict[str, Any]]) -> None:
     for group, values in zip(optimizer.param_groups, snapshot):
         group.update(values)
         group["initial_lr"] = values["lr"]
+        for p in group["params"]:  # optimi caches eps**2 per tensor for the clipping RMS
+            eps_sq = optimizer.state.get(p, {}).get("eps_sq")
+            if eps_sq is not None and "eps" in group:
+                eps_sq.fill_(group["eps"] ** 2)
     peaks = [group["initial_lr"] for group in optimizer.param_groups]
     for scheduler in state.schedulers:
         if not isinstance(scheduler, LambdaLR):

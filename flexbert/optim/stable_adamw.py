@@ -1,7 +1,7 @@
 """`StableAdamW`: AdamW with debiased betas and per-tensor update clipping (recipe section 5).
 
-Built on torch-optimi's `optimi.StableAdamW` (0.3.3), the implementation that trained ModernBERT and wrote the
-released checkpoints' optimizer state. This subclass only
+Built on torch-optimi's `optimi.StableAdamW` (0.3.3 installed): optimi's StableAdamW trained ModernBERT and wrote
+the released checkpoints' optimizer state (with an earlier optimi release). This subclass only
 - keeps the class name `StableAdamW` (Composer files optimizer state under `type(opt).__qualname__`, so the
   released key `optimizers.StableAdamW` restores into it), and per-parameter state `exp_avg` / `exp_avg_sq`;
 - sets this project's defaults (`weight_decay=0.0`, gradient release off);
@@ -25,7 +25,10 @@ Differences from the recipe text (none changes fp32 results beyond rounding):
   on some step is skipped but the group's t still advances. A zero gradient (not None) is a normal update.
   ModernBERT gives every tensor a gradient every step, so this never matters there.
 - eps**2 is stored per tensor in the parameter dtype (`state["eps_sq"]`); for bf16 parameters the moments are
-  also kept in bf16 on the non-Triton paths, i.e. only the parameter update is compensated by Kahan summation.
+  also kept in bf16 on the non-Triton paths, i.e. only the Adam update is compensated by Kahan summation. The
+  weight-decay multiply hits the bf16 weights directly, uncompensated: a decay step below bf16 resolution
+  (e.g. 1e-5 on weights near 1) is lost. With fp32 master weights (Composer's amp_bf16, the recipe) none of
+  this applies.
 - The foreach path and the bf16 Kahan path use `p.grad` as scratch space: gradients are garbage after `step()`.
   Read gradients before the step (Composer's Event.AFTER_TRAIN_BATCH, as `log_grad_norm` does).
 - The non-Triton paths call `.item()` once per tensor (the clipping factor) and once per group (the step).
@@ -90,7 +93,7 @@ class StableAdamW(optimi.StableAdamW):
         )
         # prepend: optimi's own post-load hook reads group["triton"], which older checkpoints lack.
         self.register_load_state_dict_pre_hook(_complete_loaded_groups, prepend=True)
-        pass
+        self.register_load_state_dict_post_hook(_complete_loaded_state)
 
     def _init_group(self, group: dict[str, Any], *args, **kwargs):
         if not group["setup"] and group["triton"] is None and group["foreach"] is None:

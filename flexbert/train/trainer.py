@@ -92,6 +92,10 @@ def build_trainer(cfg: Mapping[str, Any]):
         evaluators.append(Evaluator(label="eval", dataloader=eval_spec, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
     callbacks = build_callbacks(cfg.get("callbacks"))
+    if (cfg.get("optimizer") or {}).get("log_grad_norm") and "log_grad_norm" not in (cfg.get("callbacks") or {}):
+        from flexbert.optim.grad_norm import LogGradNorm
+
+        callbacks.append(LogGradNorm())
     # Loader state rides in the checkpoint; a new phase (time reset) starts its data from the beginning.
     callbacks.append(LoaderStateCallback(train_spec, strict=not phase_start))
     if cfg.get("stop_on_nonfinite_loss", True):

@@ -1,0 +1,97 @@
+"""`make demo`: the whole pipeline on one CPU machine in a few minutes.
+
+1. data (cached under demo_data/): demo corpus from the Python standard library -> BPE tokenizer -> MDS shards;
+2. pretrain `yamls/demo.yaml` (30% masking, packing, StableAdamW, warmup-stable-decay), evaluating at 15%;
+3. the Composer checkpoint is written to demo_runs/demo/, then exported as a Hugging Face ModernBERT folder;
+4. transformers' own `fill-mask` pipeline runs on the exported folder.
+
+`python -m flexbert.demo [key.sub=value ...]` passes overrides to the run (e.g. max_duration=50ba).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+DATA = Path("demo_data")
+RECIPE = Path("yamls/demo.yaml")
+
+
+def _step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def prepare_data() -> None:
+    from data_prep import build_demo_corpus, tokenize_to_mds, train_tokenizer
+
+    corpus, tokenizer, mds = DATA / "corpus", DATA / "tokenizer", DATA / "mds"
+    if not corpus.is_dir():
+        _step("building the demo corpus (Python standard library docstrings and source)")
+        _check(build_demo_corpus.main(["--out", str(corpus)]))
+    if not tokenizer.is_dir():
+        _step("training a 4096-token BPE tokenizer")
+        _check(train_tokenizer.main(["--input", str(corpus / "train.jsonl"), "--vocab-size", "4096", "--out", str(tokenizer)]))
+    if not mds.is_dir():
+        _step("tokenizing into MDS shards (max_seq_len 128)")
+        _check(tokenize_to_mds.main(["--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(mds), "--max-seq-len", "128"]))
+    print(f"data ready in {DATA}/ (delete it to rebuild)")
+
+
+def _check(code: int) -> None:
+    if code:
+        raise SystemExit(code)
+
+
+def _losses(metrics_file: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
+    train, evals = [], []
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if "loss/train/total" in record:
+            train.append((record["batch"], record["loss/train/total"]))
+        if "metrics/eval/LanguageCrossEntropy" in record:
+            evals.append((record["batch"], record["metrics/eval/LanguageCrossEntropy"], record["metrics/eval/MaskedAccuracy"]))
+    return train, evals
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.path.insert(0, str(Path.cwd()))
+    prepare_data()
+
+    from flexbert.train.run_config import load_run_config
+    from flexbert.train.trainer import build_trainer
+
+    cfg = load_run_config(RECIPE, argv)
+    _step(f"pretraining {RECIPE} for {cfg['max_duration']} on CPU")
+    start = time.time()
+    trainer, reset_time = build_trainer(cfg)
+    trainer.fit(reset_time=reset_time)
+    run_dir = Path(cfg["save_folder"].replace("{run_name}", cfg["run_name"]))
+    trainer.close()
+    train, evals = _losses(run_dir / "metrics.jsonl")
+    print(f"\ntrained in {time.time() - start:.0f}s")
+    print(f"MLM loss (30% masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
+    for batch, loss, acc in evals:
+        print(f"eval at batch {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+
+    _step("exporting the checkpoint as a Hugging Face ModernBERT folder")
+    from flexbert.convert import main as convert
+
+    export = run_dir / "hf"
+    _check(convert(["composer-to-hf", str(run_dir / "latest-rank0.pt"), str(export), "--tokenizer", str(DATA / "tokenizer")]))
+
+    _step("fill-mask with transformers' pipeline on the exported folder")
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(export), tokenizer=str(export), device="cpu")
+    for prompt in (f"import os{fill.tokenizer.mask_token}path", f"Return the number of{fill.tokenizer.mask_token} in the list."):
+        guesses = fill(prompt, top_k=3)
+        print(repr(prompt), "->", ", ".join(f"{g['token_str']!r} ({g['score']:.2f})" for g in guesses))
+    print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

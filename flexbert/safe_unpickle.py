@@ -1,33 +1,118 @@
-"""Loading Composer checkpoints with `torch.load(weights_only=True)` and an allow-list.
+"""Opening Composer checkpoints without letting them run code: `torch.load(weights_only=True)` plus an allow-list.
 
-Released checkpoints were written by Composer 0.24 / torch 2.4 / numpy 1.26: their pickles reference numpy
-arrays and dtypes (under numpy 1.x module paths), `datetime.timedelta` and `TorchVersion`. Those, and nothing
-else, are allowed: a checkpoint cannot run code when it is opened.
+What a Composer checkpoint pickles besides tensors (recipe section 3; checked against a Composer 0.32 file and
+the released Composer 0.24 / torch 2.4 / numpy 1.26 ones):
+- numpy arrays and dtypes: the numpy RNG state in `rng` (`np.random.get_state()`), metric values Composer
+  0.16+ stored as arrays. An array pickles as `_reconstruct(ndarray, ...)` + `dtype(...)`; numpy 1.x names the
+  function `numpy.core.multiarray._reconstruct`, numpy 2.x `numpy._core.multiarray._reconstruct`. torch matches
+  allow-list entries by the name written in the pickle, so both names are listed, each bound to numpy 2's
+  function (numpy 2 still reads numpy 1 array pickles; only the module moved). Scalars (`...multiarray.scalar`)
+  likewise.
+- `datetime.timedelta` (the wall-clock fields of `state.timestamp`) and `torch.torch_version.TorchVersion`
+  (`state.metadata.torch_version`).
+Nothing else: no `object` dtype, no arbitrary classes. A checkpoint naming any other global is refused with a
+message naming that global.
+
+How Composer's own loader fits in. Composer 0.32 opens every checkpoint in
+`composer.utils.checkpoint._torch_load_with_validation` with `torch.load(..., weights_only=False)`, i.e. a full
+unpickler. Before that call it runs the function named by the environment variable
+`CHECKPOINT_VALIDATION_FUNCTION` (`validate(path, specs) -> bool`) on the local file (also after downloading a
+remote one). `install_composer_guard()` points that variable at `validate_for_composer`, which opens the file
+with the restricted unpickler first and raises `UnsafeCheckpointError` if it names anything outside the
+allow-list. The file therefore only reaches the full unpickler after the restricted one accepted every global it
+references: the full unpickler then calls exactly those allowed functions. Why this and not the alternatives:
+- it uses the hook Composer offers, so it covers every load Composer does (load_path, autoresume, URIs), with no
+  patching of Composer and no rewritten copy of a multi-GB file;
+- the check is cheap: with `mmap=True` torch maps the tensor data instead of reading it, so validating a
+  checkpoint costs about one parse of its pickle, not a second copy of its tensors.
+A validation function the user had set already is kept and called after ours.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
+# The env var Composer reads; where a previously set function is kept so that ours can chain to it.
+COMPOSER_VALIDATION_ENV = "CHECKPOINT_VALIDATION_FUNCTION"
+CHAINED_VALIDATION_ENV = "FLEXBERT_CHAINED_CHECKPOINT_VALIDATION"
+_THIS_VALIDATOR = f"{__name__}.validate_for_composer"
 
-def _allowed_globals() -> list:
+_NUMPY_FUNCTIONS = ("_reconstruct", "scalar")  # ndarray / numpy-scalar rebuilders
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x, numpy 2.x spelling
+_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+           "float16", "float32", "float64", "complex64", "complex128", "str", "bytes")  # not `object`
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file names a Python object outside the allow-list (or is no torch checkpoint at all)."""
+
+
+def allowed_globals() -> list[Any]:
+    """Entries for `torch.serialization.safe_globals`: objects, or (object, name-in-pickle) pairs."""
+    from numpy._core import multiarray  # numpy >= 2 (the project pins numpy 2.x)
+
     allowed: list[Any] = [datetime.timedelta, torch.torch_version.TorchVersion, np.ndarray, np.dtype]
-    allowed += [type(np.dtype(name)) for name in (
-        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-        "float16", "float32", "float64", "complex64", "complex128", "str", "bytes", "object")]
-    allowed += [np.core.multiarray._reconstruct if hasattr(np, "core") else np._core.multiarray._reconstruct,
-                np._core.multiarray._reconstruct, np._core.multiarray.scalar]
-    # numpy 1.x pickles name `numpy.core.multiarray.*`; numpy 2 keeps them importable under that name
-    # through a shim, and torch's allow-list matches by the name in the pickle.
-    allowed += [(np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                (np._core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+    # Unpickling a dtype restores its state on an instance of its DType class (numpy >= 1.20), so BUILD needs them.
+    allowed += [type(np.dtype(name)) for name in _DTYPES]
+    for module in _NUMPY_MODULES:
+        for name in _NUMPY_FUNCTIONS:
+            allowed.append((getattr(multiarray, name), f"{module}.{name}"))
     return allowed
 
 
-def safe_torch_load(path, map_location="cpu") -> Any:
-    with torch.serialization.safe_globals(_allowed_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
+def safe_torch_load(path, map_location: str = "cpu", mmap: bool = False) -> Any:
+    """`torch.load` with `weights_only=True` and the allow-list; refusals become UnsafeCheckpointError.
+
+    mmap=True maps tensor data lazily (zip-format files only; older formats are read normally)."""
+    mmap = mmap and zipfile.is_zipfile(path)
+    with torch.serialization.safe_globals(allowed_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            # torch's message is a page of advice; the line that matters follows "WeightsUnpickler error:".
+            found = re.search(r"WeightsUnpickler error: (.*)", str(err))
+            reason = found.group(1).strip() if found else str(err).strip().splitlines()[-1]
+            reason = reason.split(" Please use `torch.serialization")[0]
+            raise UnsafeCheckpointError(
+                f"{path}: refused by the safe loader: {reason} (Composer checkpoints need only tensors, numpy "
+                f"arrays, timedelta and TorchVersion; this file names something else)"
+            ) from None
+
+
+def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = None) -> bool:
+    """Composer's `CHECKPOINT_VALIDATION_FUNCTION`: True when the file passes the restricted unpickler.
+
+    `specs` (byte ranges) is given only for sharded `.distcp` files, which torch.distributed.checkpoint reads
+    itself; those are passed through unchanged."""
+    if specs is None and os.path.isfile(path):
+        try:
+            safe_torch_load(path, mmap=True)
+        except UnsafeCheckpointError:
+            raise
+        except Exception as err:
+            raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    chained = os.environ.get(CHAINED_VALIDATION_ENV)
+    if chained:
+        from importlib import import_module
+
+        module, _, name = chained.rpartition(".")
+        return bool(getattr(import_module(module), name)(path, specs))
+    return True
+
+
+def install_composer_guard() -> None:
+    """Make every checkpoint Composer opens in this process (and its children) pass `validate_for_composer`."""
+    current = os.environ.get(COMPOSER_VALIDATION_ENV)
+    if current == _THIS_VALIDATOR:
+        return
+    if current:
+        os.environ[CHAINED_VALIDATION_ENV] = current
+    os.environ[COMPOSER_VALIDATION_ENV] = _THIS_VALIDATOR

@@ -33,7 +33,7 @@ from composer.core import Callback, DataSpec
 from flexbert.data.masking import MaskingSpec, mask_row, row_rng
 from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
                                    count_tokens, split_packed_batch)
-from flexbert.data.sources import EpochOrder, open_source
+from flexbert.data.sources import DEFAULT_MAX_BLOCK, EpochOrder, open_source
 from flexbert.data.warmup import BatchSizeWarmup
 from flexbert.registry import Registry, closest
 
@@ -72,10 +72,11 @@ class DatasetConfig:
     max_seq_len: int | None = None
     shuffle: bool = False
     shuffle_seed: int = 9176
+    shuffle_block_size: int | None = None  # documents per shuffle block (default 1M); see sources.EpochOrder
     mlm_probability: float | None = None
     streaming: bool = False
     _types = {"local": (str,), "remote": (str,), "split": (str,), "tokenizer_name": (str,), "max_seq_len": (int,),
-              "shuffle": (bool,), "shuffle_seed": (int,), "mlm_probability": (float, int), "streaming": (bool,)}
+              "shuffle": (bool,), "shuffle_seed": (int,), "shuffle_block_size": (int,), "mlm_probability": (float, int), "streaming": (bool,)}
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "train_loader.dataset") -> "DatasetConfig":
@@ -126,6 +127,7 @@ class LoaderSettings:
     world_size: int = 1
     shuffle: bool = True
     shuffle_seed: int = 9176
+    shuffle_block_size: int = DEFAULT_MAX_BLOCK
     endless: bool = True  # training: epochs roll over; eval: one pass per iter()
     drop_last: bool = False
     sequence_packing: bool = True
@@ -146,7 +148,7 @@ class LoaderSettings:
         """What a saved state must agree on to be resumable here."""
         return {"num_docs": num_docs, "max_seq_len": self.max_seq_len, "row_len": self.row_len,
                 "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-                "shuffle_seed": self.shuffle_seed, "sequence_packing": self.sequence_packing,
+                "shuffle_seed": self.shuffle_seed, "shuffle_block_size": self.shuffle_block_size, "sequence_packing": self.sequence_packing,
                 "max_open_rows": self.max_open_rows}
 
 
@@ -172,7 +174,7 @@ class _Producer:
 
     def _order(self, epoch: int) -> EpochOrder:
         return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
-                          rank=self.s.rank, world_size=self.s.world_size)
+                          rank=self.s.rank, world_size=self.s.world_size, max_block=self.s.shuffle_block_size)
 
     def _read(self, doc_id: int) -> np.ndarray:
         if self._doc[0] != doc_id:
@@ -228,7 +230,7 @@ class _Producer:
         rows = []
         for epoch, index, row in taken:
             r = assemble_row(row.arrays, self.s.row_len, self.s.pad_token_id)
-            rng = row_rng(self.s.seed, self.s.rank, epoch, index)
+            rng = row_rng(self.s.seed, epoch, index * self.s.world_size + self.s.rank)
             r["input_ids"], r["labels"] = mask_row(r["input_ids"], self.masking, rng)
             rows.append(r)
         real, slots = sum(r["num_tokens"] for r in rows), len(rows) * self.s.row_len
@@ -306,8 +308,8 @@ class PackedLoader:
     def __init__(self, source, masking: MaskingSpec, settings: LoaderSettings):
         self.source, self.masking, self.settings = source, masking, settings
         self._fingerprint = settings.fingerprint(len(source))
-        EpochOrder(len(source), epoch=0, seed=settings.shuffle_seed, shuffle=settings.shuffle,
-                   rank=settings.rank, world_size=settings.world_size)  # fail now on bad sizes/seeds
+        EpochOrder(len(source), epoch=0, seed=settings.shuffle_seed, shuffle=settings.shuffle, rank=settings.rank,
+                   world_size=settings.world_size, max_block=settings.shuffle_block_size)  # fail now on bad sizes/seeds
         self._state = _initial_state(self._fingerprint)
         self._loaded = False  # an eval pass restarts from scratch unless a state was loaded
         self._generation = 0
@@ -459,7 +461,8 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
     settings = LoaderSettings(
         max_seq_len=max_seq_len, microbatch_size=microbatch_size, warmup=warmup, seed=seed,
         pad_token_id=int(tokenizer.pad_token_id), rank=rank, world_size=world_size, shuffle=ds.shuffle,
-        shuffle_seed=ds.shuffle_seed, endless=mode == "train", drop_last=cfg.drop_last,
+        shuffle_seed=ds.shuffle_seed, shuffle_block_size=ds.shuffle_block_size or DEFAULT_MAX_BLOCK,
+        endless=mode == "train", drop_last=cfg.drop_last,
         sequence_packing=cfg.sequence_packing, count_padding_tokens=count_padding_tokens,
         prefetch=cfg.num_workers)
     return make_data_spec(PackedLoader(source, MaskingSpec.from_tokenizer(tokenizer, p), settings))

@@ -27,7 +27,7 @@ class MetricsJsonl(LoggerDestination):
         self._file = None
         self._state: Optional[State] = None
         self._pending: dict[str, Any] = {}
-        self._pending_batch: Optional[int] = None
+        self._last: Optional[tuple[int, dict]] = None  # (file offset, record) of the last line written
 
     def init(self, state: State, logger: Logger) -> None:
         self._state = state
@@ -47,10 +47,6 @@ class MetricsJsonl(LoggerDestination):
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         if self._state is None or dist.get_global_rank() != 0:
             return
-        batch = int(self._state.timestamp.batch)
-        if self._pending_batch is not None and batch != self._pending_batch:
-            self._flush()
-        self._pending_batch = batch
         for key, value in metrics.items():
             if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
                 value = value.item()
@@ -61,10 +57,18 @@ class MetricsJsonl(LoggerDestination):
         if not self._pending or self._file is None or self._state is None:
             self._pending = {}
             return
-        ts = self._state.timestamp
-        record = {"batch": self._pending_batch, "token": int(ts.token), "sample": int(ts.sample), **self._pending}
+        ts = self._state.timestamp  # what a step logs before and after its counters advance goes in one line
+        record = {"batch": int(ts.batch), "token": int(ts.token), "sample": int(ts.sample), **self._pending}
+        if self._last is not None and self._last[1]["batch"] == record["batch"]:
+            # more metrics for the step already written (e.g. at fit end): rewrite its line, merged
+            offset, previous = self._last
+            self._file.seek(offset)
+            self._file.truncate()
+            record = {**previous, **record}
+        offset = self._file.tell()
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self._last = (offset, record)
         self._pending = {}
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:

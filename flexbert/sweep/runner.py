@@ -1,0 +1,227 @@
+"""Turn a sweep into commands, check them, and run them one after another as subprocesses, resumably.
+
+Spec: issue 7. Each variant runs as `LAUNCHER main.py BASE <common overrides> <variant overrides>
+run_name=<name> save_folder=OUT/runs/<name>` (+ `loggers.wandb.group=<sweep>` when the run logs to wandb), so
+every run starts from the same base file with the same seed and data order unless the sweep changes them. A
+subprocess per run: a crash, an OOM kill or a hung NCCL job ends that run, not the sweep, and multi-process
+launchers (`composer -n 8`) work unchanged. Its stdout and stderr go to OUT/runs/<name>/log.txt.
+
+Resuming (state.py): a `done` run is skipped; a run that was `running` or `interrupted` when the sweep stopped
+is started again with `autoresume=true`, so Composer continues from OUT/runs/<name>/latest-rank0.pt (or
+starts over when no checkpoint was written yet). A run whose folder exists but whose overrides changed since
+it started is an error: its checkpoints and metrics belong to another config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from flexbert.sweep.spec import SweepError, SweepSpec, Variant, render_overrides, render_value
+from flexbert.sweep.state import RESUMABLE, SweepState
+from flexbert.sweep.validate import Validation, launcher_world_size, validate_variant
+
+DEFAULT_LAUNCHER = "python"
+ERROR_TAIL_LINES = 20
+
+
+@dataclass
+class PlannedRun:
+    variant: Variant
+    folder: Path  # OUT/runs/<name>
+    fingerprint: list[str]  # common + variant overrides as key=value: what defines the run
+    managed: list[str]  # overrides the sweep adds: run_name, save_folder, wandb group
+    validation: Optional[Validation] = None
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.fingerprint + self.managed
+
+
+def _entry_script() -> str:
+    """main.py of the current directory (the repo root, where run files' relative data paths point), else the repo's."""
+    if Path("main.py").is_file():
+        return "main.py"
+    return str(Path(__file__).resolve().parents[2] / "main.py")
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def plan_runs(spec: SweepSpec, out: Path) -> list[PlannedRun]:
+    runs = []
+    for variant in spec.variants:
+        folder = out / "runs" / variant.name
+        fingerprint = render_overrides(spec.common) + render_overrides(variant.overrides)
+        managed = [f"run_name={render_value(variant.name)}", f"save_folder={render_value(str(folder))}"]
+        runs.append(PlannedRun(variant, folder, fingerprint, managed))
+    return runs
+
+
+def validate_runs(spec: SweepSpec, runs: list[PlannedRun], launcher: str) -> None:
+    """Validate each run's config; add the wandb group where the run logs to wandb and sets no group itself."""
+    world_size = launcher_world_size(launcher)
+    for run in runs:
+        run.validation = validate_variant(spec.base, run.overrides, world_size)
+        cfg = run.validation.cfg or {}
+        wandb = (cfg.get("loggers") or {}).get("wandb")
+        if run.validation.error is None and isinstance(wandb, dict) and not wandb.get("group"):
+            run.managed.append(f"loggers.wandb.group={render_value(spec.name)}")
+
+
+def command(spec: SweepSpec, run: PlannedRun, launcher: str, resume: bool) -> list[str]:
+    """The run's command line as the launcher would get it (`python` means the current interpreter when run here)."""
+    tokens = shlex.split(launcher)
+    if not any(t.endswith(".py") for t in tokens):
+        tokens.append(_entry_script())
+    extra = ["autoresume=true"] if resume else []
+    return tokens + [_display_path(spec.base)] + run.overrides + extra
+
+
+def check_fingerprints(runs: list[PlannedRun], state: SweepState) -> None:
+    """A run folder started with other overrides cannot be resumed or reported as this variant."""
+    stale = []
+    for run in runs:
+        entry = state.get(run.name)
+        if not entry:
+            continue
+        if not run.folder.exists():
+            state.forget(run.name)  # deleted by the user, or never launched: start it fresh
+        elif entry.get("overrides") != run.fingerprint:
+            stale.append(f"  {run.name}: started with {entry.get('overrides')}, now {run.fingerprint}")
+    if stale:
+        raise SweepError(
+            "these runs were started with different overrides than the sweep file now gives:\n" + "\n".join(stale)
+            + "\nuse another --out, or delete their folders under runs/ to run them again"
+        )
+
+
+def should_resume(run: PlannedRun, state: SweepState) -> bool:
+    entry = state.get(run.name)
+    return entry.get("status") in RESUMABLE or (run.folder / "latest-rank0.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ execution
+
+
+def _error_from_log(text: str) -> str:
+    """The last lines of a failed run's log, most telling line last (main.py prints `error: ...` last)."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-ERROR_TAIL_LINES:])
+
+
+def error_headline(error: str) -> str:
+    """One line for tables: the last `error:` / `...Error:` line of a log tail, else its last line."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:") or re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
+def _max_rss_mb(usage) -> float:
+    # ru_maxrss: kilobytes on Linux, bytes on macOS. For a launcher it is the largest process of its tree.
+    return usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def execute(cmd: list[str], log_path: Path) -> tuple[int, float, float]:
+    """Run `cmd` with output to `log_path` (appended); (return code, wall seconds, peak RSS in MB)."""
+    if cmd[0] in ("python", "python3"):
+        cmd = [sys.executable] + cmd[1:]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
+        log.flush()
+        start = time.time()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            # wait4, not wait: it returns this child's own rusage (RUSAGE_CHILDREN would be the max over all runs).
+            _, status, usage = os.wait4(proc.pid, 0)
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.time() - start, _max_rss_mb(usage)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C: the run got SIGINT too when it shares the terminal; make sure, then wait for it to exit."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_one(spec: SweepSpec, run: PlannedRun, state: SweepState, launcher: str, label: str) -> str:
+    """Run (or resume) one variant; returns its final status."""
+    resume = should_resume(run, state)
+    cmd = command(spec, run, launcher, resume)
+    log_path = run.folder / "log.txt"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    entry = state.get(run.name)
+    attempts = int(entry.get("attempts", 0)) + 1
+    state.update(run.name, status="running", attempts=attempts, command=shlex.join(cmd), overrides=run.fingerprint,
+                 params=run.validation.params if run.validation else entry.get("params"), error=None)
+    print(f"{label} {run.name}: {'resuming' if resume else 'running'} (log: {log_path})", flush=True)
+    try:
+        code, wall, rss = execute(cmd, log_path)
+    except KeyboardInterrupt:
+        state.update(run.name, status="interrupted")
+        raise
+    wall_total = float(entry.get("wall_s") or 0.0) + wall  # a resumed run's time adds up over attempts
+    rss = max(rss, float(entry.get("peak_rss_mb") or 0.0))
+    if code == 0:
+        state.update(run.name, status="done", returncode=0, wall_s=wall_total, peak_rss_mb=rss)
+        print(f"{label} {run.name}: done in {wall:.0f}s", flush=True)
+        return "done"
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        log.seek(offset)
+        error = _error_from_log(log.read())
+    state.update(run.name, status="failed", returncode=code, wall_s=wall_total, peak_rss_mb=rss, error=error)
+    print(f"{label} {run.name}: FAILED (exit {code}): {error_headline(error)}", flush=True)
+    return "failed"
+
+
+def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retry_failed: bool = False) -> SweepState:
+    """Validate every variant, then run the unfinished ones in order. Returns the final state."""
+    state = SweepState(out, spec.name)
+    runs = plan_runs(spec, out)
+    check_fingerprints(runs, state)
+    todo = [r for r in runs if state.get(r.name).get("status") != "done"]
+    validate_runs(spec, todo, launcher)
+    for i, run in enumerate(runs, 1):
+        label = f"[{i}/{len(runs)}]"
+        status = state.get(run.name).get("status")
+        if status == "done":
+            print(f"{label} {run.name}: done earlier, skipped")
+            continue
+        if run.validation.error:
+            state.update(run.name, status="invalid", overrides=run.fingerprint, error=run.validation.error, params=None)
+            print(f"{label} {run.name}: INVALID, not run: {run.validation.error}")
+            continue
+        if status == "failed" and not retry_failed:
+            print(f"{label} {run.name}: failed earlier, skipped (--retry-failed runs it again)")
+            continue
+        run_one(spec, run, state, launcher, label)
+    return state

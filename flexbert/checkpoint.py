@@ -1,56 +1,146 @@
-"""Composer checkpoints as `load_path`: reading them safely, the model config they embed, growing models.
+"""Composer checkpoints as `load_path` and `init_from_checkpoint`: reading them safely, checking that they fit,
+the model config they embed, and growing a larger model from a smaller one's weights.
 
-Layout (recipe section 3): `{"state": {"model": {"model.bert...": tensor}, "optimizers": {"StableAdamW": ...},
-"integrations": {"huggingface": {"model": {"config": {"content": {...}}}}}, ...}, "rng": [...]}`.
+Layout (recipe section 3; Composer 0.24 wrote the released ones, Composer 0.32 writes ours, the same way):
+`{"state": {"model": {"model.bert...": tensor}, "optimizers": {"StableAdamW": {"state": {FQN: {...}},
+"param_groups": [...]}}, "schedulers": {...}, "timestamp": {...}, "integrations": {"huggingface": {"model":
+{"config": {"content": {...}}}, "tokenizer": {...}}}, ...}, "rng": [...]}`.
+
+The trainer's path through this module, before Composer's Trainer opens the file:
+1. `prepare_load_path`: the file exists and is not a Hugging Face folder; `install_composer_guard()` makes
+   Composer's own torch.load (weights_only=False) run only on files the restricted unpickler accepted
+   (see `flexbert.safe_unpickle` for why this is the hook to use).
+2. `read_checkpoint_model_config`: the architecture stored in the checkpoint; `merge_checkpoint_model_config`
+   combines it with the run file's `model_config`, listing disagreements key by key.
+3. `check_checkpoint_fits`: the checkpoint's tensors against the built model -- missing, unexpected and
+   mis-shaped keys listed, instead of Composer's first-mismatch error deep inside `Trainer.__init__`.
+4. `init_from_checkpoint` (run-file key `init_from_checkpoint`): tile a smaller model into this one
+   (`flexbert.grow`).
+Files are opened with `mmap=True` and the last one is cached, so steps 1-3 cost one parse of the pickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
+
+import torch
 
 from flexbert.config import MODEL_CONFIG_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+MODEL_PREFIX = "model."  # Composer's HuggingFaceModel keeps the FlexBERT module as `.model`
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model; the message says which."""
 
 
+# ------------------------------------------------------------------------------------------------ reading files
+
+
 def prepare_load_path(path: str) -> str:
-    """Local paths must exist (a clear error now beats one deep inside Composer); URIs pass through."""
-    if "://" in str(path):
-        return str(path)
+    """Local paths must be a checkpoint file (a clear error now beats one deep inside Composer); URIs pass through.
+
+    Also installs the guard that makes Composer open checkpoints only after the safe loader accepted them."""
+    from flexbert.hf_interop import is_modernbert_folder
+    from flexbert.safe_unpickle import install_composer_guard
+
+    install_composer_guard()
+    path = str(path)
+    if "://" in path:
+        return path
+    if Path(path).is_dir():
+        if is_modernbert_folder(path):
+            raise CheckpointError(
+                f"load_path '{path}' is a Hugging Face ModernBERT folder; convert it first: "
+                f"python -m flexbert.convert hf-to-composer {path} OUT.pt"
+            )
+        if not (Path(path) / ".metadata").is_file():  # sharded (FSDP) checkpoints are folders with .metadata
+            raise CheckpointError(f"load_path '{path}' is a folder, not a checkpoint file")
+        return path
     if not Path(path).is_file():
         raise CheckpointError(f"load_path '{path}' does not exist")
-    return str(path)
+    return path
 
 
-def load_checkpoint_file(path: str) -> dict[str, Any]:
-    from flexbert.safe_unpickle import safe_torch_load
+_cache: dict[tuple, dict[str, Any]] = {}
 
+
+def load_checkpoint_file(path: Union[str, Path]) -> dict[str, Any]:
+    """A Composer checkpoint, opened by the allow-listed loader (tensors memory-mapped), structure checked."""
+    from flexbert.safe_unpickle import UnsafeCheckpointError, safe_torch_load
+
+    path = str(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key in _cache:
+        return _cache[key]
     try:
-        checkpoint = safe_torch_load(path)
-    except CheckpointError:
-        raise
+        checkpoint = safe_torch_load(path, mmap=True)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable Composer checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or "state" not in checkpoint or "model" not in checkpoint.get("state", {}):
-        raise CheckpointError(f"{path}: not a Composer checkpoint (expected a dict with state.model)")
+    _check_structure(checkpoint, path)
+    _cache.clear()  # keep one: checkpoints can be large, even memory-mapped
+    _cache[key] = checkpoint
     return checkpoint
 
 
-def embedded_model_config(checkpoint: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-    """The FlexBERT model config a Composer checkpoint carries (HuggingFaceModel metadata), schema keys only."""
+def _check_structure(checkpoint: Any, path: str) -> None:
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state"), dict) and isinstance(checkpoint["state"].get("model"), dict):
+        return
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        names = ", ".join(list(checkpoint)[:3])
+        found = f"a bare state dict of {len(checkpoint)} tensors ({names}, ...)"
+    elif isinstance(checkpoint, dict):
+        found = f"a dict with keys {sorted(map(str, checkpoint))[:6]}"
+    else:
+        found = f"a {type(checkpoint).__name__}"
+    raise CheckpointError(
+        f"{path}: not a Composer checkpoint: expected a dict with state.model, found {found}. "
+        f"Hugging Face ModernBERT weights: python -m flexbert.convert hf-to-composer HF_DIR OUT.pt"
+    )
+
+
+def model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """`state.model` with FlexBERT names (the Composer wrapper's `model.` prefix removed)."""
+    state = checkpoint["state"]["model"]
+    return {k[len(MODEL_PREFIX):] if k.startswith(MODEL_PREFIX) else k: v for k, v in state.items()}
+
+
+def huggingface_state(checkpoint: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """`state.integrations.huggingface` ({"model": {"config": ...}, "tokenizer": {...}}), if present."""
     try:
-        content = checkpoint["state"]["integrations"]["huggingface"]["model"]["config"]["content"]
+        return checkpoint["state"]["integrations"]["huggingface"]
+    except (KeyError, TypeError):
+        return None
+
+
+def embedded_model_config(checkpoint: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """The FlexBERT model config a Composer checkpoint carries (HuggingFaceModel metadata), schema keys only.
+
+    Released checkpoints store the reference's BertConfig-derived dict (`model_type: "bert"`, BERT keys such as
+    `type_vocab_size`); only the keys of the model_config schema are kept."""
+    try:
+        content = huggingface_state(checkpoint)["model"]["config"]["content"]  # type: ignore[index]
     except (KeyError, TypeError):
         return None
     return {k: v for k, v in content.items() if k in MODEL_CONFIG_DEFAULTS}
 
 
 def read_checkpoint_model_config(path: str) -> Optional[dict[str, Any]]:
-    if "://" in str(path):
-        return None  # remote checkpoints are read by Composer; their config is not consulted before download
+    if "://" in str(path) or Path(path).is_dir():
+        return None  # remote and sharded checkpoints are read by Composer; their config is not consulted before
     return embedded_model_config(load_checkpoint_file(path))
 
 
@@ -75,3 +165,147 @@ def merge_checkpoint_model_config(given: Mapping[str, Any], from_checkpoint: Map
     merged.pop("pad_token_id", None)  # taken from the tokenizer
     merged.update(given)
     return merged
+
+
+# ------------------------------------------------------------------------------------------------ fitting the model
+
+
+def _listing(title: str, items: list[str], limit: int = 12) -> str:
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:limit]) + more
+
+
+def mismatch_message(source: str, missing: list[str], unexpected: list[str], misshaped: list[str], hint: str) -> str:
+    parts = [f"{source}: the checkpoint's tensors do not fit the model"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            parts.append(_listing(title, items))
+    parts.append(f"  {hint}")
+    return "\n".join(parts)
+
+
+def check_checkpoint_fits(path: str, composer_model: torch.nn.Module, strict: bool = True) -> None:
+    """Compare `state.model` of the file with the model Composer will load it into (keys `model.bert...`).
+
+    strict=False (`load_strict_model_weights: false`) tolerates missing and unexpected keys, not wrong shapes."""
+    from flexbert.checkpoint_keys import state_dict_mismatches
+
+    if "://" in str(path) or Path(path).is_dir():
+        return
+    state = load_checkpoint_file(path)["state"]["model"]
+    missing, unexpected, misshaped = state_dict_mismatches(composer_model, state)
+    if not strict:
+        missing, unexpected = [], []
+    if missing or unexpected or misshaped:
+        bare = [k for k in state if not k.startswith(MODEL_PREFIX)]
+        hint = ("its keys lack the `model.` prefix Composer's HuggingFaceModel adds; is it a Composer checkpoint?" if bare
+                else "the architecture differs: drop model.model_config from the run file to take the checkpoint's, "
+                     "or fix the keys named above")
+        raise CheckpointError(mismatch_message(f"load_path {path}", missing, unexpected, misshaped, hint))
+
+
+# ------------------------------------------------------------------------------------------------ growing
+
+
+@dataclass
+class InitFromCheckpointConfig:
+    """The run file's `init_from_checkpoint` section.
+
+    checkpoint_load_path: a Composer checkpoint (or a Hugging Face ModernBERT folder) of the smaller model.
+    checkpoint_cfg: the smaller model's architecture, as a run YAML (its model.model_config is used) or as a
+        model_config mapping; optional when the checkpoint embeds its config. Used to check the file.
+    mode: how tensors are placed, see `flexbert.grow` (center_weights, tile_weights_from_edge,
+        tile_weights_from_middle).
+    """
+
+    checkpoint_load_path: str
+    checkpoint_cfg: Optional[Union[str, dict]] = None
+    mode: str = "tile_weights_from_middle"
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "InitFromCheckpointConfig":
+        from flexbert.grow import TILE_MODES
+        from flexbert.registry import closest
+
+        valid = [f.name for f in dataclasses.fields(cls)]
+        for key in cfg:
+            if key not in valid:
+                raise CheckpointError(f"unknown key `init_from_checkpoint.{key}`{closest(key, valid)}; valid keys: {', '.join(valid)}")
+        if not cfg.get("checkpoint_load_path"):
+            raise CheckpointError("`init_from_checkpoint.checkpoint_load_path` is required: the smaller model's checkpoint")
+        values = dict(cfg)
+        if values.get("mode") is None:
+            values.pop("mode", None)
+        out = cls(**values)
+        if out.mode not in TILE_MODES:
+            raise CheckpointError(f"init_from_checkpoint.mode '{out.mode}' is unknown{closest(out.mode, TILE_MODES)}; "
+                                  f"choose one of: {', '.join(TILE_MODES)}")
+        return out
+
+
+def _config_from_cfg(checkpoint_cfg: Union[str, Mapping]) -> dict[str, Any]:
+    if isinstance(checkpoint_cfg, Mapping):
+        return dict(checkpoint_cfg)
+    from flexbert.train.run_config import load_run_config
+
+    run = load_run_config(str(checkpoint_cfg))
+    model_config = (run.get("model") or {}).get("model_config")
+    if not model_config:
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {checkpoint_cfg}: has no model.model_config")
+    return dict(model_config)
+
+
+def read_model_weights(path: str, pad_token_id: Optional[int] = None) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+    """FlexBERT-named weights and (if known) model_config from a Composer checkpoint or a HF ModernBERT folder."""
+    from flexbert.hf_interop import is_modernbert_folder, load_modernbert_folder
+
+    if Path(path).is_dir():
+        if not is_modernbert_folder(path):
+            raise CheckpointError(f"{path}: a folder, but not a Hugging Face ModernBERT folder (no config.json with model_type modernbert)")
+        hf = json.loads((Path(path) / "config.json").read_text())
+        overrides = {"pad_token_id": pad_token_id} if hf.get("pad_token_id") is None else {}
+        model = load_modernbert_folder(path, **overrides)
+        return dict(model.state_dict()), model.config.model_config_dict()
+    checkpoint = load_checkpoint_file(path)
+    return model_state(checkpoint), embedded_model_config(checkpoint)
+
+
+def _check_source(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], pad_token_id: int, source: str) -> None:
+    """The smaller model's weights against its declared architecture (built on the meta device: no memory)."""
+    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.config import FlexBertConfig
+    from flexbert.model.modeling import FlexBertForMaskedLM
+
+    values = dict(config)
+    if values.get("pad_token_id") is None:
+        values["pad_token_id"] = pad_token_id
+    with torch.device("meta"):
+        reference = FlexBertForMaskedLM(FlexBertConfig(**values))
+    missing, unexpected, misshaped = state_dict_mismatches(reference, state)
+    if missing or unexpected or misshaped:
+        raise CheckpointError(mismatch_message(source, missing, unexpected, misshaped,
+                                               "init_from_checkpoint.checkpoint_cfg does not describe this checkpoint"))
+
+
+def init_from_checkpoint(model, cfg: Mapping[str, Any]):
+    """Initialise `model` (a FlexBertForMaskedLM) from a smaller model's weights, tiled by `cfg.mode`.
+
+    Returns the `flexbert.grow.GrowReport` (layer mapping, tensors that kept their init)."""
+    from flexbert.grow import GrowError, grow_into
+
+    settings = InitFromCheckpointConfig.from_dict(cfg)
+    path = settings.checkpoint_load_path
+    if "://" in path:
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_load_path '{path}': remote paths are not supported; download the file first")
+    if not Path(path).exists():
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_load_path '{path}' does not exist")
+    state, embedded = read_model_weights(path, pad_token_id=model.config.pad_token_id)
+    declared = _config_from_cfg(settings.checkpoint_cfg) if settings.checkpoint_cfg is not None else embedded
+    if declared is not None:
+        _check_source(state, declared, model.config.pad_token_id, f"init_from_checkpoint {path}")
+    try:
+        report = grow_into(model, state, settings.mode)
+    except GrowError as err:
+        raise CheckpointError(f"init_from_checkpoint {path}: {err}") from None
+    log.info("init_from_checkpoint %s (%s): %s", path, settings.mode, report.summary())
+    return report

@@ -151,7 +151,7 @@ def resolve_base(base: Any, sweep_path: Path) -> Path:
     tried = [path] if path.is_absolute() else [sweep_path.parent / path, Path.cwd() / path]
     for candidate in tried:
         if candidate.is_file():
-            return candidate
+            return candidate.resolve()
     raise SweepError(f"{sweep_path}: base run file '{base}' not found (tried {', '.join(str(t) for t in tried)})")
 
 

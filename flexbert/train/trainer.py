@@ -55,9 +55,10 @@ def build_trainer(cfg: Mapping[str, Any]):
     from composer import Trainer
     from composer.core import Evaluator
 
-    from flexbert.checkpoint import prepare_load_path, read_checkpoint_model_config
+    from flexbert.checkpoint import check_checkpoint_fits, prepare_load_path, read_checkpoint_model_config
     from flexbert.data.loader import LoaderStateCallback
     from flexbert.optim.restart import RestartOverride
+    from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import (
         build_algorithms,
         build_loader,
@@ -74,10 +75,18 @@ def build_trainer(cfg: Mapping[str, Any]):
     resuming = _will_autoresume(cfg, save_folder)
     phase_start = bool(cfg.get("load_path")) and not resuming
 
+    install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
+    from composer.utils import reproducibility
+
+    # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
+    # reproducible; Composer reseeds per rank for the training loop.
+    reproducibility.seed_all(int(cfg["seed"]))
     tokenizer = build_tokenizer(cfg)
     load_path = prepare_load_path(cfg.get("load_path")) if cfg.get("load_path") else None
     checkpoint_config = read_checkpoint_model_config(load_path) if load_path and not resuming else None
     composer_model = build_model(cfg, tokenizer, checkpoint_config)
+    if load_path and not resuming:  # list every missing / unexpected / mis-shaped key before Composer loads
+        check_checkpoint_fits(load_path, composer_model, strict=bool(cfg.get("load_strict_model_weights", True)))
     if cfg.get("init_from_checkpoint"):
         from flexbert.checkpoint import init_from_checkpoint
 

@@ -1,0 +1,191 @@
+"""Convert between Composer checkpoints (FlexBERT, incl. the released ModernBERT ones) and Hugging Face folders.
+
+    python -m flexbert.convert composer-to-hf CKPT OUT_DIR [--tokenizer NAME_OR_DIR]
+    python -m flexbert.convert hf-to-composer HF_DIR OUT.pt [--tokenizer NAME_OR_DIR]
+
+composer-to-hf: a Hugging Face ModernBERT folder (model.safetensors, config.json with transformers 4.x and 5.x
+keys, tokenizer files) that `transformers.AutoModelForMaskedLM` loads without remote code. The architecture comes
+from the checkpoint's embedded config (`integrations.huggingface.model.config.content`); the tokenizer from
+`--tokenizer`, else from the checkpoint's `integrations.huggingface.tokenizer`. Written by
+`FlexBertForMaskedLM.save_pretrained` (flexbert.hf_interop), so the reference converter's faults do not recur:
+phase-1 `local_attn_rotary_emb_base: -1` becomes the global theta (not -1, which made every logit NaN), and the
+MLM head activation is `head_pred_act` (not the classifier's).
+
+hf-to-composer: a Composer checkpoint holding `state.model` (`model.bert...`) and `state.integrations.huggingface`
+(the FlexBERT config and the tokenizer), nothing else: as `load_path` it starts a run from these weights, either
+with `load_weights_only: true` or as a phase start (`reset_time` + `restart_override`; the optimizer then starts
+fresh, as there are no moments to restore), and the run can omit `model.model_config` since the checkpoint
+carries it. Weights are stored in fp32 (the dtype training keeps its master weights in); fp32 sources
+round-trip bit for bit.
+
+Errors (missing or unreadable inputs, checkpoints that do not fit their config) print one `error:` message and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from flexbert.checkpoint import (
+    CheckpointError,
+    embedded_model_config,
+    huggingface_state,
+    load_checkpoint_file,
+    mismatch_message,
+    model_state,
+)
+
+
+class ConvertError(ValueError):
+    """An input the converter cannot use; the message names the file and the fix."""
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as err:
+        hint = "" if Path(name).is_dir() else " (not a local folder; Hub names need network access)"
+        raise ConvertError(f"--tokenizer '{name}' cannot be loaded{hint}: {str(err).splitlines()[0]}") from None
+
+
+def _embedded_tokenizer(checkpoint, folder: str):
+    """The tokenizer files a Composer checkpoint carries, restored by Composer's own helper (None if absent)."""
+    from composer.models import HuggingFaceModel
+
+    hf_state = huggingface_state(checkpoint)
+    if not hf_state or not hf_state.get("tokenizer"):
+        return None
+    return HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(hf_state, tokenizer_save_dir=folder)
+
+
+def _model_from_checkpoint(checkpoint, path: str, pad_token_id: Optional[int]):
+    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.config import FlexBertConfig
+    from flexbert.model.modeling import FlexBertForMaskedLM
+
+    values = embedded_model_config(checkpoint)
+    if values is None:
+        raise ConvertError(f"{path}: has no embedded model config (state.integrations.huggingface.model.config); "
+                           f"only checkpoints written through Composer's HuggingFaceModel can be converted")
+    if values.get("pad_token_id") is None:
+        if pad_token_id is None:
+            raise ConvertError(f"{path}: the embedded config has no pad_token_id and no tokenizer is known; pass --tokenizer")
+        values["pad_token_id"] = pad_token_id
+    model = FlexBertForMaskedLM(FlexBertConfig(**values))
+    state = model_state(checkpoint)
+    if model.config.tie_word_embeddings and "decoder.weight" in state:
+        embedding = state.get("bert.embeddings.tok_embeddings.weight")
+        if embedding is not None and not torch.equal(state["decoder.weight"], embedding):
+            raise ConvertError(f"{path}: tie_word_embeddings is true but decoder.weight differs from the token embedding")
+        state.pop("decoder.weight")
+    missing, unexpected, misshaped = state_dict_mismatches(model, state, allow_missing=("decoder.weight",))
+    if missing or unexpected or misshaped:
+        raise ConvertError(mismatch_message(path, missing, unexpected, misshaped, "the checkpoint does not match its embedded config"))
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    return model.eval()
+
+
+def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None) -> Path:
+    """Write a Hugging Face ModernBERT folder from a Composer checkpoint; returns the folder."""
+    checkpoint = load_checkpoint_file(str(checkpoint_path))
+    with tempfile.TemporaryDirectory() as scratch:
+        hf_tokenizer = _load_tokenizer(tokenizer) if tokenizer else _embedded_tokenizer(checkpoint, scratch)
+        pad = hf_tokenizer.pad_token_id if hf_tokenizer is not None else None
+        model = _model_from_checkpoint(checkpoint, str(checkpoint_path), pad)
+        model.save_pretrained(out_dir, tokenizer=hf_tokenizer)
+    return Path(out_dir)
+
+
+def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
+    """Write a Composer checkpoint (weights + embedded config and tokenizer) from a HF ModernBERT folder."""
+    import json
+
+    from flexbert.hf_interop import is_modernbert_folder, load_modernbert_folder
+    from flexbert.train.composer_model import FlexBertComposerModel
+
+    folder = Path(hf_dir)
+    if not folder.is_dir():
+        raise ConvertError(f"{folder}: no such folder (expected a Hugging Face ModernBERT folder)")
+    if not is_modernbert_folder(folder):
+        raise ConvertError(f"{folder}: not a Hugging Face ModernBERT folder (config.json with model_type 'modernbert')")
+    if tokenizer:
+        hf_tokenizer = _load_tokenizer(tokenizer)
+    elif (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        hf_tokenizer = _load_tokenizer(str(folder))
+    else:
+        hf_tokenizer = None
+    overrides = {}
+    if json.loads((folder / "config.json").read_text()).get("pad_token_id") is None:
+        if hf_tokenizer is None:
+            raise ConvertError(f"{folder}: config.json has no pad_token_id and there is no tokenizer; pass --tokenizer")
+        overrides["pad_token_id"] = hf_tokenizer.pad_token_id
+    try:
+        model = load_modernbert_folder(folder, **overrides)
+    except FileNotFoundError as err:
+        raise ConvertError(str(err)) from None
+    composer_model = FlexBertComposerModel(model, tokenizer=hf_tokenizer)
+    checkpoint = {
+        "state": {
+            "model": {k: v.detach().clone() for k, v in composer_model.state_dict().items()},
+            "integrations": {"huggingface": composer_model.get_metadata()},
+            "metadata": {"converted_from": str(folder), "torch_version": str(torch.__version__)},
+        },
+    }
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out)  # a crash never leaves a half-written checkpoint under the final name
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flexbert.convert", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    to_hf = commands.add_parser("composer-to-hf", help="Composer checkpoint -> Hugging Face ModernBERT folder")
+    to_hf.add_argument("checkpoint", metavar="CKPT", help="Composer checkpoint file (.pt)")
+    to_hf.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created; other files in it are kept)")
+    to_hf.add_argument("--tokenizer", metavar="NAME_OR_DIR", help="tokenizer to save with the model "
+                       "(default: the one embedded in the checkpoint, if any)")
+    to_composer = commands.add_parser("hf-to-composer", help="Hugging Face ModernBERT folder -> Composer checkpoint")
+    to_composer.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json and model.safetensors")
+    to_composer.add_argument("out_path", metavar="OUT.pt", help="checkpoint file to write")
+    to_composer.add_argument("--tokenizer", metavar="NAME_OR_DIR", help="tokenizer to embed (default: HF_DIR's own files, if any)")
+    for command in (to_hf, to_composer):
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from flexbert.config import FlexBertConfigError
+    from flexbert.hf_interop import NotExpressibleError
+
+    args = _parser().parse_args(argv)
+    out = Path(args.out_dir if args.command == "composer-to-hf" else args.out_path)
+    try:
+        if out.exists() and not args.overwrite and (out.is_file() or any(out.iterdir())):
+            raise ConvertError(f"{out} already exists; pass --overwrite to replace it")
+        if args.command == "composer-to-hf":
+            composer_to_hf(args.checkpoint, out, tokenizer=args.tokenizer)
+        else:
+            hf_to_composer(args.hf_dir, out, tokenizer=args.tokenizer)
+    except (ConvertError, CheckpointError, NotExpressibleError, FlexBertConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Tests for flexbert.sweep: the sweep file, dry runs, and the demo ablation sweep end to end on a tiny model.
+
+References are independent of the code under test: OmegaConf's own parser for rendered overrides, nested loops
+for grid products, a closed-form parameter count of the ModernBERT blocks, and the runs' raw metrics.jsonl files
+(read here) for every number in results.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from data_prep import tokenize_to_mds, train_tokenizer
+from flexbert.sweep.__main__ import main as sweep_main
+from flexbert.sweep.spec import SweepError, load_sweep, render_value
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SWEEP = REPO / "yamls" / "ablations" / "blocks_demo.yaml"
+CSV_COLUMNS = ["variant", "status", "overrides", "params", "final_train_loss", "eval_loss", "eval_masked_accuracy",
+               "tokens_per_sec", "peak_rss_mb", "peak_gpu_mem_gb", "wall_s", "tokens", "error"]
+TINY = dict(hidden=64, heads=2, layers=3, intermediate=96)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A synthetic corpus -> a small BPE tokenizer -> MDS shards of 32-token samples."""
+    root = tmp_path_factory.mktemp("sweep_data")
+    rng = random.Random(0)
+    words = "the a model token layer norm attention window global local mask loss train step data code".split()
+    for split, n in (("train", 160), ("validation", 24)):
+        lines = [json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(8, 60)))}) for _ in range(n)]
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    tok, mds = root / "tokenizer", root / "mds"
+    assert train_tokenizer.main(["--input", str(root / "train.jsonl"), "--vocab-size", "300", "--out", str(tok), "--quiet"]) == 0
+    assert tokenize_to_mds.main(["--input", str(root / "train.jsonl"), str(root / "validation.jsonl"), "--tokenizer", str(tok),
+                                 "--out", str(mds), "--max-seq-len", "32", "--quiet"]) == 0
+    from transformers import AutoTokenizer
+
+    vocab = math.ceil(len(AutoTokenizer.from_pretrained(str(tok))) / 64) * 64
+    return {"tok": tok, "mds": mds, "vocab": vocab}
+
+
+def tiny_overrides(data) -> dict:
+    """The demo recipe shrunk to seconds per run: tiny model and data, 3 batches, one eval batch at the end."""
+    m = "model.model_config."
+    return {
+        "data_local": str(data["mds"]), "tokenizer_name": str(data["tok"]), "max_seq_len": 32,
+        f"{m}vocab_size": data["vocab"], f"{m}max_position_embeddings": 32, f"{m}hidden_size": TINY["hidden"],
+        f"{m}num_attention_heads": TINY["heads"], f"{m}num_hidden_layers": TINY["layers"],
+        f"{m}intermediate_size": TINY["intermediate"], f"{m}sliding_window": 8,
+        "max_duration": "3ba", "eval_interval": "3ba", "save_interval": "3ba", "eval_subset_num_batches": 1,
+        "global_train_batch_size": 8, "device_train_microbatch_size": 4, "global_eval_batch_size": 8,
+        "device_eval_batch_size": 8, "train_loader.num_workers": 0,
+        "train_loader.batch_size_warmup_tokens": None, "train_loader.batch_size_warmup_min_size": None,
+        "callbacks.speed_monitor.window_size": 1, "console_log_interval": "1ba",
+    }
+
+
+def write_sweep(path: Path, body: dict) -> Path:
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def tiny_sweep(tmp_path, data, variants, name="tiny") -> Path:
+    return write_sweep(tmp_path / f"{name}.yaml", {"name": name, "base": str(REPO / "yamls" / "demo.yaml"),
+                                                    "overrides": tiny_overrides(data), "variants": variants})
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    """Exit code and stdout + stderr of `python -m flexbert.sweep ARGV`, run in this process."""
+    buf = io.StringIO()
+    with redirect_stdout(buf), redirect_stderr(buf):
+        code = sweep_main([str(a) for a in argv])
+    return code, buf.getvalue()
+
+
+def expected_params(vocab, hidden, layers, intermediate, glu=True):
+    """FlexBertForMaskedLM with the demo's blocks: tied embeddings, bias-free norms and linears, skip_first_prenorm,
+    embedding / final / head norms, decoder bias."""
+    mlp_in = hidden * intermediate * (2 if glu else 1)
+    per_layer = 3 * hidden * hidden + hidden * hidden + mlp_in + intermediate * hidden + 2 * hidden  # + 2 norms
+    return (vocab * hidden + hidden  # embeddings + embedding norm
+            + layers * per_layer - hidden  # layer 0 has no attention norm
+            + hidden  # final norm
+            + hidden * hidden + hidden  # head dense + norm
+            + vocab)  # decoder bias (weight tied)
+
+
+# ---------------------------------------------------------------------------------------------- sweep file
+
+
+def test_render_value_reads_back_with_omegaconf():
+    values = ["mlp", "60ba", "100_000tok", "60", "true", "null", "a: b", "x=y", "", "it's", 1e-5, 3.0e-3, -1, 0,
+              True, None, [0.9, 0.98], {"eps": 1e-5, "bias": False}, ["a b", 2]]
+    for value in values:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"k={render_value(value)}"]))["k"]
+        assert parsed == value and type(parsed) is type(value), (value, render_value(value), parsed)
+
+
+def test_grid_is_the_cartesian_product_with_readable_names(tmp_path):
+    sweep = write_sweep(tmp_path / "g.yaml", {"base": str(REPO / "yamls" / "demo.yaml"), "grid": {
+        "model.model_config.mlp_layer": ["glu", "mlp"], "model.model_config.normalization": ["layernorm", "rmsnorm", "rmsnorm"],
+        "optimizer.betas": [[0.9, 0.98]]}})
+    with pytest.raises(SweepError, match="both named"):
+        load_sweep(sweep)  # 'rmsnorm' twice: two variants would share a folder
+    body = yaml.safe_load(sweep.read_text())
+    body["grid"]["model.model_config.normalization"] = ["layernorm", "rmsnorm"]
+    spec = load_sweep(write_sweep(sweep, body))
+    expected = []
+    for mlp in ["glu", "mlp"]:
+        for norm in ["layernorm", "rmsnorm"]:
+            expected.append((f"mlp_layer={mlp}__normalization={norm}__betas=0.9,0.98",
+                             {"model.model_config.mlp_layer": mlp, "model.model_config.normalization": norm,
+                              "optimizer.betas": [0.9, 0.98]}))
+    assert [(v.name, v.overrides) for v in spec.variants] == expected
+    assert spec.name == "g" and spec.base == (REPO / "yamls" / "demo.yaml").resolve()
+
+
+def test_sweep_file_is_checked_strictly(tmp_path, monkeypatch):
+    base = str(REPO / "yamls" / "demo.yaml")
+    cases = [
+        ({"base": base, "variant": [{}]}, "unknown key `variant` (did you mean 'variants'?)"),
+        ({"base": base, "grid": {"seed": [1]}, "variants": [{}]}, "not both"),
+        ({"base": base}, "not neither"),
+        ({"base": base, "variants": [{"name": "a", "overides": {}}]}, "did you mean 'overrides'"),
+        ({"base": base, "variants": [{"overrides": {"save_folder": "/x"}}]}, "set by the sweep"),
+        ({"base": base, "variants": [{"name": "a b"}]}, "'a_b'"),
+        ({"base": base, "grid": {"seed": 1}}, "non-empty list"),
+        ({"base": "nowhere.yaml", "variants": [{}]}, "not found"),
+        ({"variants": [{}]}, "`base` is required"),
+    ]
+    for body, message in cases:
+        with pytest.raises(SweepError) as err:
+            load_sweep(write_sweep(tmp_path / "s.yaml", body))
+        assert message in str(err.value), (body, str(err.value))
+    # `base` is looked up next to the sweep file first, then in the current directory.
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run.yaml").write_text("seed: 1\n")
+    assert load_sweep(write_sweep(tmp_path / "sub" / "s.yaml", {"base": "run.yaml", "variants": [{}]})).base == (tmp_path / "sub" / "run.yaml").resolve()
+    monkeypatch.chdir(REPO)
+    assert load_sweep(write_sweep(tmp_path / "s.yaml", {"base": "yamls/demo.yaml", "variants": [{}]})).base == (REPO / "yamls" / "demo.yaml").resolve()
+
+
+def test_demo_sweep_file_loads_with_four_variants():
+    spec = load_sweep(DEMO_SWEEP)
+    assert spec.base == (REPO / "yamls" / "demo.yaml").resolve()
+    assert len(spec.variants) == 4 and spec.variants[0].overrides == {}
+    assert spec.common["max_duration"].endswith("ba")
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_validates_prints_commands_and_writes_nothing(tmp_path, tiny_data):
+    variants = [
+        {"name": "ok", "overrides": {"loggers.wandb.project": "p"}},
+        {"name": "typo_block", "overrides": {"model.model_config.mlp_layer": "glue"}},
+        {"name": "typo_key", "overrides": {"optimizer.weight_decy": 0.1}},
+        {"name": "odd_batch", "overrides": {"global_train_batch_size": 12}},  # 12 / 2 ranks = 6, not a multiple of 4
+    ]
+    sweep = tiny_sweep(tmp_path, tiny_data, variants)
+    out = tmp_path / "out"
+    code, text = run_cli(sweep, "--out", out, "--dry-run", "--launcher", "composer -n 2")
+    assert code == 1 and not out.exists()
+    lines = text.splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    assert len(commands) == 1 and commands[0].startswith("composer -n 2 main.py yamls/demo.yaml ")
+    for expected in ("run_name=ok", f"save_folder={out / 'runs' / 'ok'}", "loggers.wandb.group=tiny", "max_duration=3ba"):
+        assert expected in commands[0].split(" ")
+    assert "autoresume=true" not in commands[0]
+    assert any("typo_block: INVALID" in line and "did you mean 'glu'" in line for line in lines)
+    assert any("typo_key: INVALID" in line and "did you mean 'weight_decay'" in line for line in lines)
+    assert any("odd_batch: INVALID" in line and "world size 2" in line for line in lines)
+    # The printed parameter count is the closed-form count of the tiny model.
+    params = expected_params(tiny_data["vocab"], TINY["hidden"], TINY["layers"], TINY["intermediate"])
+    assert f"# ok: valid, {params / 1e6:.2f}M parameters" in text
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_demo_sweep_end_to_end_skips_finished_runs_and_reports_failures(tmp_path, tiny_data):
+    demo = yaml.safe_load(DEMO_SWEEP.read_text())
+    broken = [
+        {"name": "broken_run", "overrides": {"eval_loader.dataset.split": "nope"}},  # valid config, fails when run
+        {"name": "broken_config", "overrides": {"model.model_config.normalization": "rms_norm"}},  # fails validation
+    ]
+    body = {"name": "blocks_tiny", "base": str(REPO / "yamls" / "demo.yaml"),
+            "overrides": {**demo["overrides"], **tiny_overrides(tiny_data)}, "variants": demo["variants"] + broken}
+    sweep, out = write_sweep(tmp_path / "blocks_tiny.yaml", body), tmp_path / "out"
+    demo_names = [v["name"] for v in demo["variants"]]
+
+    start = time.time()
+    code, text = run_cli(sweep, "--out", out)
+    elapsed = time.time() - start
+    assert code == 1, text  # some runs failed
+
+    with open(out / "results.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = {row["variant"]: row for row in reader}
+    assert list(rows) == demo_names + ["broken_run", "broken_config"]
+    for name in demo_names:
+        row = rows[name]
+        assert row["status"] == "done", row
+        records = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        train = [r["loss/train/total"] for r in records if "loss/train/total" in r]
+        evals = [r for r in records if "metrics/eval/LanguageCrossEntropy" in r]
+        speeds = [r["throughput/tokens_per_sec"] for r in records if "throughput/tokens_per_sec" in r]
+        assert len(train) == 3 and len(evals) == 1 and speeds
+        assert float(row["final_train_loss"]) == pytest.approx(sum(train[-5:]) / len(train[-5:]))
+        assert float(row["eval_loss"]) == pytest.approx(evals[-1]["metrics/eval/LanguageCrossEntropy"])
+        assert float(row["eval_masked_accuracy"]) == pytest.approx(evals[-1]["metrics/eval/MaskedAccuracy"])
+        assert float(row["tokens_per_sec"]) == pytest.approx(speeds[-1])
+        assert int(row["tokens"]) == max(r["token"] for r in records)
+        assert 100 < float(row["peak_rss_mb"]) < 16_000  # a Python process with torch loaded
+        assert 0 < float(row["wall_s"]) < elapsed
+        assert row["peak_gpu_mem_gb"] == "" and row["error"] == ""
+        assert (out / "runs" / name / "log.txt").read_text().count("\n=== ") == 1
+    # Same data order for every variant: identical token counts.
+    assert len({rows[n]["tokens"] for n in demo_names}) == 1
+    v, h, n_layers, inter = tiny_data["vocab"], TINY["hidden"], TINY["layers"], TINY["intermediate"]
+    assert int(rows["baseline"]["params"]) == expected_params(v, h, n_layers, inter)
+    assert int(rows["rmsnorm"]["params"]) == expected_params(v, h, n_layers, inter)
+    assert int(rows["all_global"]["params"]) == expected_params(v, h, n_layers, inter)
+    plain_mlp = next(x for x in demo["variants"] if x["name"] == "plain_mlp")["overrides"]
+    assert int(rows["plain_mlp"]["params"]) == expected_params(
+        v, h, n_layers, plain_mlp["model.model_config.intermediate_size"], glu=False)
+    assert rows["plain_mlp"]["overrides"] == "model.model_config.mlp_layer=mlp; model.model_config.intermediate_size=576"
+
+    assert rows["broken_run"]["status"] == "failed" and "nope" in rows["broken_run"]["error"]
+    assert rows["broken_config"]["status"] == "invalid" and "did you mean 'rmsnorm'" in rows["broken_config"]["error"]
+    assert not (out / "runs" / "broken_config").exists()  # never launched
+    table = (out / "results.md").read_text()
+    for name in demo_names:
+        assert f"| {name} |" in table and "| done |" in table
+    assert "| broken_run |" in table and "| failed |" in table and "| invalid |" in table
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Second invocation: nothing runs again; results are rebuilt.
+    logs = {n: (out / "runs" / n / "log.txt").read_text() for n in demo_names + ["broken_run"]}
+    state_before = json.loads((out / "sweep_state.json").read_text())
+    (out / "results.csv").unlink()
+    code, text = run_cli(sweep, "--out", out)
+    assert code == 1
+    assert text.count("done earlier, skipped") == 4 and "broken_run: failed earlier, skipped" in text
+    assert {n: (out / "runs" / n / "log.txt").read_text() for n in logs} == logs
+    state_after = json.loads((out / "sweep_state.json").read_text())
+    assert {n: e["attempts"] for n, e in state_after["runs"].items() if n in logs} == {n: 1 for n in logs}
+    assert state_after["runs"]["baseline"] == state_before["runs"]["baseline"]
+    assert (out / "results.csv").is_file()
+
+    # A run left `running` by a killed sweep is resumed with autoresume; a changed variant is refused.
+    state_after["runs"]["rmsnorm"]["status"] = "running"
+    (out / "sweep_state.json").write_text(json.dumps(state_after))
+    code, text = run_cli(sweep, "--out", out, "--dry-run")
+    resumed = [line for line in text.splitlines() if "run_name=rmsnorm" in line]
+    others = [line for line in text.splitlines() if "run_name=" in line and "run_name=rmsnorm" not in line]
+    assert len(resumed) == 1 and resumed[0].endswith("autoresume=true")
+    assert others and not any("autoresume" in line for line in others)
+    body["variants"][0]["overrides"] = {"seed": 3}
+    write_sweep(sweep, body)
+    code, text = run_cli(sweep, "--out", out)
+    assert code == 2 and "baseline: started with" in text and "different overrides" in text

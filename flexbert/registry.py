@@ -84,9 +84,13 @@ def _load_all() -> None:
 
 
 def main() -> None:
+    # Under `python -m`, this file runs as __main__: the registries live in the imported flexbert.registry.
+    from flexbert import registry as canonical
+
     _load_all()
-    for kind in sorted(Registry.all):
-        reg = Registry.all[kind]
+    tables = canonical.Registry.all
+    for kind in sorted(tables):
+        reg = tables[kind]
         print(f"{kind} (`{reg.config_key}`):")
         width = max((len(n) for n in reg.names()), default=0)
         for name in reg.names():

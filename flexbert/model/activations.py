@@ -17,7 +17,7 @@ ACTIVATIONS.add("gelu_pytorch_tanh", partial(nn.GELU, approximate="tanh"), "alia
 ACTIVATIONS.add("gelu_new", partial(nn.GELU, approximate="tanh"), "alias of gelu_tanh (GPT-2's name)")
 ACTIVATIONS.add("silu", nn.SiLU, "SiLU / swish (SwiGLU when used in a GLU)")
 ACTIVATIONS.add("swish", nn.SiLU, "alias of silu")
-ACTIVATIONS.add("relu", nn.ReLU, "ReLU")
+ACTIVATIONS.add("relu", nn.ReLU, "ReLU (original Transformer)")
 ACTIVATIONS.add("tanh", nn.Tanh, "tanh")
 ACTIVATIONS.add("sigmoid", nn.Sigmoid, "sigmoid")
 ACTIVATIONS.add("mish", nn.Mish, "Mish")

@@ -58,7 +58,7 @@ class TritonRMSNorm(_TritonMixin, RMSNorm):
 
 
 NORMS.add("layernorm", lambda dim, eps, bias: nn.LayerNorm(dim, eps=eps, bias=bias), "LayerNorm (ModernBERT: no bias, eps 1e-5)")
-NORMS.add("rmsnorm", lambda dim, eps, bias: RMSNorm(dim, eps=eps, bias=bias), "RMSNorm")
+NORMS.add("rmsnorm", lambda dim, eps, bias: RMSNorm(dim, eps=eps, bias=bias), "RMSNorm: scale by the root mean square, no centering")
 NORMS.add(
     "triton_layernorm",
     lambda dim, eps, bias: TritonLayerNorm(dim, eps=eps, bias=bias),

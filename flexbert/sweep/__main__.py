@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from flexbert.sweep.report import markdown_table, write_report
-from flexbert.sweep.runner import DEFAULT_LAUNCHER, command, plan_runs, run_sweep, should_resume, validate_runs
+from flexbert.sweep.runner import (DEFAULT_LAUNCHER, INTERRUPTS, command, display_path, plan_runs, run_sweep, should_resume,
+                                   validate_runs)
 from flexbert.sweep.spec import SweepError, load_sweep
 from flexbert.sweep.state import SweepState
 
@@ -32,13 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(spec, out: Path, launcher: str) -> int:
-    """Validate every variant and print the exact command each would run now (autoresume where it would resume)."""
+def dry_run(spec, out: Path, launcher: str, retry_failed: bool) -> int:
+    """Validate every variant and print the exact command of each run a real invocation would start now."""
     state = SweepState(out, spec.name)
     runs = plan_runs(spec, out)
     validate_runs(spec, runs, launcher)
     invalid = 0
-    print(f"# sweep {spec.name}: {len(runs)} runs from {spec.base}, output in {out}")
+    print(f"# sweep {spec.name}: {len(runs)} runs from {display_path(spec.base)}, output in {out}")
     for run in runs:
         status = state.get(run.name).get("status", "new")
         if run.validation.error:
@@ -46,6 +47,9 @@ def dry_run(spec, out: Path, launcher: str) -> int:
             print(f"# {run.name}: INVALID: {run.validation.error}")
             continue
         print(f"# {run.name}: valid, {run.validation.params / 1e6:.2f}M parameters, status {status}")
+        if status == "done" or (status == "failed" and not retry_failed):
+            print(f"#   skipped: {status} earlier" + ("" if status == "done" else " (--retry-failed runs it again)"))
+            continue
         print(shlex.join(command(spec, run, launcher, should_resume(run, state))))
     print(f"# {len(runs) - invalid} valid, {invalid} invalid")
     return 1 if invalid else 0
@@ -60,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = load_sweep(args.sweep)
         out = Path(args.out) if args.out else Path("sweeps") / spec.name
         if args.dry_run:
-            return dry_run(spec, out, args.launcher)
+            return dry_run(spec, out, args.launcher, args.retry_failed)
         if args.report:
             if not (out / "sweep_state.json").is_file():
                 raise SweepError(f"{out}: no sweep_state.json: nothing was run there yet")
@@ -69,10 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             start = time.time()
             try:
                 state = run_sweep(spec, out, args.launcher, args.retry_failed)
-            except KeyboardInterrupt:
+            except INTERRUPTS as stop:
                 write_report(spec, out)
                 print("\ninterrupted: run the same command again to resume (finished runs are kept)", file=sys.stderr)
-                return 130
+                return stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
             rows = write_report(spec, out, state)
             print(f"sweep took {time.time() - start:.0f}s")
     except SweepError as err:

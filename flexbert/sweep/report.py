@@ -4,7 +4,8 @@ Spec: issue 7. Per variant:
 - final train loss: mean of `loss/train/total` over the last `FINAL_STEPS` logged steps (one step is noisy);
 - eval loss / masked accuracy: `metrics/eval/LanguageCrossEntropy` / `MaskedAccuracy` of the last evaluation, at
   the eval loader's masking rate (15% in the recipes);
-- tokens/s: the last `throughput/tokens_per_sec` of Composer's SpeedMonitor (a window average, eval excluded);
+- tokens/s: the median of the `throughput/tokens_per_sec` values of Composer's SpeedMonitor (each a window
+  average, eval excluded); the median, because one slow window (a checkpoint, a busy machine) should not decide;
 - peak RSS: of the run's process (its largest process under a multi-process launcher), from wait4;
 - peak GPU memory: the largest `memory/peak_reserved_mem` (else `peak_allocated_mem`) of Composer's
   MemoryMonitor, when the run has `callbacks.memory_monitor`;
@@ -16,10 +17,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-from flexbert.sweep.runner import PlannedRun, error_headline, plan_runs
+from flexbert.sweep.runner import PlannedRun, display_path, error_headline, plan_runs
 from flexbert.sweep.spec import SweepSpec, render_overrides, render_value, short_keys
 from flexbert.sweep.state import SweepState
 
@@ -59,6 +61,10 @@ def _last(records: list[dict[str, Any]], key: str) -> Optional[float]:
     return values[-1] if values else None
 
 
+def _median(values: list[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
 def _peak_gpu(records: list[dict[str, Any]]) -> Optional[float]:
     for key in GPU_MEMORY:
         values = [r[key] for r in records if r.get(key) is not None]
@@ -79,7 +85,7 @@ def summarize(run: PlannedRun, entry: dict[str, Any]) -> dict[str, Any]:
         "final_train_loss": sum(losses[-FINAL_STEPS:]) / len(losses[-FINAL_STEPS:]) if losses else None,
         "eval_loss": _last(records, EVAL_LOSS),
         "eval_masked_accuracy": _last(records, EVAL_ACC),
-        "tokens_per_sec": _last(records, TOKENS_PER_SEC),
+        "tokens_per_sec": _median([r[TOKENS_PER_SEC] for r in records if r.get(TOKENS_PER_SEC) is not None]),
         "peak_rss_mb": entry.get("peak_rss_mb"),
         "peak_gpu_mem_gb": _peak_gpu(records),
         "wall_s": entry.get("wall_s"),
@@ -118,8 +124,8 @@ def markdown_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     header = ["variant", "overrides", "params", f"train loss (last {FINAL_STEPS})", "eval loss", "eval masked acc",
               "tokens/s", "peak RSS (MB)"] + (["peak GPU mem (GB)"] if show_gpu else []) + ["wall (s)", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for run, row in zip(plan_runs(spec, Path(".")), rows):
-        overrides = ", ".join(f"{shorts.get(k, k)}={render_value(v)}" for k, v in run.variant.overrides.items()) or "(base)"
+    for variant, row in zip(spec.variants, rows):
+        overrides = ", ".join(f"{shorts.get(k, k)}={render_value(v)}" for k, v in variant.overrides.items()) or "(base)"
         cells = [row["variant"], overrides, _params(row["params"]), _fmt(row["final_train_loss"], 3),
                  _fmt(row["eval_loss"], 3), _fmt(row["eval_masked_accuracy"], 3), _fmt(row["tokens_per_sec"], 0),
                  _fmt(row["peak_rss_mb"], 0)] + ([_fmt(row["peak_gpu_mem_gb"], 2)] if show_gpu else []) + \
@@ -133,7 +139,7 @@ def write_markdown(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> N
     if spec.description:
         parts += [spec.description.strip(), ""]
     common = ", ".join(f"`{o}`" for o in render_overrides(spec.common)) or "none"
-    parts += [f"Base run: `{spec.base}`; common overrides: {common}.", "",
+    parts += [f"Base run: `{display_path(spec.base)}`; common overrides: {common}.", "",
               markdown_table(spec, rows), "",
               f"Train loss at the run's training masking rate; eval loss and masked accuracy at the eval loader's "
               f"(15% in the recipes), from the last evaluation. Curves: `loss_curves.png`.", ""]

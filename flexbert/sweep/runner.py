@@ -3,12 +3,12 @@
 Spec: issue 7. Each variant runs as `LAUNCHER main.py BASE <common overrides> <variant overrides>
 run_name=<name> save_folder=OUT/runs/<name>` (+ `loggers.wandb.group=<sweep>` when the run logs to wandb), so
 every run starts from the same base file with the same seed and data order unless the sweep changes them. A
-subprocess per run: a crash, an OOM kill or a hung NCCL job ends that run, not the sweep, and multi-process
-launchers (`composer -n 8`) work unchanged. Its stdout and stderr go to OUT/runs/<name>/log.txt.
+subprocess per run: a crash or an OOM kill ends that run, not the sweep, and multi-process launchers
+(`composer -n 8`) work unchanged. Its stdout and stderr go to OUT/runs/<name>/log.txt.
 
 Resuming (state.py): a `done` run is skipped; a run that was `running` or `interrupted` when the sweep stopped
-is started again with `autoresume=true`, so Composer continues from OUT/runs/<name>/latest-rank0.pt (or
-starts over when no checkpoint was written yet). A run whose folder exists but whose overrides changed since
+(or a `failed` one, with --retry-failed) is started again with `autoresume=true`, so Composer continues from
+OUT/runs/<name>/latest-rank0.pt (or starts over when no checkpoint was written yet). A run whose folder exists but whose overrides changed since
 it started is an error: its checkpoints and metrics belong to another config.
 """
 
@@ -30,6 +30,9 @@ from flexbert.sweep.state import RESUMABLE, SweepState
 from flexbert.sweep.validate import Validation, launcher_world_size, validate_variant
 
 DEFAULT_LAUNCHER = "python"
+# Ctrl-C / SIGTERM: Python raises KeyboardInterrupt, but importing composer installs handlers that sys.exit(128 + sig)
+# instead (composer.core.engine), so both mean "the sweep is being stopped".
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
 ERROR_TAIL_LINES = 20
 
 
@@ -57,7 +60,7 @@ def _entry_script() -> str:
     return str(Path(__file__).resolve().parents[2] / "main.py")
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -76,7 +79,10 @@ def plan_runs(spec: SweepSpec, out: Path) -> list[PlannedRun]:
 
 def validate_runs(spec: SweepSpec, runs: list[PlannedRun], launcher: str) -> None:
     """Validate each run's config; add the wandb group where the run logs to wandb and sets no group itself."""
-    world_size = launcher_world_size(launcher)
+    try:
+        world_size = launcher_world_size(launcher)
+    except ValueError as err:
+        raise SweepError(str(err)) from None
     for run in runs:
         run.validation = validate_variant(spec.base, run.overrides, world_size)
         cfg = run.validation.cfg or {}
@@ -91,7 +97,7 @@ def command(spec: SweepSpec, run: PlannedRun, launcher: str, resume: bool) -> li
     if not any(t.endswith(".py") for t in tokens):
         tokens.append(_entry_script())
     extra = ["autoresume=true"] if resume else []
-    return tokens + [_display_path(spec.base)] + run.overrides + extra
+    return tokens + [display_path(spec.base)] + run.overrides + extra
 
 
 def check_fingerprints(runs: list[PlannedRun], state: SweepState) -> None:
@@ -104,7 +110,9 @@ def check_fingerprints(runs: list[PlannedRun], state: SweepState) -> None:
         if not run.folder.exists():
             state.forget(run.name)  # deleted by the user, or never launched: start it fresh
         elif entry.get("overrides") != run.fingerprint:
-            stale.append(f"  {run.name}: started with {entry.get('overrides')}, now {run.fingerprint}")
+            before, now = entry.get("overrides") or [], run.fingerprint
+            gone, added = [o for o in before if o not in now], [o for o in now if o not in before]
+            stale.append(f"  {run.name}: started with {gone or '(same set, other order)'}, now {added or before}")
     if stale:
         raise SweepError(
             "these runs were started with different overrides than the sweep file now gives:\n" + "\n".join(stale)
@@ -122,7 +130,7 @@ def should_resume(run: PlannedRun, state: SweepState) -> bool:
 
 def _error_from_log(text: str) -> str:
     """The last lines of a failed run's log, most telling line last (main.py prints `error: ...` last)."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("=== ")]
     return "\n".join(lines[-ERROR_TAIL_LINES:])
 
 
@@ -154,7 +162,7 @@ def execute(cmd: list[str], log_path: Path) -> tuple[int, float, float]:
         try:
             # wait4, not wait: it returns this child's own rusage (RUSAGE_CHILDREN would be the max over all runs).
             _, status, usage = os.wait4(proc.pid, 0)
-        except KeyboardInterrupt:
+        except INTERRUPTS:
             _stop(proc)
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -162,7 +170,7 @@ def execute(cmd: list[str], log_path: Path) -> tuple[int, float, float]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C: the run got SIGINT too when it shares the terminal; make sure, then wait for it to exit."""
+    """The sweep is stopped: so is its run (SIGINT, which it may have had from the terminal already; then SIGKILL)."""
     try:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -186,7 +194,7 @@ def run_one(spec: SweepSpec, run: PlannedRun, state: SweepState, launcher: str, 
     print(f"{label} {run.name}: {'resuming' if resume else 'running'} (log: {log_path})", flush=True)
     try:
         code, wall, rss = execute(cmd, log_path)
-    except KeyboardInterrupt:
+    except INTERRUPTS:
         state.update(run.name, status="interrupted")
         raise
     wall_total = float(entry.get("wall_s") or 0.0) + wall  # a resumed run's time adds up over attempts

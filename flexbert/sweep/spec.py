@@ -68,7 +68,10 @@ class SweepSpec:
 def render_value(value: Any) -> str:
     """A value as the right-hand side of a `key=value` override that OmegaConf parses back to `value`."""
     if isinstance(value, str):
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"k={value}"]))["k"] if value else None
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"k={value}"]))["k"] if value else None
+        except Exception:  # not even parseable as a plain scalar: quote it
+            parsed = None
         # Plain text when it reads back unchanged (mlp, 60ba); JSON quoting otherwise ('60', 'true', 'a: b').
         return value if parsed == value and type(parsed) is str else json.dumps(value)
     if isinstance(value, Mapping):
@@ -180,7 +183,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SweepError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
     _check_keys(str(path), raw, SWEEP_KEYS)
     if ("grid" in raw) == ("variants" in raw):
-        raise SweepError(f"{path}: give either `grid` (a cartesian product) or `variants` (a list), not {'both' if 'grid' in raw else 'neither'}")
+        which = "both" if "grid" in raw else "neither"
+        raise SweepError(f"{path}: give either `grid` (a cartesian product) or `variants` (a list), not {which}")
     sweep_name = sanitize(str(raw.get("name") or path.stem))
     base = resolve_base(raw.get("base"), path)
     common = _overrides(f"{path}: overrides", raw.get("overrides"))

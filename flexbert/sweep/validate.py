@@ -31,17 +31,12 @@ class Validation:
 def launcher_world_size(launcher: str) -> int:
     """Processes a launcher starts: composer's `-n/--nproc N` (or `--world_size N` across nodes); 1 otherwise."""
     tokens = shlex.split(launcher)
-    size = 1
-    for flag, value in zip(tokens, tokens[1:]):
-        if flag == "--world_size":
-            return int(value)
-        if flag in ("-n", "--nproc"):
-            size = int(value)
-    for token in tokens:
-        for prefix in ("--nproc=", "--world_size="):
-            if token.startswith(prefix):
-                size = int(token[len(prefix):])
-    return size
+    pairs = list(zip(tokens, tokens[1:])) + [tuple(t.split("=", 1)) for t in tokens if t.startswith("--") and "=" in t]
+    found = {flag: value for flag, value in pairs if flag in ("-n", "--nproc", "--world_size")}
+    value = found.get("--world_size") or found.get("--nproc") or found.get("-n") or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--launcher '{launcher}': the process count must be a positive integer, got '{value}'")
+    return int(value)
 
 
 def _tokenizer(cfg: dict[str, Any]):
@@ -107,13 +102,12 @@ def _check(cfg: dict[str, Any], world_size: int) -> int:
 
 def validate_variant(base: Path, overrides: Sequence[str], world_size: int = 1) -> Validation:
     """Load `base` with `overrides` exactly as main.py would and check every section; errors become a message."""
-    from flexbert.config import FlexBertConfigError
     from flexbert.train.run_config import load_run_config
 
     cfg = None
     try:
         cfg = load_run_config(base, list(overrides))
         return Validation(cfg, _check(cfg, world_size), None)
-    except (RunConfigError, FlexBertConfigError, KeyError, ValueError, TypeError) as err:
+    except Exception as err:  # whatever stops the check would stop the run: report it, do not end the sweep
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         return Validation(cfg, None, f"{type(err).__name__}: {message}")

@@ -75,7 +75,7 @@ _cache: dict[tuple, dict[str, Any]] = {}
 
 def load_checkpoint_file(path: Union[str, Path]) -> dict[str, Any]:
     """A Composer checkpoint, opened by the allow-listed loader (tensors memory-mapped), structure checked."""
-    from flexbert.safe_unpickle import UnsafeCheckpointError, safe_torch_load
+    from flexbert.safe_unpickle import UnreadableCheckpointError, safe_torch_load
 
     path = str(path)
     if not Path(path).is_file():
@@ -86,7 +86,7 @@ def load_checkpoint_file(path: Union[str, Path]) -> dict[str, Any]:
         return _cache[key]
     try:
         checkpoint = safe_torch_load(path, mmap=True)
-    except UnsafeCheckpointError as err:
+    except UnreadableCheckpointError as err:
         raise CheckpointError(str(err)) from None
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable Composer checkpoint ({type(err).__name__}: {err})") from None

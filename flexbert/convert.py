@@ -31,16 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from flexbert.checkpoint import (
-    CheckpointError,
-    embedded_model_config,
-    huggingface_state,
-    load_checkpoint_file,
-    mismatch_message,
-    model_state,
-)
+# Heavy imports (torch, transformers, Composer) happen inside the functions: `--help` answers at once.
 
 
 class ConvertError(ValueError):
@@ -61,13 +52,35 @@ def _embedded_tokenizer(checkpoint, folder: str):
     """The tokenizer files a Composer checkpoint carries, restored by Composer's own helper (None if absent)."""
     from composer.models import HuggingFaceModel
 
+    from flexbert.checkpoint import huggingface_state
+
     hf_state = huggingface_state(checkpoint)
     if not hf_state or not hf_state.get("tokenizer"):
         return None
     return HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(hf_state, tokenizer_save_dir=folder)
 
 
-def _model_from_checkpoint(checkpoint, path: str, pad_token_id: Optional[int]):
+def _special_token_ids(checkpoint, tokenizer) -> dict[str, int]:
+    """bos/cls/eos/sep ids for config.json: the embedded config's, else the tokenizer's CLS and SEP. Without them
+    ModernBertConfig would fill in the ModernBERT tokenizer's ids (50281, 50282) whatever the vocabulary."""
+    from flexbert.checkpoint import huggingface_state
+
+    content = huggingface_state(checkpoint)["model"]["config"]["content"]
+    cls_id = getattr(tokenizer, "cls_token_id", None) if tokenizer is not None else None
+    sep_id = getattr(tokenizer, "sep_token_id", None) if tokenizer is not None else None
+    fallback = {"bos_token_id": cls_id, "cls_token_id": cls_id, "eos_token_id": sep_id, "sep_token_id": sep_id}
+    out = {}
+    for key, value in fallback.items():
+        value = content.get(key) if content.get(key) is not None else value
+        if value is not None:
+            out[key] = int(value)
+    return out
+
+
+def _model_from_checkpoint(checkpoint, path: str, tokenizer):
+    import torch
+
+    from flexbert.checkpoint import embedded_model_config, mismatch_message, model_state
     from flexbert.checkpoint_keys import state_dict_mismatches
     from flexbert.config import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
@@ -77,9 +90,10 @@ def _model_from_checkpoint(checkpoint, path: str, pad_token_id: Optional[int]):
         raise ConvertError(f"{path}: has no embedded model config (state.integrations.huggingface.model.config); "
                            f"only checkpoints written through Composer's HuggingFaceModel can be converted")
     if values.get("pad_token_id") is None:
-        if pad_token_id is None:
+        if tokenizer is None or tokenizer.pad_token_id is None:
             raise ConvertError(f"{path}: the embedded config has no pad_token_id and no tokenizer is known; pass --tokenizer")
-        values["pad_token_id"] = pad_token_id
+        values["pad_token_id"] = tokenizer.pad_token_id
+    values.update(_special_token_ids(checkpoint, tokenizer))
     model = FlexBertForMaskedLM(FlexBertConfig(**values))
     state = model_state(checkpoint)
     if model.config.tie_word_embeddings and "decoder.weight" in state:
@@ -98,11 +112,12 @@ def _model_from_checkpoint(checkpoint, path: str, pad_token_id: Optional[int]):
 
 def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None) -> Path:
     """Write a Hugging Face ModernBERT folder from a Composer checkpoint; returns the folder."""
+    from flexbert.checkpoint import load_checkpoint_file
+
     checkpoint = load_checkpoint_file(str(checkpoint_path))
     with tempfile.TemporaryDirectory() as scratch:
         hf_tokenizer = _load_tokenizer(tokenizer) if tokenizer else _embedded_tokenizer(checkpoint, scratch)
-        pad = hf_tokenizer.pad_token_id if hf_tokenizer is not None else None
-        model = _model_from_checkpoint(checkpoint, str(checkpoint_path), pad)
+        model = _model_from_checkpoint(checkpoint, str(checkpoint_path), hf_tokenizer)
         model.save_pretrained(out_dir, tokenizer=hf_tokenizer)
     return Path(out_dir)
 
@@ -110,6 +125,8 @@ def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None) ->
 def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
     """Write a Composer checkpoint (weights + embedded config and tokenizer) from a HF ModernBERT folder."""
     import json
+
+    import torch
 
     from flexbert.hf_interop import is_modernbert_folder, load_modernbert_folder
     from flexbert.train.composer_model import FlexBertComposerModel
@@ -168,10 +185,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.hf_interop import NotExpressibleError
 
-    args = _parser().parse_args(argv)
     out = Path(args.out_dir if args.command == "composer-to-hf" else args.out_path)
     try:
         if out.exists() and not args.overwrite and (out.is_file() or any(out.iterdir())):

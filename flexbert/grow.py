@@ -97,8 +97,10 @@ class GrowReport:
     kept_init: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        kept = f"; kept the new init for {len(self.kept_init)} tensors ({', '.join(self.kept_init[:4])}{', ...' if len(self.kept_init) > 4 else ''})" if self.kept_init else ""
-        return f"layers new <- old: {self.layer_map}{kept}"
+        if not self.kept_init:
+            return f"layers new <- old: {self.layer_map}"
+        names = ", ".join(self.kept_init[:4]) + (", ..." if len(self.kept_init) > 4 else "")
+        return f"layers new <- old: {self.layer_map}; kept the new init for {len(self.kept_init)} tensors ({names})"
 
 
 def _count_layers(state: Mapping[str, torch.Tensor]) -> int:

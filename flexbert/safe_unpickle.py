@@ -1,31 +1,33 @@
 """Opening Composer checkpoints without letting them run code: `torch.load(weights_only=True)` plus an allow-list.
 
-What a Composer checkpoint pickles besides tensors (recipe section 3; checked against a Composer 0.32 file and
-the released Composer 0.24 / torch 2.4 / numpy 1.26 ones):
+What a Composer checkpoint pickles besides tensors (recipe section 3 for the released Composer 0.24 / torch 2.4 /
+numpy 1.26 files; checked opcode by opcode against a checkpoint Composer 0.32 writes here):
 - numpy arrays and dtypes: the numpy RNG state in `rng` (`np.random.get_state()`), metric values Composer
   0.16+ stored as arrays. An array pickles as `_reconstruct(ndarray, ...)` + `dtype(...)`; numpy 1.x names the
   function `numpy.core.multiarray._reconstruct`, numpy 2.x `numpy._core.multiarray._reconstruct`. torch matches
   allow-list entries by the name written in the pickle, so both names are listed, each bound to numpy 2's
   function (numpy 2 still reads numpy 1 array pickles; only the module moved). Scalars (`...multiarray.scalar`)
-  likewise.
+  likewise. Unpickling a dtype sets state on an instance of its DType class (`numpy.dtypes.UInt32DType`, ...),
+  so the numeric, bool, str and bytes DType classes are listed too.
 - `datetime.timedelta` (the wall-clock fields of `state.timestamp`) and `torch.torch_version.TorchVersion`
   (`state.metadata.torch_version`).
 Nothing else: no `object` dtype, no arbitrary classes. A checkpoint naming any other global is refused with a
 message naming that global.
 
-How Composer's own loader fits in. Composer 0.32 opens every checkpoint in
-`composer.utils.checkpoint._torch_load_with_validation` with `torch.load(..., weights_only=False)`, i.e. a full
-unpickler. Before that call it runs the function named by the environment variable
-`CHECKPOINT_VALIDATION_FUNCTION` (`validate(path, specs) -> bool`) on the local file (also after downloading a
-remote one). `install_composer_guard()` points that variable at `validate_for_composer`, which opens the file
-with the restricted unpickler first and raises `UnsafeCheckpointError` if it names anything outside the
-allow-list. The file therefore only reaches the full unpickler after the restricted one accepted every global it
+How Composer's own loader fits in. Composer 0.32 opens every monolithic checkpoint through
+`composer.utils.checkpoint.safe_torch_load` (despite the name, "safe" there means catching old-version errors) ->
+`_torch_load_with_validation` -> `torch.load(..., weights_only=False)`, i.e. a full unpickler. Before that call
+it runs the function named by the environment variable `CHECKPOINT_VALIDATION_FUNCTION`
+(`validate(path, specs) -> bool`) on the local file (also after downloading a remote one).
+`install_composer_guard()` points that variable at `validate_for_composer`, which opens the file with the
+restricted unpickler first and raises `UnsafeCheckpointError` if it names anything outside the allow-list. The file therefore only reaches the full unpickler after the restricted one accepted every global it
 references: the full unpickler then calls exactly those allowed functions. Why this and not the alternatives:
 - it uses the hook Composer offers, so it covers every load Composer does (load_path, autoresume, URIs), with no
   patching of Composer and no rewritten copy of a multi-GB file;
 - the check is cheap: with `mmap=True` torch maps the tensor data instead of reading it, so validating a
   checkpoint costs about one parse of its pickle, not a second copy of its tensors.
-A validation function the user had set already is kept and called after ours.
+A validation function the user had set already is kept and called after ours. Not covered: sharded (FSDP)
+checkpoints, which torch.distributed.checkpoint reads itself, and a file replaced between the check and the load.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ _DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32
            "float16", "float32", "float64", "complex64", "complex128", "str", "bytes")  # not `object`
 
 
-class UnsafeCheckpointError(ValueError):
-    """The file names a Python object outside the allow-list (or is no torch checkpoint at all)."""
+class UnreadableCheckpointError(ValueError):
+    """The file is not a torch checkpoint at all (neither torch's zip format nor a legacy pickle)."""
+
+
+class UnsafeCheckpointError(UnreadableCheckpointError):
+    """The file's pickle names a Python object outside the allow-list."""
 
 
 def allowed_globals() -> list[Any]:
@@ -72,7 +78,12 @@ def safe_torch_load(path, map_location: str = "cpu", mmap: bool = False) -> Any:
     """`torch.load` with `weights_only=True` and the allow-list; refusals become UnsafeCheckpointError.
 
     mmap=True maps tensor data lazily (zip-format files only; older formats are read normally)."""
-    mmap = mmap and zipfile.is_zipfile(path)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip:
+        with open(path, "rb") as file:
+            if file.read(1) != b"\x80":  # PROTO opcode: how every pickle since protocol 2 starts
+                raise UnreadableCheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
+    mmap = mmap and is_zip
     with torch.serialization.safe_globals(allowed_globals()):
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -95,10 +106,10 @@ def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = Non
     if specs is None and os.path.isfile(path):
         try:
             safe_torch_load(path, mmap=True)
-        except UnsafeCheckpointError:
+        except UnreadableCheckpointError:
             raise
         except Exception as err:
-            raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+            raise UnreadableCheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
     chained = os.environ.get(CHAINED_VALIDATION_ENV)
     if chained:
         from importlib import import_module

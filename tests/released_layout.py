@@ -77,6 +77,8 @@ def reference_config_content(config) -> dict:
         "activation_function": "gelu",
     }
     content.update(config.model_config_dict())
+    # ModernBERT's run files trained with flash-attn's fused loss; on CPU the same loss is computed in torch
+    content.update({"loss_function": "fa_cross_entropy", "loss_kwargs": {"reduction": "mean"}})
     content["pad_token_id"] = config.pad_token_id
     return content
 

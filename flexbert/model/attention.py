@@ -55,15 +55,17 @@ class FlexBertAttention(nn.Module):
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attn_out_bias)
         self.out_drop = nn.Dropout(config.attn_out_dropout_prob) if config.attn_out_dropout_prob > 0 else nn.Identity()
 
-    def _rotate(self, q: torch.Tensor, k: torch.Tensor, packed: PackedSequences) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("rope", self.rope_dim, self.rope_theta, q.dtype)
-        cos, sin = packed.cached(key, lambda: rope_tables(packed.position_ids, self.rope_dim, self.rope_theta, q.dtype))
+    def _rotate(self, qk: torch.Tensor, packed: PackedSequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """qk: (T, 2, heads, head_dim) queries and keys -> rotated q, k (T, heads, head_dim) each."""
+        key = ("rope", self.rope_dim, self.rope_theta, qk.dtype)
+        cos, sin = packed.cached(key, lambda: rope_tables(packed.position_ids, self.rope_dim, self.rope_theta, qk.dtype))
         if self.rope_scale_base is None:
-            return apply_rope(q, cos, sin, self.rope_interleaved), apply_rope(k, cos, sin, self.rope_interleaved)
+            return apply_rope(qk, cos, sin, self.rope_interleaved).unbind(1)  # queries and keys in one op
         scale = packed.cached(
-            ("xpos", self.rope_dim, self.rope_scale_base, q.dtype),
-            lambda: xpos_scale(packed.position_ids, self.rope_dim, self.rope_scale_base, q.dtype),
+            ("xpos", self.rope_dim, self.rope_scale_base, qk.dtype),
+            lambda: xpos_scale(packed.position_ids, self.rope_dim, self.rope_scale_base, qk.dtype),
         )
+        q, k = qk.unbind(1)
         return (
             apply_rope(q, cos, sin, self.rope_interleaved, scale),
             apply_rope(k, cos, sin, self.rope_interleaved, 1.0 / scale),
@@ -71,10 +73,12 @@ class FlexBertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
         """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection."""
-        qkv = x if self.spec.fused_input else self.Wqkv(x)
-        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(dim=1)  # (T, heads, head_dim) each
+        qkv = (x if self.spec.fused_input else self.Wqkv(x)).view(-1, 3, self.num_heads, self.head_dim)  # (T, 3, heads, hd)
         if self.spec.rope:
-            q, k = self._rotate(q, k, packed)
+            q, k = self._rotate(qkv[:, :2], packed)
+        else:
+            q, k = qkv[:, 0], qkv[:, 1]
+        v = qkv[:, 2]  # (T, heads, head_dim) views: no copy
         dropout_p = self.probs_dropout if self.training else 0.0
         kernel = select_kernel(
             self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic

@@ -10,8 +10,9 @@ flash-attn `window_size=(64, 64)` convention of the recipe). Signature:
 `index` is an optional `PackedIndex`: the batch's gather/scatter maps and masks, computed once per forward by
 the model (`PackedIndex.from_cu_seqlens`) and shared by every layer (masks are cached on it per window).
 
-Kernels: `eager` (naive per-document softmax, the definition of correctness), `sdpa` (padded batch + SDPA with a
-key-padding or band mask), `sliding_window` (blocked local attention, cost linear in T), `flash_attn2`,
+Kernels: `eager` (naive per-document softmax, the definition of correctness), `sdpa` (global: one unmasked SDPA
+call per run of equal-length documents, or a padded batch with a key-padding mask when there are very many; local:
+padded batch with a dense band mask), `sliding_window` (blocked local attention, cost linear in T), `flash_attn2`,
 `flash_attn3` (flash-attn varlen, see `flash_attn_adapter`). `select_kernel` resolves 'auto'.
 `attention_flops` counts the matmul FLOPs the attention really performs (for MFU).
 """
@@ -129,7 +130,37 @@ def _band_mask(index: PackedIndex, window: int) -> torch.Tensor:  # (B, 1, S, S)
     return band & index.key_padding_mask if index.is_padded else band
 
 
-@ATTENTION_KERNELS.register("sdpa", "torch SDPA on the padded batch; key-padding mask (global) or dense band mask (local, slow)")
+# Above this many calls (runs of equal-length documents), one padded call with a key-padding mask is cheaper
+# than a Python loop of small SDPA calls (and, on GPU, of kernel launches).
+MAX_SDPA_CALLS = 64
+
+
+def _equal_length_runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """(length, count) of each run of consecutive documents with the same length: [5, 5, 3] -> [(5, 2), (3, 1)]."""
+    runs: list[tuple[int, int]] = []
+    for n in lengths:
+        if runs and runs[-1][0] == n:
+            runs[-1] = (n, runs[-1][1] + 1)
+        else:
+            runs.append((n, 1))
+    return runs
+
+
+def _sdpa_by_runs(q, k, v, runs: list[tuple[int, int]], dropout_p: float) -> torch.Tensor:
+    """Global attention with one unmasked SDPA call per run of equal-length documents: nothing padded is computed,
+    and without a mask PyTorch takes its flash kernel. Inputs are strided views (no copies); one cat assembles
+    the output, and the backward of `split` is one cat too (slicing would zero-fill a full tensor per document)."""
+    sizes = [n * count for n, count in runs]
+    outs = []
+    for (n, count), qr, kr, vr in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
+        H, D = qr.shape[1:]
+        qb, kb, vb = (x.view(count, n, H, D).transpose(1, 2) for x in (qr, kr, vr))  # (count, H, n, D)
+        out = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout_p)  # (count, H, n, D)
+        outs.extend(out.transpose(1, 2).unbind(0))  # count x (n, H, D) views
+    return torch.cat(outs) if len(outs) > 1 else outs[0].contiguous()
+
+
+@ATTENTION_KERNELS.register("sdpa", "torch SDPA per run of equal-length documents (global), or padded with a dense band mask (local, slow)")
 def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None):
     _check_window(window)
     index = _index_for(index, cu_seqlens, max_seqlen)
@@ -137,8 +168,13 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, in
     B, S = index.batch_size, index.max_seqlen
     if window is not None and window >= S - 1:
         window = None  # the band covers every document: global attention, without the S x S mask
+    if B == 0:
+        return torch.zeros_like(q)
     if window is None:
-        mask = index.key_padding_mask  # None when unpadded, which lets SDPA pick its flash kernel
+        runs = index.cached("runs", lambda: _equal_length_runs(index.lengths))
+        if len(runs) <= MAX_SDPA_CALLS:
+            return _sdpa_by_runs(q, k, v, runs, dropout_p)
+        mask = index.key_padding_mask  # many short documents: one padded call
     else:
         mask = index.cached(("band", window), lambda: _band_mask(index, window))
 

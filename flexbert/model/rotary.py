@@ -36,7 +36,7 @@ def xpos_scale(position_ids: torch.Tensor, rope_dim: int, scale_base: float, dty
 
 
 def apply_rope(
-    x: torch.Tensor,  # (T, H, D)
+    x: torch.Tensor,  # (T, ..., D): e.g. (T, H, D), or (T, 2, H, D) to rotate queries and keys in one op
     cos: torch.Tensor,  # (T, rope_dim/2)
     sin: torch.Tensor,  # (T, rope_dim/2)
     interleaved: bool = False,
@@ -44,9 +44,11 @@ def apply_rope(
 ) -> torch.Tensor:
     rope_dim = 2 * cos.shape[-1]
     rot, rest = x[..., :rope_dim], x[..., rope_dim:]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    table_shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)  # broadcast over heads (and q/k)
+    cos, sin = cos.reshape(table_shape), sin.reshape(table_shape)
     if scale is not None:
-        cos, sin = cos * scale[:, None, :], sin * scale[:, None, :]
+        scale = scale.reshape(table_shape)
+        cos, sin = cos * scale, sin * scale
     if interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)

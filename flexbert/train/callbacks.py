@@ -85,9 +85,11 @@ class NonFiniteLossGuard(Callback):
         values = loss.values() if isinstance(loss, Mapping) else [loss]
         for value in values:
             if not math.isfinite(float(value)):
+                # The timestamp counts completed steps: this one is the next (its metrics.jsonl `batch`).
+                step = int(state.timestamp.batch) + 1
                 raise FloatingPointError(
-                    f"non-finite loss ({float(value)}) at batch {int(state.timestamp.batch)} "
-                    f"(token {int(state.timestamp.token)}): training stopped; the last saved checkpoint is intact. "
+                    f"non-finite loss ({float(value)}) at step {step} (after {step - 1} completed steps, "
+                    f"{int(state.timestamp.token)} tokens): training stopped; the last saved checkpoint is intact. "
                     "Lower the learning rate or check the data of this step."
                 )
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from flexbert.registry import closest
 from flexbert.train.run_config import RunConfigError, check_batch_sizes, load_run_config, require
 
 
@@ -24,6 +25,33 @@ def _world_size() -> int:
     from composer.utils import dist
 
     return dist.get_world_size()
+
+
+def _global_rank() -> int:
+    from composer.utils import dist
+
+    return dist.get_global_rank()
+
+
+DURATION_KEYS = ("max_duration", "eval_interval", "save_interval", "console_log_interval")
+
+
+def _check_trainer_values(cfg: Mapping[str, Any]) -> None:
+    """Values Composer would reject deep inside Trainer() without naming the key: durations and precision."""
+    from composer.core import Precision, Time
+
+    for key in DURATION_KEYS:
+        value = cfg.get(key)
+        if isinstance(value, str):
+            try:
+                Time.from_timestring(value)
+            except ValueError:
+                raise RunConfigError(f"`{key}`: {value!r} is not a duration; use e.g. 1000ba, 10_000_000tok, 1ep "
+                                     "or 0.5dur") from None
+    valid = [p.value for p in Precision]
+    if cfg.get("precision") and cfg["precision"] not in valid:
+        raise RunConfigError(f"`precision`: {cfg['precision']!r}{closest(str(cfg['precision']), valid)}; "
+                             f"valid: {', '.join(valid)}")
 
 
 def _precision(cfg: Mapping[str, Any]) -> str:
@@ -42,7 +70,10 @@ def _save_folder(cfg: Mapping[str, Any]) -> Optional[str]:
 
 
 def _will_autoresume(cfg: Mapping[str, Any], save_folder: Optional[str]) -> bool:
-    return bool(cfg.get("autoresume") and save_folder and (Path(save_folder) / "latest-rank0.pt").exists())
+    """Whether Composer's autoresume will load a checkpoint of this run (after `repair_latest` on rank 0)."""
+    from flexbert.train.checkpoint_safety import find_resume_checkpoint
+
+    return bool(cfg.get("autoresume") and find_resume_checkpoint(save_folder) is not None)
 
 
 def _eval_sizes(cfg: Mapping[str, Any], device_eval: int) -> tuple[int, int]:
@@ -67,11 +98,16 @@ def build_trainer(cfg: Mapping[str, Any]):
         build_tokenizer,
     )
     from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
+    from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
 
     require(cfg, "max_duration", "train_loader")
+    _check_trainer_values(cfg)
     device_train, device_eval = check_batch_sizes(cfg, _world_size())
     save_folder = _save_folder(cfg)
+    install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoint_safety)
+    if cfg.get("autoresume") and _global_rank() == 0:
+        repair_latest(save_folder)  # a kill while `latest` was being re-pointed must not restart the run at 0
     resuming = _will_autoresume(cfg, save_folder)
     phase_start = bool(cfg.get("load_path")) and not resuming
 
@@ -171,6 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.errors import DataError
+    from flexbert.train.checkpoint_safety import CheckpointSaveError
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
     # one clear line. Errors during fit keep their traceback, except the ones that already say what happened.
@@ -186,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         trainer.fit(reset_time=reset_time)
-    except (FloatingPointError, DataError) as err:
+    except (FloatingPointError, DataError, CheckpointSaveError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -74,11 +74,10 @@ class FlexBertAttention(nn.Module):
     def forward(self, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
         """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection."""
         qkv = (x if self.spec.fused_input else self.Wqkv(x)).view(-1, 3, self.num_heads, self.head_dim)  # (T, 3, heads, hd)
-        if self.spec.rope:
-            q, k = self._rotate(qkv[:, :2], packed)
-        else:
-            q, k = qkv[:, 0], qkv[:, 1]
-        v = qkv[:, 2]  # (T, heads, head_dim) views: no copy
+        # split/unbind, not indexing: their backward is one cat, where each slice's backward zero-fills a full tensor
+        qk, v = qkv.split([2, 1], dim=1)  # (T, 2, heads, head_dim), (T, 1, heads, head_dim) views
+        q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)
+        v = v.squeeze(1)
         dropout_p = self.probs_dropout if self.training else 0.0
         kernel = select_kernel(
             self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic

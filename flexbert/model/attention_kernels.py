@@ -209,6 +209,15 @@ def _sliding_mask(index: PackedIndex, window: int, block: int) -> torch.Tensor: 
     return ((doc_q[:, :, None] == doc_k[:, None, :]) & band).unsqueeze(1)
 
 
+def _pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero rows around x along dim 0 by one cat (F.pad fills the whole output, then copies x over it)."""
+    if before == after == 0:
+        return x
+    parts = [x.new_zeros(before, *x.shape[1:])] if before else []
+    parts += [x] + ([x.new_zeros(after, *x.shape[1:])] if after else [])
+    return torch.cat(parts)
+
+
 @ATTENTION_KERNELS.register("sliding_window", "blocked local attention in PyTorch SDPA, cost linear in tokens (local layers)")
 def sliding_window_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None,
                              block_size: Optional[int] = None):
@@ -224,10 +233,10 @@ def sliding_window_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=
     nb = -(-T // b)
     span = b + 2 * window
     mask = index.cached(("sliding", window, b), lambda: _sliding_mask(index, window, b))
-    qb = F.pad(q, (0, 0, 0, 0, 0, nb * b - T)).view(nb, b, H, D).transpose(1, 2)  # (nb, H, b, D)
+    qb = _pad_rows(q, 0, nb * b - T).view(nb, b, H, D).transpose(1, 2)  # (nb, H, b, D)
 
     def key_blocks(x):  # (T, H, D) -> (nb, H, span, D), overlapping spans of the zero-padded sequence
-        x = F.pad(x, (0, 0, 0, 0, window, nb * b - T + window))  # (w + nb*b + w, H, D)
+        x = _pad_rows(x, window, nb * b - T + window)  # (w + nb*b + w, H, D)
         return x.unfold(0, span, b).permute(0, 1, 3, 2)  # unfold: (nb, H, D, span)
 
     out = F.scaled_dot_product_attention(qb, key_blocks(k), key_blocks(v), attn_mask=mask,

@@ -26,6 +26,8 @@ class _MLPBase(nn.Module):
 
     def activate(self, projected: torch.Tensor) -> torch.Tensor:
         if self.gated:
+            if isinstance(self.act, (nn.GELU, nn.SiLU)):
+                return _GatedActivation.apply(projected, self.act)
             inp, gate = projected.chunk(2, dim=-1)
             return self.act(inp) * gate
         return self.act(projected)
@@ -34,6 +36,39 @@ class _MLPBase(nn.Module):
         """(T, H) -> (T, H); for fused-input MLPs, x is the (T, 2I) slice of the fused projection."""
         projected = x if self.fused_input else self.Wi(x)
         return self.Wo(self.drop(self.activate(projected)))
+
+
+def _activation_backward(grad: torch.Tensor, x: torch.Tensor, act: nn.Module, out: torch.Tensor) -> None:
+    """out = grad * act'(x), written in place."""
+    if isinstance(act, nn.GELU):
+        torch.ops.aten.gelu_backward.grad_input(grad, x, approximate=act.approximate, grad_input=out)
+    else:
+        torch.ops.aten.silu_backward.grad_input(grad, x, grad_input=out)
+
+
+class _GatedActivation(torch.autograd.Function):
+    """act(a) * g for (a, g) = the halves of the (T, 2I) input projection -- the same math as the plain ops, but
+    act(a) is recomputed in the backward instead of kept (I floats a token less memory), and both halves'
+    gradients are written into one (T, 2I) buffer (no cat, no temporaries)."""
+
+    @staticmethod
+    def forward(ctx, projected, act):
+        ctx.act = act
+        ctx.save_for_backward(projected)
+        inp, gate = projected.chunk(2, dim=-1)
+        return act(inp) * gate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (T, I)
+        (projected,) = ctx.saved_tensors
+        inp, gate = projected.chunk(2, dim=-1)
+        grad_projected = torch.empty_like(projected, memory_format=torch.contiguous_format)  # (T, 2I)
+        grad_inp, grad_gate = grad_projected.chunk(2, dim=-1)
+        torch.mul(grad, ctx.act(inp), out=grad_gate)
+        torch.mul(grad, gate, out=grad_inp)
+        _activation_backward(grad_inp, inp, ctx.act, out=grad_inp)
+        return grad_projected, None
 
 
 @MLPS.register("mlp", "Linear -> activation -> Linear (BERT)")

@@ -35,6 +35,36 @@ def xpos_scale(position_ids: torch.Tensor, rope_dim: int, scale_base: float, dty
     return (base[None, :] ** (position_ids.float()[:, None] / scale_base)).to(dtype)
 
 
+def _rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """NeoX rotation of x (T, ..., D) by the tables (T, 1.., rope_dim/2), written into one fresh tensor:
+    out1 = x1 cos -/+ x2 sin, out2 = x2 cos +/- x1 sin (the sign flips for the inverse rotation)."""
+    half = cos.shape[-1]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    x1, x2, o1, o2 = x[..., :half], x[..., half : 2 * half], out[..., :half], out[..., half : 2 * half]
+    sign = 1.0 if inverse else -1.0
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=-sign)
+    if 2 * half < x.shape[-1]:
+        out[..., 2 * half :] = x[..., 2 * half :]  # partial rotary: the rest passes through
+    return out
+
+
+class _RotateHalves(torch.autograd.Function):
+    """The rotation is orthogonal, so its backward is the inverse rotation of the gradient: nothing but the tables
+    is saved, and neither pass builds temporaries or a cat (the plain-op version makes six of them)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate_halves(x, cos, sin, inverse=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate_halves(grad, cos, sin, inverse=True), None, None
+
+
 def apply_rope(
     x: torch.Tensor,  # (T, ..., D): e.g. (T, H, D), or (T, 2, H, D) to rotate queries and keys in one op
     cos: torch.Tensor,  # (T, rope_dim/2)
@@ -43,12 +73,15 @@ def apply_rope(
     scale: Optional[torch.Tensor] = None,  # (T, rope_dim/2) xPos factors, or None
 ) -> torch.Tensor:
     rope_dim = 2 * cos.shape[-1]
-    rot, rest = x[..., :rope_dim], x[..., rope_dim:]
     table_shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)  # broadcast over heads (and q/k)
     cos, sin = cos.reshape(table_shape), sin.reshape(table_shape)
+    if not interleaved and scale is None and not (cos.requires_grad or sin.requires_grad):
+        return _RotateHalves.apply(x, cos, sin)  # the ModernBERT case, fused
     if scale is not None:
         scale = scale.reshape(table_shape)
         cos, sin = cos * scale, sin * scale
+    # split, not slicing: a slice's backward zero-fills the full tensor; with full rotary there is nothing to split
+    rot, rest = (x, x[..., :0]) if rope_dim == x.shape[-1] else x.split([rope_dim, x.shape[-1] - rope_dim], dim=-1)
     if interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)

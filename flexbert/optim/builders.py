@@ -76,14 +76,21 @@ class OptimizerConfig:
     def from_dict(cls, cfg: Mapping[str, Any]) -> "OptimizerConfig":
         values = _check_keys("optimizer", cfg, cls, required=("name", "lr"))
         if "betas" in values:
-            betas = tuple(float(b) for b in values["betas"])
+            betas = tuple(_number("optimizer.betas", b) for b in values["betas"])
             if len(betas) != 2:
                 raise FlexBertConfigError(f"`optimizer.betas` needs two values (b1, b2), got {list(betas)}")
             values["betas"] = betas
         for key in ("lr", "eps", "weight_decay"):
             if key in values:
-                values[key] = float(values[key])
+                values[key] = _number(f"optimizer.{key}", values[key])
         return cls(**values)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FlexBertConfigError(f"`{key}` must be a number, got {value!r}") from None
 
 
 def _named_params(model: torch.nn.Module) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
+from composer.models import huggingface as composer_huggingface
 
 from flexbert.model.flops import training_flops
 
@@ -25,14 +26,21 @@ def _metrics():
 
 class FlexBertComposerModel(HuggingFaceModel):
     def __init__(self, model, tokenizer=None, disable_train_metrics: bool = False):
-        super().__init__(
-            model,
-            tokenizer=tokenizer,
-            use_logits=True,
-            metrics=None if disable_train_metrics else _metrics(),
-            eval_metrics=_metrics(),
-            shift_labels=False,
-        )
+        # Composer checks whether the model is a causal LM by importing every causal-LM class of transformers (~4 s per
+        # process, and one of them starts an inductor compile worker). An encoder is none; skip the check.
+        is_causal_lm = composer_huggingface._is_registered_causal_lm
+        composer_huggingface._is_registered_causal_lm = lambda model: False
+        try:
+            super().__init__(
+                model,
+                tokenizer=tokenizer,
+                use_logits=True,
+                metrics=None if disable_train_metrics else _metrics(),
+                eval_metrics=_metrics(),
+                shift_labels=False,
+            )
+        finally:
+            composer_huggingface._is_registered_causal_lm = is_causal_lm
 
     def eval_forward(self, batch, outputs: Optional[Any] = None):
         outputs = outputs if outputs is not None else self.forward(batch)

@@ -72,7 +72,6 @@ RUN_DEFAULTS: dict[str, Any] = {
     "dist_timeout": 600.0,
     "python_log_level": None,
     "stop_on_nonfinite_loss": True,
-    "skip_nonfinite_batches": False,
 }
 
 MODEL_KEYS = ("name", "pretrained_model_name", "tokenizer_name", "disable_train_metrics", "recompute_metric_loss",

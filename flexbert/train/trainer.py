@@ -192,10 +192,33 @@ def build_trainer(cfg: Mapping[str, Any]):
     return trainer, reset_time
 
 
+def _already_finished(trainer, reset_time: bool) -> bool:
+    """Autoresume found a checkpoint at max_duration: the run was killed after its last checkpoint, it is done.
+    (Composer's fit would raise 'No training would occur'.)"""
+    state = trainer.state
+    return (not reset_time and state.max_duration is not None
+            and state.max_duration <= state.timestamp.get(state.max_duration.unit))
+
+
 def train(cfg: Mapping[str, Any]):
     trainer, reset_time = build_trainer(cfg)
-    trainer.fit(reset_time=reset_time)
+    if not _already_finished(trainer, reset_time):
+        trainer.fit(reset_time=reset_time)
     return trainer
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """A collective or rendezvous failed because another rank exited -- that rank prints the real error."""
+    import torch.distributed as tdist
+
+    text = str(err)
+    return _world_size() > 1 and (isinstance(err, getattr(tdist, "DistError", ()))
+                                  or "Connection closed by peer" in text or "Connection reset by peer" in text)
+
+
+def _peer_error_line(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"error: rank {_global_rank()} stopped because another rank failed (see that rank's error): {first}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -221,9 +244,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not _lost_peer(err):
+            raise
+        print(_peer_error_line(err), file=sys.stderr)
+        return 2
+    if _already_finished(trainer, reset_time):
+        print(f"nothing to do: the checkpoint autoresume loaded is already at max_duration {trainer.state.max_duration}")
+        trainer.close()
+        return 0
     try:
         trainer.fit(reset_time=reset_time)
     except (FloatingPointError, DataError, CheckpointSaveError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if not _lost_peer(err):
+            raise
+        print(_peer_error_line(err), file=sys.stderr)
         return 1
     return 0

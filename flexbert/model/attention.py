@@ -21,7 +21,7 @@ import torch.nn as nn
 from flexbert.model.attention_kernels import PackedIndex, select_kernel
 from flexbert.model.packed import PackedSequences
 from flexbert.model.registries import ATTENTION
-from flexbert.model.rotary import apply_rope, rope_tables, xpos_scale
+from flexbert.model.rotary import apply_rope, rope_tables, rotate_qk_, xpos_scale
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,14 @@ class FlexBertAttention(nn.Module):
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attn_out_bias)
         self.out_drop = nn.Dropout(config.attn_out_dropout_prob) if config.attn_out_dropout_prob > 0 else nn.Identity()
 
+    def _rope_tables(self, packed: PackedSequences, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, rope_dim/2), once per batch for each (rope_dim, theta)."""
+        key = ("rope", self.rope_dim, self.rope_theta, dtype)
+        return packed.cached(key, lambda: rope_tables(packed.position_ids, self.rope_dim, self.rope_theta, dtype))
+
     def _rotate(self, qk: torch.Tensor, packed: PackedSequences) -> tuple[torch.Tensor, torch.Tensor]:
         """qk: (T, 2, heads, head_dim) queries and keys -> rotated q, k (T, heads, head_dim) each."""
-        key = ("rope", self.rope_dim, self.rope_theta, qk.dtype)
-        cos, sin = packed.cached(key, lambda: rope_tables(packed.position_ids, self.rope_dim, self.rope_theta, qk.dtype))
+        cos, sin = self._rope_tables(packed, qk.dtype)
         if self.rope_scale_base is None:
             return apply_rope(qk, cos, sin, self.rope_interleaved).unbind(1)  # queries and keys in one op
         scale = packed.cached(
@@ -73,11 +77,18 @@ class FlexBertAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
         """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection."""
-        qkv = (x if self.spec.fused_input else self.Wqkv(x)).view(-1, 3, self.num_heads, self.head_dim)  # (T, 3, heads, hd)
-        # split/unbind, not indexing: their backward is one cat, where each slice's backward zero-fills a full tensor
-        qk, v = qkv.split([2, 1], dim=1)  # (T, 2, heads, head_dim), (T, 1, heads, head_dim) views
-        q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)
-        v = v.squeeze(1)
+        if self.spec.rope and not self.spec.fused_input and self.rope_scale_base is None and not self.rope_interleaved:
+            # ModernBERT's case: rotate q and k inside the fresh Wqkv output, in place (no rotated copy)
+            qkv = self.Wqkv(x)  # (T, 3H)
+            cos, sin = self._rope_tables(packed, qkv.dtype)
+            qkv = rotate_qk_(qkv, cos, sin, self.num_heads).view(-1, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.unbind(1)  # (T, heads, head_dim) views
+        else:
+            qkv = (x if self.spec.fused_input else self.Wqkv(x)).view(-1, 3, self.num_heads, self.head_dim)
+            # split/unbind, not indexing: their backward is one cat; each slice's backward zero-fills a full tensor
+            qk, v = qkv.split([2, 1], dim=1)  # (T, 2, heads, head_dim), (T, 1, heads, head_dim) views
+            q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)
+            v = v.squeeze(1)
         dropout_p = self.probs_dropout if self.training else 0.0
         kernel = select_kernel(
             self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic

@@ -35,11 +35,12 @@ def xpos_scale(position_ids: torch.Tensor, rope_dim: int, scale_base: float, dty
     return (base[None, :] ** (position_ids.float()[:, None] / scale_base)).to(dtype)
 
 
-def _rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """NeoX rotation of x (T, ..., D) by the tables (T, 1.., rope_dim/2), written into one fresh tensor:
+def _rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NeoX rotation of x (T, ..., D) by the tables (T, 1.., rope_dim/2), written into `out` (fresh if None):
     out1 = x1 cos -/+ x2 sin, out2 = x2 cos +/- x1 sin (the sign flips for the inverse rotation)."""
     half = cos.shape[-1]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
     x1, x2, o1, o2 = x[..., :half], x[..., half : 2 * half], out[..., :half], out[..., half : 2 * half]
     sign = 1.0 if inverse else -1.0
     torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=sign)
@@ -65,6 +66,46 @@ class _RotateHalves(torch.autograd.Function):
         return _rotate_halves(grad, cos, sin, inverse=True), None, None
 
 
+class _RotateQKInPlace(torch.autograd.Function):
+    """Rotates the query and key thirds of a fused (T, 3 * heads * head_dim) projection in place: the projection's
+    output is needed by nothing else (a Linear saves its input, not its output), so no rotated copy is allocated.
+    The backward writes the inverse rotation of the q/k gradient and the v gradient into one fresh buffer."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, num_heads):
+        ctx.save_for_backward(cos, sin)
+        ctx.num_heads = num_heads
+        qk = qkv.view(qkv.shape[0], 3, num_heads, -1)[:, :2]  # (T, 2, heads, head_dim)
+        half = cos.shape[-1]
+        x1, x2 = qk[..., :half], qk[..., half : 2 * half]
+        x1_before = x1.clone()
+        x1.mul_(cos).addcmul_(x2, sin, value=-1.0)  # x1 cos - x2 sin
+        x2.mul_(cos).addcmul_(x1_before, sin, value=1.0)  # x2 cos + x1 sin
+        ctx.mark_dirty(qkv)
+        return qkv
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # (T, 3 * heads * head_dim)
+        cos, sin = ctx.saved_tensors
+        grad_in = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        g, gi = (x.view(x.shape[0], 3, ctx.num_heads, -1) for x in (grad, grad_in))
+        _rotate_halves(g[:, :2], cos, sin, inverse=True, out=gi[:, :2])
+        gi[:, 2] = g[:, 2]
+        return grad_in, None, None, None
+
+
+def _table_shape(cos: torch.Tensor, x_dim: int) -> tuple[int, ...]:
+    return (cos.shape[0],) + (1,) * (x_dim - 2) + (cos.shape[-1],)  # broadcast over heads (and q/k)
+
+
+def rotate_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """In-place NeoX RoPE on the q and k parts of a fused projection qkv (T, 3 * heads * head_dim), laid out
+    [Q | K | V] with head-major heads; returns qkv. cos, sin: (T, rope_dim/2)."""
+    table = _table_shape(cos, 4)
+    return _RotateQKInPlace.apply(qkv, cos.reshape(table), sin.reshape(table), num_heads)
+
+
 def apply_rope(
     x: torch.Tensor,  # (T, ..., D): e.g. (T, H, D), or (T, 2, H, D) to rotate queries and keys in one op
     cos: torch.Tensor,  # (T, rope_dim/2)
@@ -73,7 +114,7 @@ def apply_rope(
     scale: Optional[torch.Tensor] = None,  # (T, rope_dim/2) xPos factors, or None
 ) -> torch.Tensor:
     rope_dim = 2 * cos.shape[-1]
-    table_shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (cos.shape[-1],)  # broadcast over heads (and q/k)
+    table_shape = _table_shape(cos, x.dim())
     cos, sin = cos.reshape(table_shape), sin.reshape(table_shape)
     if not interleaved and scale is None and not (cos.requires_grad or sin.requires_grad):
         return _RotateHalves.apply(x, cos, sin)  # the ModernBERT case, fused

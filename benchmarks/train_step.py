@@ -2,7 +2,8 @@
 
 Spec: issue 8. Same config (ModernBERT-base widths: hidden 768, 12 heads, GLU 1152, vocab 50368, window 128, a
 global layer every 3; the layer count reducible), same weights, same documents, same masked labels (30%, the
-recipe's rate); a step is forward + backward + StableAdamW step (the recipe's decoupled settings), fp32.
+recipe's rate); a step is forward + backward + StableAdamW step (the recipe's decoupled settings); fp32 on
+CPU, bf16 autocast on CUDA.
 - FlexBERT: its packed path (one packed row + cu_seqlens), `masked_prediction` (the head runs on masked tokens only).
 - the peer, as a transformers user would run it: padded batches (pad to the longest document of the batch),
   attn_implementation="sdpa" (flash_attention_2 on CUDA with bf16 when installed), `sparse_prediction=True` (its
@@ -11,10 +12,12 @@ Throughput counts REAL tokens only. Cases (about `--tokens` real tokens per step
 - varlen:    variable-length documents, max length 1024, lengths ~ normal(40%, 30% of max) clipped to [16, max];
 - fixed1024: documents of exactly 1024 tokens;
 - long8192:  one document of `--tokens` (8192) tokens.
-Timing: one subprocess per case holds both models and alternates their steps (and a dense matmul probe) round by
-round, so a shared, busy machine slows both alike; medians of the timed rounds after `--warmup` rounds. Memory: a
-fresh subprocess per (model, case) measures one step's peak above the persistent state (weights, Adam moments):
-on CPU the RSS high-water mark (see benchmarks/common.py), on CUDA torch.cuda.max_memory_allocated.
+Timing: one subprocess per case holds both models; each round runs a dense matmul probe, then one step of each
+model on the same documents (varlen: freshly drawn every round), in alternating order, so a shared, busy machine
+slows both alike. Over the `--steps` timed rounds (after `--warmup`): tokens/s = real tokens / seconds, both summed,
+and the speedup is their ratio (the per-round ratios are printed and kept in the JSON). Memory: a fresh subprocess
+per (model, case) measures one step's peak above the persistent state (weights, Adam moments): on CPU the RSS
+high-water mark (see benchmarks/common.py), on CUDA torch.cuda.max_memory_allocated.
 Model FLOPs: flexbert.model.flops.training_flops (matmuls, forward + backward, attention over visible pairs).
 
     python benchmarks/train_step.py [--layers 3] [--device cpu|cuda] [--steps 3] [--warmup 1] [--threads 2]
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -177,13 +179,13 @@ def build_models(args, which: tuple[str, ...], device: torch.device) -> dict:
 def make_step(model, inputs: dict, optimizer, device: torch.device, dtype: torch.dtype):
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         with autocast:
-            loss = model(**inputs).loss
+            loss = model(**inputs).loss  # the output (logits) is dropped at once, as a training loop would
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss.detach()
 
     return step
 
@@ -191,40 +193,41 @@ def make_step(model, inputs: dict, optimizer, device: torch.device, dtype: torch
 # ------------------------------------------------------------------------------------------------- workers
 def worker_setup(args):
     torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    lengths = document_lengths(args.case, args.tokens, args.seed)
-    return device, dtype, make_batch(lengths, args.seed + 1, device)
+    return torch.device(args.device), getattr(torch, args.dtype)
+
+
+def round_batch(args, r: int, device: torch.device) -> Batch:
+    """Round r's documents (varlen: a fresh draw every round, so no single lucky batch decides the result)."""
+    return make_batch(document_lengths(args.case, args.tokens, args.seed + r), args.seed + 1000 + r, device)
 
 
 def time_worker(args) -> dict:
-    """Both models in one process, their steps alternating (and a matmul probe each round)."""
-    device, dtype, batch = worker_setup(args)
+    """Both models in one process: each round, a matmul probe, then one step of each on the same documents, in
+    alternating order (so a busy, shared machine slows both alike)."""
+    device, dtype = worker_setup(args)
     models = build_models(args, ("ours", "peer"), device)
-    inputs = {"ours": batch.packed, "peer": batch.padded}
-    steps = {name: make_step(m, inputs[name], build_optimizer(OPTIMIZER, m), device, dtype) for name, m in models.items()}
-    times: dict[str, list[float]] = {"ours": [], "peer": []}
-    matmul: list[float] = []
-    first_loss = {}
+    optimizers = {name: build_optimizer(OPTIMIZER, m) for name, m in models.items()}
+    rounds = []
     for r in range(args.warmup + args.steps):
-        matmul.append(common.matmul_flops_per_s(device, dtype))
-        order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")
-        for name in order:
-            holder = {}
-            secs = common.timed(lambda: holder.setdefault("loss", steps[name]()), device)
-            if r == 0:
-                first_loss[name] = float(holder["loss"])
-            if r >= args.warmup:
-                times[name].append(secs)
-    flops = training_flops(models["ours"], batch.packed)
-    return {"case": args.case, "docs": len(batch.lengths), "real_tokens": batch.real_tokens,
-            "padded_tokens": batch.padded_tokens, "longest": max(batch.lengths), "step_s": times,
-            "matmul_flops_per_s": matmul, "flops_per_step": flops, "first_step_loss": first_loss,
-            "machine": common.machine_info(device)}
+        batch = round_batch(args, r, device)
+        inputs = {"ours": batch.packed, "peer": batch.padded}
+        record = {"real_tokens": batch.real_tokens, "padded_tokens": batch.padded_tokens, "docs": len(batch.lengths),
+                  "flops": training_flops(models["ours"], batch.packed), "timed": r >= args.warmup,
+                  "matmul_flops_per_s": common.matmul_flops_per_s(device, dtype, n=8192 if device.type == "cuda" else 2048)}
+        for name in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
+            step = make_step(models[name], inputs[name], optimizers[name], device, dtype)
+            losses = []
+            record[f"{name}_s"] = common.timed(lambda: losses.append(step()), device)
+            record[f"{name}_loss"] = float(losses[0])
+        rounds.append(record)
+    return {"case": args.case, "rounds": rounds, "machine": common.machine_info(device)}
 
 
 def memory_worker(args) -> dict:
-    """One model in a fresh process: peak of one training step above weights + Adam state."""
-    device, dtype, batch = worker_setup(args)
+    """One model in a fresh process: the peak of one training step (the first timed round's documents) above the
+    persistent state (weights, Adam moments)."""
+    device, dtype = worker_setup(args)
+    batch = round_batch(args, args.warmup, device)
     model = build_models(args, (args.model,), device)[args.model]
     optimizer = build_optimizer(OPTIMIZER, model)
     # Allocate the persistent Adam moments first, with an all-zero gradient (moments stay 0, the update is 0).
@@ -248,7 +251,8 @@ def memory_worker(args) -> dict:
         step()
         peak = common.peak_rss_mib() - base
         method = "RSS high-water mark above the pre-step RSS" + ("" if exact else " (ru_maxrss: includes setup!)")
-    return {"case": args.case, "model": args.model, "peak_mib": peak, "method": method}
+    return {"case": args.case, "model": args.model, "peak_mib": peak, "method": method,
+            "real_tokens": batch.real_tokens, "padded_tokens": batch.padded_tokens}
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -261,24 +265,34 @@ def worker_args(args, worker: str, case: str, model: str | None = None) -> list[
 
 
 def summarize(args, timing: dict, memory: dict) -> dict:
-    med = {name: common.median(ts) for name, ts in timing["step_s"].items()}
-    tok = {name: timing["real_tokens"] / s for name, s in med.items()}
-    matmul = common.median(timing["matmul_flops_per_s"])
-    achieved = {name: timing["flops_per_step"] / s for name, s in med.items()}
-    row = {"case": timing["case"], "docs": timing["docs"], "real_tokens": timing["real_tokens"],
-           "peer_padded_tokens": timing["padded_tokens"], "ours_tok_s": tok["ours"], "peer_tok_s": tok["peer"],
-           "speedup": tok["ours"] / tok["peer"], "ours_step_s": med["ours"], "peer_step_s": med["peer"],
-           "model_flops_per_step": timing["flops_per_step"], "matmul_flops_per_s": matmul,
-           "ours_flops_per_s": achieved["ours"], "peer_flops_per_s": achieved["peer"],
-           "ours_of_matmul": achieved["ours"] / matmul, "peer_of_matmul": achieved["peer"] / matmul,
-           "first_step_loss": timing["first_step_loss"]}
+    """Over the timed rounds: tokens/s = real tokens / seconds summed over rounds (both models ran the same
+    documents, so their ratio is the speedup on that workload; varlen rounds differ on purpose); the per-round
+    ratios are kept to show the spread. FLOP/s against the matmul probe: per round, then the median."""
+    timed = [r for r in timing["rounds"] if r["timed"]]
+    total = lambda key: sum(r[key] for r in timed)  # noqa: E731
+    med = lambda key: common.median([key(r) for r in timed])  # noqa: E731
+    real, padded = total("real_tokens"), total("padded_tokens")
+    row = {"case": timing["case"], "rounds": len(timed), "docs": total("docs") / len(timed),
+           "real_tokens": real / len(timed), "peer_padded_tokens": padded / len(timed), "padding_ratio": padded / real,
+           "ours_tok_s": real / total("ours_s"), "peer_tok_s": real / total("peer_s"),
+           "speedup": total("peer_s") / total("ours_s"),
+           "speedup_per_round": [r["peer_s"] / r["ours_s"] for r in timed],
+           "ours_step_s": [r["ours_s"] for r in timed], "peer_step_s": [r["peer_s"] for r in timed],
+           "model_flops_per_token": total("flops") / real,
+           "matmul_flops_per_s": med(lambda r: r["matmul_flops_per_s"]),
+           "ours_flops_per_s": total("flops") / total("ours_s"), "peer_flops_per_s": total("flops") / total("peer_s"),
+           "ours_of_matmul": med(lambda r: r["flops"] / r["ours_s"] / r["matmul_flops_per_s"]),
+           "peer_of_matmul": med(lambda r: r["flops"] / r["peer_s"] / r["matmul_flops_per_s"]),
+           "first_step_loss": {"ours": timing["rounds"][0]["ours_loss"], "peer": timing["rounds"][0]["peer_loss"]}}
     if args.device == "cuda":
         peaks = next((v for k, v in GPU_PEAKS.items() if k in timing["machine"].get("gpu", "")), None)
         if peaks:
-            row["ours_mfu"] = achieved["ours"] / peaks[0 if args.dtype == "bfloat16" else 1]
+            row["ours_mfu"] = row["ours_flops_per_s"] / peaks[0 if args.dtype == "bfloat16" else 1]
+            row["peer_mfu"] = row["peer_flops_per_s"] / peaks[0 if args.dtype == "bfloat16" else 1]
     if memory:
         row.update(ours_peak_mib=memory["ours"]["peak_mib"], peer_peak_mib=memory["peer"]["peak_mib"],
-                   memory_ratio=memory["ours"]["peak_mib"] / memory["peer"]["peak_mib"], memory_method=memory["ours"]["method"])
+                   memory_ratio=memory["ours"]["peak_mib"] / memory["peer"]["peak_mib"],
+                   memory_method=memory["ours"]["method"])
     return row
 
 
@@ -289,21 +303,22 @@ def report(args, rows: list[dict]) -> str:
     for r in rows:
         mem = ([f"{r['ours_peak_mib']:.0f}", f"{r['peer_peak_mib']:.0f}", f"{r['memory_ratio']:.2f}"]
                if "ours_peak_mib" in r else ["-", "-", "-"])
-        table.append([r["case"], r["docs"], r["real_tokens"], r["peer_padded_tokens"], f"{r['ours_tok_s']:.0f}",
-                      f"{r['peer_tok_s']:.0f}", f"{r['speedup']:.2f}x", *mem, f"{r['ours_flops_per_s'] / 1e9:.1f}",
-                      f"{r['ours_of_matmul']:.0%}", f"{r['peer_of_matmul']:.0%}"])
+        table.append([r["case"], f"{r['docs']:.0f}", f"{r['real_tokens']:.0f}", f"{r['peer_padded_tokens']:.0f}",
+                      f"{r['ours_tok_s']:.0f}", f"{r['peer_tok_s']:.0f}", f"{r['speedup']:.2f}x", *mem,
+                      f"{r['ours_flops_per_s'] / 1e9:.1f}", f"{r['ours_of_matmul']:.0%}", f"{r['peer_of_matmul']:.0%}"])
     lines = [common.format_table(headers, table)]
     by_case = {r["case"]: r for r in rows}
     for r in rows:
-        lines.append(f"# {r['case']}: dense matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; first-step loss "
-                     f"ours {r['first_step_loss']['ours']:.4f} vs peer {r['first_step_loss']['peer']:.4f}; "
-                     f"peer computes {r['peer_padded_tokens'] / r['real_tokens']:.2f}x the real tokens")
+        lines.append(f"# {r['case']}: per-round speedups {', '.join(f'{x:.2f}' for x in r['speedup_per_round'])}; "
+                     f"the peer computes {r['padding_ratio']:.2f}x the real tokens; dense {args.dtype} matmul "
+                     f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; first-step loss ours {r['first_step_loss']['ours']:.5f}, "
+                     f"peer {r['first_step_loss']['peer']:.5f}")
     if "long8192" in by_case and "fixed1024" in by_case:
         long, fixed = by_case["long8192"], by_case["fixed1024"]
         flat = long["ours_tok_s"] / fixed["ours_tok_s"]
-        # at equal FLOP/s, tok/s scales with tokens/FLOP: the extra global-attention FLOPs of a long document bound it
-        bound = (long["real_tokens"] / long["model_flops_per_step"]) / (fixed["real_tokens"] / fixed["model_flops_per_step"])
-        lines.append(f"# ours tok/s at {long['real_tokens']} vs 1024-token documents: {flat:.2f}x "
+        # at equal FLOP/s, tok/s scales with tokens per FLOP: a long document's extra global-attention FLOPs bound it
+        bound = fixed["model_flops_per_token"] / long["model_flops_per_token"]
+        lines.append(f"# ours tok/s, one {long['real_tokens']:.0f}-token document vs 1024-token documents: {flat:.2f}x "
                      f"(at equal FLOP/s the model FLOPs per token allow {bound:.2f}x)")
     return "\n".join(lines)
 
@@ -317,7 +332,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     info = common.machine_info(device)
     print(f"# training step, {args.layers} layers, {args.dtype}, {args.device}, {args.threads} threads, "
-          f"~{args.tokens} real tokens/step, {args.warmup} warm-up + {args.steps} timed steps (medians); "
+          f"~{args.tokens} real tokens/step, {args.warmup} warm-up + {args.steps} timed rounds; "
           f"peer attn_implementation={peer_attention(args)}; torch {torch.__version__}; load {info.get('loadavg_1min')}",
           flush=True)
     script = os.path.abspath(__file__)
@@ -329,8 +344,8 @@ def main(argv=None) -> None:
         raw.append({"timing": timing, "memory": memory})
         rows.append(summarize(args, timing, memory))
         r = rows[-1]
-        print(f"# {case}: ours {r['ours_tok_s']:.0f} tok/s, peer {r['peer_tok_s']:.0f} tok/s "
-              f"({r['speedup']:.2f}x)", flush=True)
+        print(f"# {case}: ours {r['ours_tok_s']:.0f} tok/s, peer {r['peer_tok_s']:.0f} tok/s ({r['speedup']:.2f}x)"
+              + (f", peak MiB {r['ours_peak_mib']:.0f} vs {r['peer_peak_mib']:.0f}" if memory else ""), flush=True)
     print(report(args, rows))
     if args.json:
         common.write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "case", "model")},

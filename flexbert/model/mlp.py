@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -38,11 +40,12 @@ class _MLPBase(nn.Module):
         return self.Wo(self.drop(self.activate(projected)))
 
 
-def _activation_into(x: torch.Tensor, act: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """out = act(x), written in place (no temporary)."""
+def _activation(x: torch.Tensor, act: nn.Module, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """act(x) for GELU / SiLU by the functional op (module hooks must not fire inside an autograd Function),
+    written into `out` when given."""
     if isinstance(act, nn.GELU):
-        return torch._C._nn.gelu(x, approximate=act.approximate, out=out)
-    return torch._C._nn.silu(x, out=out)
+        return torch._C._nn.gelu(x, approximate=act.approximate, **({"out": out} if out is not None else {}))
+    return torch._C._nn.silu(x, **({"out": out} if out is not None else {}))
 
 
 def _activation_backward_(grad: torch.Tensor, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
@@ -63,7 +66,7 @@ class _GatedActivation(torch.autograd.Function):
         ctx.act = act
         ctx.save_for_backward(projected)
         inp, gate = projected.chunk(2, dim=-1)
-        return act(inp).mul_(gate)
+        return _activation(inp, act).mul_(gate)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -72,7 +75,7 @@ class _GatedActivation(torch.autograd.Function):
         inp, gate = projected.chunk(2, dim=-1)
         grad_projected = torch.empty_like(projected, memory_format=torch.contiguous_format)  # (T, 2I)
         grad_inp, grad_gate = grad_projected.chunk(2, dim=-1)
-        _activation_into(inp, ctx.act, out=grad_gate).mul_(grad)  # d/dg = act(a) * grad
+        _activation(inp, ctx.act, out=grad_gate).mul_(grad)  # d/dg = act(a) * grad
         torch.mul(grad, gate, out=grad_inp)
         _activation_backward_(grad_inp, inp, ctx.act)  # d/da = grad * g * act'(a)
         return grad_projected, None

@@ -66,6 +66,10 @@ class _RotateHalves(torch.autograd.Function):
         return _rotate_halves(grad, cos, sin, inverse=True), None, None
 
 
+def _heads(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:  # (T, 3 * heads * hd) -> (T, 3, heads, hd)
+    return qkv.view(qkv.shape[0], 3, num_heads, qkv.shape[1] // (3 * num_heads))
+
+
 class _RotateQKInPlace(torch.autograd.Function):
     """Rotates the query and key thirds of a fused (T, 3 * heads * head_dim) projection in place: the projection's
     output is needed by nothing else (a Linear saves its input, not its output), so no rotated copy is allocated.
@@ -75,7 +79,7 @@ class _RotateQKInPlace(torch.autograd.Function):
     def forward(ctx, qkv, cos, sin, num_heads):
         ctx.save_for_backward(cos, sin)
         ctx.num_heads = num_heads
-        qk = qkv.view(qkv.shape[0], 3, num_heads, -1)[:, :2]  # (T, 2, heads, head_dim)
+        qk = _heads(qkv, num_heads)[:, :2]  # (T, 2, heads, head_dim)
         half = cos.shape[-1]
         x1, x2 = qk[..., :half], qk[..., half : 2 * half]
         x1_before = x1.clone()
@@ -89,7 +93,7 @@ class _RotateQKInPlace(torch.autograd.Function):
     def backward(ctx, grad):  # (T, 3 * heads * head_dim)
         cos, sin = ctx.saved_tensors
         grad_in = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
-        g, gi = (x.view(x.shape[0], 3, ctx.num_heads, -1) for x in (grad, grad_in))
+        g, gi = _heads(grad.contiguous(), ctx.num_heads), _heads(grad_in, ctx.num_heads)
         _rotate_halves(g[:, :2], cos, sin, inverse=True, out=gi[:, :2])
         gi[:, 2] = g[:, 2]
         return grad_in, None, None, None

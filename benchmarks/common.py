@@ -1,8 +1,9 @@
 """Shared helpers of the benchmarks: timing, matmul throughput, process memory, subprocess workers, tables, JSON.
 
 Spec: issue 8 (performance). Memory on CPU: torch's CPU allocations are invisible to tracemalloc, so peak memory is
-the process's resident set: the kernel's high-water mark (VmHWM), reset right before the measured work by writing 5
-to /proc/self/clear_refs (Linux >= 4.0); where that is not possible, ru_maxrss (which then also holds everything
+measured on the process's resident set: the peak of its anonymous part sampled by a thread (`AnonPeakSampler`,
+the primary number) and, as a cross-check, the kernel's high-water mark (VmHWM) reset right before the measured
+work by writing 5 to /proc/self/clear_refs (Linux >= 4.0; elsewhere ru_maxrss, which then also holds everything
 the process did before). Each measurement runs in a fresh subprocess so that one model's freed-but-kept heap
 cannot hide or inflate another's peak.
 """
@@ -15,6 +16,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -82,6 +84,48 @@ def reset_peak_rss() -> bool:
 def peak_rss_mib() -> float:
     kib = _status_kib("VmHWM")
     return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def anon_rss_mib() -> Optional[float]:
+    """Resident anonymous memory (heap, tensors) in MiB: /proc/self/statm resident - shared; None without /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class AnonPeakSampler:
+    """Peak anonymous RSS while the `with` block runs, sampled every `interval` seconds by a thread (torch ops
+    release the GIL). Unlike the high-water mark it ignores the file-backed pages of loaded libraries, which the
+    kernel may drop and reload under memory pressure from other processes (that made VmHWM deltas jump by
+    hundreds of MiB between identical runs). Allocations living < `interval` can be missed."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.start = self.peak = float("nan")
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, anon_rss_mib())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "AnonPeakSampler":
+        self.start = self.peak = anon_rss_mib()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_rss_mib())
+
+    @property
+    def growth_mib(self) -> float:
+        return self.peak - self.start
 
 
 # ------------------------------------------------------------------------------------------------- workers

@@ -245,13 +245,16 @@ def memory_worker(args) -> dict:
         torch.cuda.synchronize(device)
         peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         method = "torch.cuda.max_memory_allocated above the persistent state"
+        hwm = None
     else:
         base = common.rss_mib()
         exact = common.reset_peak_rss()
-        step()
-        peak = common.peak_rss_mib() - base
-        method = "RSS high-water mark above the pre-step RSS" + ("" if exact else " (ru_maxrss: includes setup!)")
-    return {"case": args.case, "model": args.model, "peak_mib": peak, "method": method,
+        with common.AnonPeakSampler() as sampler:
+            step()
+        hwm = common.peak_rss_mib() - base if exact else None
+        peak = sampler.growth_mib
+        method = "peak anonymous RSS (sampled every 1 ms) above the pre-step value"
+    return {"case": args.case, "model": args.model, "peak_mib": peak, "method": method, "hwm_delta_mib": hwm,
             "real_tokens": batch.real_tokens, "padded_tokens": batch.padded_tokens}
 
 

@@ -76,17 +76,6 @@ class PackedSequences:
         out[self.indices] = x
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
-    def document_ids(self) -> torch.Tensor:
-        """(T,) index of the document each token belongs to."""
-        return self.cached(
-            "document_ids",
-            lambda: torch.repeat_interleave(
-                torch.arange(self.cu_seqlens.numel() - 1, device=self.cu_seqlens.device),
-                self.cu_seqlens.diff().long(),
-                output_size=self.num_tokens,
-            ),
-        )
-
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self.cache:
             self.cache[key] = compute()

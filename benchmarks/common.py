@@ -1,11 +1,10 @@
 """Shared helpers of the benchmarks: timing, matmul throughput, process memory, subprocess workers, tables, JSON.
 
 Spec: issue 8 (performance). Memory on CPU: torch's CPU allocations are invisible to tracemalloc, so peak memory is
-measured on the process's resident set: the peak of its anonymous part sampled by a thread (`AnonPeakSampler`,
-the primary number) and, as a cross-check, the kernel's high-water mark (VmHWM) reset right before the measured
-work by writing 5 to /proc/self/clear_refs (Linux >= 4.0; elsewhere ru_maxrss, which then also holds everything
-the process did before). Each measurement runs in a fresh subprocess so that one model's freed-but-kept heap
-cannot hide or inflate another's peak.
+measured on the process's resident set, in a fresh subprocess per measurement with glibc told to return freed
+memory at once (`EXACT_RSS_ENV`): the kernel's high-water mark (VmHWM) reset right before the measured work by
+writing 5 to /proc/self/clear_refs (Linux >= 4.0), cross-checked by the peak of the anonymous RSS sampled by a
+thread (`AnonPeakSampler`, the number used where the reset is not allowed).
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ class AnonPeakSampler:
     """Peak anonymous RSS while the `with` block runs, sampled every `interval` seconds by a thread (torch ops
     release the GIL). Unlike the high-water mark it ignores the file-backed pages of loaded libraries, which the
     kernel may drop and reload under memory pressure from other processes (that made VmHWM deltas jump by
-    hundreds of MiB between identical runs). Allocations living < `interval` can be missed."""
+    hundreds of MiB between runs). Allocations living < `interval` can be missed."""
 
     def __init__(self, interval: float = 0.001):
         self.interval = interval
@@ -129,9 +128,18 @@ class AnonPeakSampler:
 
 
 # ------------------------------------------------------------------------------------------------- workers
-def run_worker(script: str, args: Sequence[str], timeout: Optional[float] = None) -> dict:
-    """Run `python script *args` in a fresh process; it prints one JSON object as its last stdout line."""
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout)
+# For memory workers: glibc serves every allocation above 64 KiB with its own mmap and returns it on free, so the
+# resident set follows the live tensors; by default freed heap memory is kept (by amounts that vary from run to run
+# with thread timing: +-500 MiB seen on the same step), which made RSS peaks unrepeatable. Not used for timing.
+EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def run_worker(script: str, args: Sequence[str], timeout: Optional[float] = None,
+               env: Optional[dict] = None) -> dict:
+    """Run `python script *args` in a fresh process (extra `env` variables); it prints one JSON object as its last
+    stdout line."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-25:])

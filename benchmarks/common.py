@@ -41,7 +41,8 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                       repeats: int = 5) -> float:
     """Dense n x n x n torch.mm throughput (FLOP/s, 2 n^3 per product), median of `repeats` timed calls after one
     untimed: the machine's practical matmul limit at this thread count, measured next to the model."""
     gen = torch.Generator().manual_seed(0)

@@ -211,9 +211,10 @@ def time_worker(args) -> dict:
     for r in range(args.warmup + args.steps):
         batch = round_batch(args, r, device)
         inputs = {"ours": batch.packed, "peer": batch.padded}
+        probe_n = 8192 if device.type == "cuda" else 2048
         record = {"real_tokens": batch.real_tokens, "padded_tokens": batch.padded_tokens, "docs": len(batch.lengths),
                   "flops": training_flops(models["ours"], batch.packed), "timed": r >= args.warmup,
-                  "matmul_flops_per_s": common.matmul_flops_per_s(device, dtype, n=8192 if device.type == "cuda" else 2048)}
+                  "matmul_flops_per_s": common.matmul_flops_per_s(device, dtype, n=probe_n)}
         for name in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
             step = make_step(models[name], inputs[name], optimizers[name], device, dtype)
             losses = []
@@ -317,8 +318,8 @@ def report(args, rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"# {r['case']}: per-round speedups {', '.join(f'{x:.2f}' for x in r['speedup_per_round'])}; "
                      f"the peer computes {r['padding_ratio']:.2f}x the real tokens; dense {args.dtype} matmul "
-                     f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; first-step loss ours {r['first_step_loss']['ours']:.5f}, "
-                     f"peer {r['first_step_loss']['peer']:.5f}")
+                     f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; first-step loss ours "
+                     f"{r['first_step_loss']['ours']:.5f}, peer {r['first_step_loss']['peer']:.5f}")
     if "long8192" in by_case and "fixed1024" in by_case:
         long, fixed = by_case["long8192"], by_case["fixed1024"]
         flat = long["ours_tok_s"] / fixed["ours_tok_s"]
@@ -339,8 +340,8 @@ def main(argv=None) -> None:
     info = common.machine_info(device)
     print(f"# training step, {args.layers} layers, {args.dtype}, {args.device}, {args.threads} threads, "
           f"~{args.tokens} real tokens/step, {args.warmup} warm-up + {args.steps} timed rounds; "
-          f"peer attn_implementation={peer_attention(args)}; torch {torch.__version__}; load {info.get('loadavg_1min')}",
-          flush=True)
+          f"peer attn_implementation={peer_attention(args)}; torch {torch.__version__}; "
+          f"load {info.get('loadavg_1min')}", flush=True)
     script = os.path.abspath(__file__)
     rows, raw = [], []
     for case in args.cases.split(","):
@@ -354,9 +355,9 @@ def main(argv=None) -> None:
               + (f", peak MiB {r['ours_peak_mib']:.0f} vs {r['peer_peak_mib']:.0f}" if memory else ""), flush=True)
     print(report(args, rows))
     if args.json:
-        common.write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "case", "model")},
-                                      "machine": {**info, "loadavg_1min_end": round(os.getloadavg()[0], 2)},
-                                      "results": rows, "raw": raw})
+        settings = {k: v for k, v in vars(args).items() if k not in ("worker", "case", "model")}
+        machine = {**info, "loadavg_1min_end": round(os.getloadavg()[0], 2)}
+        common.write_json(args.json, {"args": settings, "machine": machine, "results": rows, "raw": raw})
         print(f"# wrote {args.json}")
 
 

@@ -106,5 +106,5 @@ def test_loader_batch_with_several_rows_sums_the_rows():
         cu[r, : b["cu_seqlens"].numel()] = b["cu_seqlens"]
         ids[r, : b["input_ids"].shape[1]] = b["input_ids"][0]
         labels[r, : b["labels"].shape[1]] = b["labels"][0]
-    expected = sum(sum(naive_flops(model.config, [5, 13, 1] if r == 0 else [20, 9], n)) for r, (_, n) in enumerate(rows))
+    expected = sum(sum(naive_flops(model.config, lengths, n)) for lengths, (_, n) in zip([[5, 13, 1], [20, 9]], rows))
     assert training_flops(model, {"input_ids": ids, "cu_seqlens": cu, "labels": labels}) == expected

@@ -160,7 +160,8 @@ def _sdpa_by_runs(q, k, v, runs: list[tuple[int, int]], dropout_p: float) -> tor
     return torch.cat(outs) if len(outs) > 1 else outs[0].contiguous()
 
 
-@ATTENTION_KERNELS.register("sdpa", "torch SDPA per run of equal-length documents (global), or padded with a dense band mask (local, slow)")
+@ATTENTION_KERNELS.register(
+    "sdpa", "torch SDPA per run of equal-length documents (global), or padded with a dense band mask (local, slow)")
 def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None):
     _check_window(window)
     index = _index_for(index, cu_seqlens, max_seqlen)

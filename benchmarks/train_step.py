@@ -4,7 +4,9 @@ Spec: issue 8. Same config (ModernBERT-base widths: hidden 768, 12 heads, GLU 11
 global layer every 3; the layer count reducible), same weights, same documents, same masked labels (30%, the
 recipe's rate); a step is forward + backward + StableAdamW step (the recipe's decoupled settings); fp32 on
 CPU, bf16 autocast on CUDA.
-- FlexBERT: its packed path (one packed row + cu_seqlens), `masked_prediction` (the head runs on masked tokens only).
+- FlexBERT: its packed path (one packed row + cu_seqlens), the head on masked tokens only, and the loss computed
+  without materializing the logits (`return_logits=False`, what the trainer does when no training metric needs them;
+  the recipe's `disable_train_metrics: true`).
 - the peer, as a transformers user would run it: padded batches (pad to the longest document of the batch),
   attn_implementation="sdpa" (flash_attention_2 on CUDA with bf16 when installed), `sparse_prediction=True` (its
   head on masked tokens only), transformers' default compile setting (off on CPU).
@@ -178,6 +180,9 @@ def build_models(args, which: tuple[str, ...], device: torch.device) -> dict:
 
 def make_step(model, inputs: dict, optimizer, device: torch.device, dtype: torch.dtype):
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    if isinstance(model, FlexBertForMaskedLM):  # as our trainer runs it when no training metric reads the logits
+        inputs = {**inputs, "return_logits": False}
 
     def step() -> torch.Tensor:
         with autocast:

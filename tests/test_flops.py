@@ -59,9 +59,9 @@ def packed_batch(lengths, seed=0):
     return {"input_ids": ids, "cu_seqlens": cu, "max_seqlen": max(lengths), "labels": labels}, int(masked.sum())
 
 
-def executed_matmul_flops(model, batch) -> int:
+def executed_matmul_flops(model, batch, **forward_kwargs) -> int:
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        model(**batch, **forward_kwargs).loss.backward()
     counts = counter.get_flop_counts()["Global"]
     assert set(counts) <= {torch.ops.aten.mm, torch.ops.aten.addmm}, f"unexpected counted ops {set(counts)}"
     return sum(counts.values())
@@ -77,6 +77,17 @@ def test_packed_batch_matches_naive_and_executed_counts(masked_prediction):
     assert executed_matmul_flops(model, batch) == linear  # the model runs exactly these matmuls, no more
     if masked_prediction:
         assert n_masked < sum(LENGTHS)  # the head really ran on fewer tokens
+
+
+@pytest.mark.parametrize("masked_prediction", [True, False])
+def test_step_without_logits_runs_the_head_on_labelled_tokens_with_the_same_matmuls(masked_prediction):
+    """return_logits=False (the trainer without training metrics): chunked loss, gradients formed in the forward;
+    the matmul work is that of the masked-only head, whatever masked_prediction says."""
+    model = model_for(masked_prediction)
+    batch, n_masked = packed_batch(LENGTHS)
+    linear, attention = naive_flops(model.config, LENGTHS, n_masked)
+    assert training_flops(model, batch, head_on_labelled_only=True) == linear + attention
+    assert executed_matmul_flops(model, batch, return_logits=False) == linear
 
 
 def test_padded_batch_counts_real_tokens_only():

@@ -10,7 +10,7 @@ Counted: every matmul (2 FLOPs per multiply-add), forward + backward = 3x forwar
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
@@ -37,14 +37,17 @@ def document_lengths(batch: Mapping[str, torch.Tensor]) -> list[int]:
     return [int(n) for n in mask.sum(dim=1) if n > 0]
 
 
-def training_flops(model, batch: Mapping[str, torch.Tensor]) -> int:
-    """Forward + backward FLOPs of `model` (a FlexBertForMaskedLM) on `batch`."""
+def training_flops(model, batch: Mapping[str, torch.Tensor], head_on_labelled_only: Optional[bool] = None) -> int:
+    """Forward + backward FLOPs of `model` (a FlexBertForMaskedLM) on `batch`. The head runs on the labelled tokens
+    only with `masked_prediction`, or in a step without logits (`head_on_labelled_only=True`)."""
     config = model.config
     lengths = document_lengths(batch)
     tokens = sum(lengths)
     encoder = _linear_params(model.bert.encoder)
     head_tokens = tokens
-    if config.masked_prediction and "labels" in batch:
+    if head_on_labelled_only is None:
+        head_on_labelled_only = config.masked_prediction
+    if head_on_labelled_only and "labels" in batch:
         head_tokens = int((batch["labels"] != -100).sum())
     head = _linear_params(model.head) + model.decoder.weight.numel()
     forward = 2 * encoder * tokens + 2 * head * head_tokens

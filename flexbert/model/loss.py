@@ -4,14 +4,19 @@
 z-loss (`lse_square_scale` * mean(logsumexp^2), which keeps logits from drifting).
 `fa_cross_entropy`: the same loss through flash-attn's fused Triton kernel when installed and on CUDA,
 else computed here -- so a config never depends on the machine.
+Both also compute the loss straight from the decoder's input (`forward_linear`) when the logits are not wanted,
+chunked, without the (N, V) logits tensor.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flexbert.model.linear_cross_entropy import linear_cross_entropy
 from flexbert.model.registries import LOSSES
 
 LOSS_KWARGS = ("ignore_index", "label_smoothing", "lse_square_scale", "reduction", "inplace_backward")
@@ -30,7 +35,7 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """logits (N, V), labels (N,) -> scalar."""
-        logits = logits.float()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision -> fp32
         loss = F.cross_entropy(
             logits, labels, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, reduction=self.reduction
         )
@@ -39,6 +44,14 @@ class CrossEntropyLoss(nn.Module):
             lse_sq = torch.logsumexp(logits[keep], dim=-1).pow(2)
             loss = loss + self.lse_square_scale * (lse_sq.mean() if self.reduction == "mean" else lse_sq.sum())
         return loss
+
+    def forward_linear(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       labels: torch.Tensor) -> torch.Tensor:
+        """The same loss of logits = F.linear(hidden, weight, bias), without materializing them (chunked; see
+        flexbert.model.linear_cross_entropy). For training steps that do not need the logits."""
+        return linear_cross_entropy(hidden, weight, bias, labels, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, lse_square_scale=self.lse_square_scale,
+                                    reduction=self.reduction)
 
 
 class FlashCrossEntropyLoss(CrossEntropyLoss):

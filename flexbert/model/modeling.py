@@ -8,6 +8,7 @@ Two input forms, same math:
 - packed:  input_ids (1, L) + cu_seqlens (D+1,) [+ max_seqlen, position_ids] with documents at
            [cu[i], cu[i+1]) and padding after cu[-1]      -> logits (T, V), or (1, L, V) with `pad_logits`
 With `masked_prediction` and labels, the head runs only on masked positions (logits (n_masked, V)).
+With `return_logits=False` and labels, only the loss is computed, chunked, without the logits.
 
 Parameter names are those of released FlexBERT/ModernBERT checkpoints (`bert.embeddings.tok_embeddings.weight`,
 `bert.encoder.layers.{i}.attn.Wqkv.weight`, ..., `head.dense.weight`, `decoder.bias`).
@@ -140,14 +141,25 @@ class FlexBertForMaskedLM(FlexBertPreTrainedModel):
         cu_seqlens: Optional[torch.Tensor] = None,
         max_seqlen: Optional[int] = None,
         position_ids: Optional[torch.Tensor] = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> MaskedLMOutput:
+        """`return_logits=False` (with labels): the loss straight from the decoder's input, chunked, without the
+        (N, vocab) logits -- the largest tensors of a step -- and `logits` is None. The trainer asks for it when no
+        training metric reads the logits."""
         unknown = set(kwargs) - _IGNORED_KWARGS
         if unknown:
             raise TypeError(f"FlexBertForMaskedLM.forward got unexpected inputs: {sorted(unknown)}")
         packed, ids = pack_inputs(input_ids, attention_mask, cu_seqlens, max_seqlen, position_ids)
         hidden = self.bert(ids, packed)  # (T, H)
         flat_labels = packed.unpad(labels) if labels is not None else None
+
+        if not return_logits and flat_labels is not None:
+            # only labelled rows reach the head (unlabelled ones add nothing to the loss, masked_prediction or not)
+            selected = flat_labels != IGNORE_INDEX
+            loss = self.loss_fn.forward_linear(
+                self.head(hidden[selected]), self.decoder.weight, self.decoder.bias, flat_labels[selected])
+            return MaskedLMOutput(loss=loss, logits=None)
 
         if self.config.masked_prediction and flat_labels is not None:
             selected = flat_labels != IGNORE_INDEX

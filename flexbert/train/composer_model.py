@@ -3,11 +3,13 @@
 Built on Composer's HuggingFaceModel, so checkpoints have the released layout: weights under `state.model`
 as `model.bert...`, and the model config under `integrations.huggingface.model.config.content`.
 What differs from the base class is only what packing changes: the labels that go with the logits (packed
-or masked-only logits), and the FLOP count of a batch for MFU.
+or masked-only logits), the FLOP count of a batch for MFU, and training steps without logits when no training
+metric needs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -42,6 +44,13 @@ class FlexBertComposerModel(HuggingFaceModel):
         finally:
             composer_huggingface._is_registered_causal_lm = is_causal_lm
 
+    def forward(self, batch):
+        """Training steps whose outputs no training metric reads compute the loss without the logits (chunked;
+        the (tokens, vocab) logits are the largest tensors of a step). Evaluation always gets logits."""
+        if self.model.training and self.train_metrics is None and isinstance(batch, Mapping) and "labels" in batch:
+            batch = {**batch, "return_logits": False}
+        return super().forward(batch)
+
     def eval_forward(self, batch, outputs: Optional[Any] = None):
         outputs = outputs if outputs is not None else self.forward(batch)
         logits = outputs["logits"]
@@ -52,8 +61,9 @@ class FlexBertComposerModel(HuggingFaceModel):
         metric.update(outputs, self.labels.to(outputs.device))
         return {}
 
-    def flops_per_batch(self, batch) -> int:
-        return training_flops(self.model, batch)
+    def flops_per_batch(self, batch) -> int:  # training steps only (the speed monitor)
+        return training_flops(self.model, batch, head_on_labelled_only=self.model.config.masked_prediction
+                              or self.train_metrics is None)
 
 
 def aligned_labels(batch, logits: torch.Tensor, masked_prediction: bool) -> torch.Tensor:
@@ -64,4 +74,4 @@ def aligned_labels(batch, logits: torch.Tensor, masked_prediction: bool) -> torc
     flat = labels.reshape(-1)
     if masked_prediction:  # the head ran on masked positions only (forward had the labels)
         return flat[flat != IGNORE_INDEX]
-    return flat[: logits.shape[0]]  # packed row: the real tokens come first, padding after cu_seqlens[-1]  # packed row: the real tokens come first, padding after cu_seqlens[-1]
+    return flat[: logits.shape[0]]  # packed row: the real tokens come first, padding after cu_seqlens[-1]

@@ -49,6 +49,16 @@ def kernel_variants():
     # blocks smaller and larger than the window: the key span b + 2w must cover both
     yield "sliding_window_b16", ATTENTION_KERNELS.get("sliding_window"), {"block_size": 16}
     yield "sliding_window_b96", ATTENTION_KERNELS.get("sliding_window"), {"block_size": 96}
+    yield "sdpa_padded", sdpa_padded_fallback, {}
+
+
+def sdpa_padded_fallback(*args, **kwargs):
+    """sdpa with its one-padded-call path (taken above MAX_SDPA_CALLS runs of equal-length documents) forced."""
+    saved, ak.MAX_SDPA_CALLS = ak.MAX_SDPA_CALLS, 0
+    try:
+        return ak.sdpa_attention(*args, **kwargs)
+    finally:
+        ak.MAX_SDPA_CALLS = saved
 
 
 VARIANTS = list(kernel_variants())

@@ -1,7 +1,7 @@
 """Decoder projection + cross entropy in row chunks, without materializing the (N, V) logits.
 
-At vocab 50368 the logits of the masked tokens are the largest tensors of a step: 2458 masked tokens of one
-8192-token document give a 495 MB fp32 (N, V) block, and plain autograd keeps three of them alive at the start of
+At vocab 50368 the logits of the masked tokens are the largest tensors of a step: the ~2458 masked tokens (30%) of
+one 8192-token document give a ~495 MB fp32 (N, V) block, and plain autograd keeps three of them alive at the start of
 the backward pass (the saved log-softmax, its gradient, the logits' gradient). Here the loss is computed `chunk`
 rows at a time, and when gradients are wanted, each chunk's gradients with respect to the hidden states, the
 decoder weight and bias are formed in the same pass (the loss is the last op of the step, so its upstream gradient

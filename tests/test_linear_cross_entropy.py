@@ -153,3 +153,11 @@ def test_bf16_autocast_matches_the_unfused_path_under_autocast():
     for name, a, b in zip(("hidden", "weight", "bias"), (hidden, weight, bias), ref_in):
         assert a.grad.dtype == torch.float32, name
         assert (a.grad - b.grad).abs().max() < 1e-2 * b.grad.abs().max(), name
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    hidden, weight, bias = leaves(6, 11, 8, True, seed=8)
+    loss = linear_cross_entropy(hidden, weight, bias, torch.randint(0, 11, (6,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

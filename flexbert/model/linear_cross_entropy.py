@@ -43,36 +43,50 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
         grad_bias = torch.zeros(vocab, dtype=acc, device=hidden.device) if want_bias else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            h, y, k = hidden[rows], labels[rows], keep[rows]
-            projected = F.linear(h, weight, bias)  # (c, V), in the autocast dtype under AMP
-            logits = projected.to(acc)
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            target = y.masked_fill(~k, 0)[:, None]
-            row_loss = lse - logits.gather(1, target).squeeze(1)
-            if label_smoothing:
-                row_loss = (1 - label_smoothing) * row_loss + label_smoothing * (lse - logits.mean(dim=-1))
-            if lse_square_scale:
-                row_loss = row_loss + lse_square_scale * lse.square()
-            total += row_loss.masked_fill(~k, 0).sum()
-            if not any_grad:
-                continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' buffer
-            if lse_square_scale:
-                grad.mul_(1 + 2 * lse_square_scale * lse[:, None])
-            if label_smoothing:
-                grad.sub_(label_smoothing / vocab)
-            grad.scatter_add_(1, target, grad.new_full(target.shape, -(1 - label_smoothing)))
-            grad.mul_(k[:, None].to(grad.dtype) * scale)  # ignored rows contribute nothing
-            grad_c = grad.to(projected.dtype)  # the matmuls run in the forward's compute dtype
-            del projected, logits
-            if want_hidden:
-                grad_hidden[rows] = grad_c @ weight.to(grad_c.dtype)
-            if want_weight:
-                grad_weight += grad_c.t() @ h.to(grad_c.dtype)
-            if want_bias:
-                grad_bias += grad.sum(0)
+        device = hidden.device.type
+        # matmuls in the autocast dtype under AMP (cast once here, not per chunk), else in the weight's dtype
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        with torch.autocast(device, enabled=False):
+            w, hid = weight.to(compute), hidden.to(compute)
+            b = bias.to(compute) if bias is not None else None
+            for start in range(0, n, chunk):
+                rows = slice(start, min(start + chunk, n))
+                h, y, k = hid[rows], labels[rows], keep[rows]
+                logits = F.linear(h, w, b).to(acc)  # (c, V): the one chunk-sized buffer; everything below is in place
+                target = y.masked_fill(~k, 0)[:, None]
+                row_loss = -logits.gather(1, target).squeeze(1)
+                if label_smoothing:
+                    row_loss = (1 - label_smoothing) * row_loss - label_smoothing * logits.mean(dim=-1)
+                row_max = logits.amax(dim=-1, keepdim=True)
+                exp = logits.sub_(row_max).exp_()
+                sum_exp = exp.sum(dim=-1, keepdim=True)
+                lse = (sum_exp.log() + row_max).squeeze(1)  # (c,) logsumexp without a second (c, V) buffer
+                row_loss += lse
+                if lse_square_scale:
+                    row_loss = row_loss + lse_square_scale * lse.square()
+                total += row_loss.masked_fill(~k, 0).sum()
+                if not any_grad:
+                    continue
+                grad = exp.div_(sum_exp)  # softmax
+                if lse_square_scale:
+                    grad.mul_(1 + 2 * lse_square_scale * lse[:, None])
+                if label_smoothing:
+                    grad.sub_(label_smoothing / vocab)
+                grad.scatter_add_(1, target, grad.new_full(target.shape, -(1 - label_smoothing)))
+                grad.mul_(k[:, None].to(grad.dtype) * scale)  # ignored rows contribute nothing
+                if want_bias:
+                    grad_bias += grad.sum(0)
+                grad = grad.to(compute)
+                if want_hidden:
+                    if grad_hidden.dtype == compute:
+                        torch.mm(grad, w, out=grad_hidden[rows])
+                    else:
+                        grad_hidden[rows] = grad @ w
+                if want_weight:
+                    if grad_weight.dtype == compute:
+                        torch.addmm(grad_weight, grad.t(), h, out=grad_weight)  # in place: no (V, H) temporary
+                    else:  # half-precision matmul, fp32 accumulator
+                        grad_weight += grad.t() @ h
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.has = (want_hidden, want_weight, want_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
@@ -81,10 +95,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        # Scaled in place: no second weight-sized buffer at the start of the backward pass. A second backward through
+        # the same graph (retain_graph) is refused by autograd's saved-tensor version check.
         saved = iter(ctx.saved_tensors)
         grads = []
         for has, dtype in zip(ctx.has, ctx.dtypes):
-            grads.append((next(saved) * grad_loss).to(dtype) if has else None)
+            grads.append(next(saved).mul_(grad_loss).to(dtype) if has else None)
         return (*grads, None, None, None, None, None, None)
 
 

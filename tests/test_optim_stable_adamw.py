@@ -132,6 +132,31 @@ def test_zero_gradient_only_decays():
     assert torch.equal(opt.state[p]["exp_avg"], torch.zeros_like(p))
 
 
+@pytest.mark.parametrize("with_closure", [False, True])
+def test_a_step_without_any_gradient_changes_nothing(with_closure):
+    """A skipped batch (every .grad None): no weight decay, no moment update, no step count -- and the next real
+    step is the one an uninterrupted run takes (the Adam formulas of step 2 with t = 2)."""
+    p = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    twin = torch.nn.Parameter(p.detach().clone())
+    opt = StableAdamW([p], lr=0.01, weight_decay=0.1, decouple_lr=True)
+    ref = StableAdamW([twin], lr=0.01, weight_decay=0.1, decouple_lr=True)
+    grads = [torch.randn(4, 3, dtype=torch.float64) for _ in range(2)]
+    for o, q in ((opt, p), (ref, twin)):
+        q.grad = grads[0].clone()
+        o.step()
+    before = (p.detach().clone(), opt.state[p]["exp_avg"].clone(), int(opt.param_groups[0]["step"]))
+    p.grad = None
+    calls = []
+    loss = opt.step(closure=lambda: calls.append(1) or torch.tensor(3.0)) if with_closure else opt.step()
+    assert (calls == [1] and float(loss) == 3.0) if with_closure else loss is None  # the closure still runs
+    assert torch.equal(p.detach(), before[0]) and torch.equal(opt.state[p]["exp_avg"], before[1])
+    assert int(opt.param_groups[0]["step"]) == before[2] == 1
+    for o, q in ((opt, p), (ref, twin)):
+        q.grad = grads[1].clone()
+        o.step()
+    assert torch.equal(p.detach(), twin.detach())
+
+
 def test_checkpoint_identity_and_state_keys():
     assert StableAdamW.__qualname__ == "StableAdamW"
     assert issubclass(StableAdamW, optimi.StableAdamW)

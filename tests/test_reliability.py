@@ -231,6 +231,97 @@ def test_non_finite_loss_stops_naming_the_step(tiny_corpus, tmp_path, inject, ca
     assert all(torch.isfinite(t).all() for t in last["model"].values())
 
 
+class _Snapshot(Callback):
+    """Test-only: the weights, Adam moments and optimizer step counter at the end of each step (batch_end)."""
+
+    def __init__(self):
+        self.seen, self.states = 0, {}
+
+    def batch_start(self, state, logger):
+        self.seen += 1
+
+    def batch_end(self, state, logger):
+        optimizer = state.optimizers[0]
+        moments = [optimizer.state[p]["exp_avg"].clone() for g in optimizer.param_groups for p in g["params"]
+                   if "exp_avg" in optimizer.state[p]]
+        self.states[self.seen] = ({k: v.clone() for k, v in state.model.state_dict().items()}, moments,
+                                  [int(g["step"]) for g in optimizer.param_groups])
+
+
+def test_non_finite_loss_skips_the_batch_when_allowed(tiny_corpus, tmp_path, inject, monkeypatch):
+    import flexbert.train.callbacks as callbacks
+
+    snapshot = _Snapshot()
+    original = callbacks.build_callbacks
+    monkeypatch.setattr(callbacks, "build_callbacks", lambda section: [*original(section), snapshot])
+    folder, bad_step = tmp_path / "run", 3
+    inject(bad_step, "inf")
+    assert main(_argv(tiny_corpus, folder, max_nonfinite_skips=1)) == 0
+    records = fi.metrics_lines(folder)
+    assert [r["batch"] for r in records] == list(range(1, STEPS + 1))  # the data moved on; no step repeated
+    assert [r.get("nonfinite_loss/skipped_batches") for r in records] == [None, None, 1, None, None, None]
+    before, skipped, after = (snapshot.states[s] for s in (bad_step - 1, bad_step, bad_step + 1))
+    for name, value in before[0].items():  # nothing moved: weights, moments, step counter
+        assert torch.equal(skipped[0][name], value), name
+    assert all(torch.equal(a, b) for a, b in zip(before[1], skipped[1])) and len(before[1]) == len(skipped[1]) > 0
+    assert skipped[2] == before[2]
+    assert after[2] == [n + 1 for n in skipped[2]]  # the next batch trains normally
+    assert any(not torch.equal(after[0][k], skipped[0][k]) for k in after[0])
+    _assert_every_checkpoint_loads(folder)
+    last = _load(folder / LATEST)["state"]
+    assert last["callbacks"]["NonFiniteLossGuard"]["skipped"] == 1  # resumes with the count
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+
+
+def test_non_finite_losses_beyond_the_allowed_skips_stop_the_run(tiny_corpus, tmp_path, inject, capsys):
+    folder = tmp_path / "run"
+    inject(2, "inf")
+    inject(4, "inf")
+    assert main(_argv(tiny_corpus, folder, max_nonfinite_skips=1)) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "at step 4 " in lines[0] and "after skipping 1 non-finite batches" in lines[0], lines
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == [1, 2, 3]
+    _assert_every_checkpoint_loads(folder)
+
+
+def test_max_nonfinite_skips_must_be_a_count(tiny_corpus, tmp_path, capsys):
+    assert main(_argv(tiny_corpus, tmp_path / "run", max_nonfinite_skips=-1)) == 2  # a setup error
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "max_nonfinite_skips" in lines[0] and "-1" in lines[0], lines
+
+
+def _skip_agreement_worker(rank: int, world: int, port: int, results) -> None:
+    """One rank of a gloo group: only rank 0 sees a non-finite loss; both must drop their gradients."""
+    import torch.distributed as torch_dist
+    from composer.devices import DeviceCPU
+
+    from flexbert.train.callbacks import NonFiniteLossGuard
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = torch.nn.Linear(3, 2)
+        model.weight.grad = torch.ones_like(model.weight)
+        state = type("State", (), {})()
+        state.device, state.model = DeviceCPU(), model
+        state.loss = torch.tensor(float("nan") if rank == 0 else 1.0)
+        guard = NonFiniteLossGuard(max_skips=5)
+        guard.batch_start(state, None)
+        guard.after_loss(state, None)
+        guard.after_backward(state, None)
+        results[rank] = (guard._skip_batch, model.weight.grad is None)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_batch_on_every_rank():
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_skip_agreement_worker, args=(2, fi.free_port(), results), nprocs=2, join=True)
+        assert dict(results) == {0: (True, True), 1: (True, True)}
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 

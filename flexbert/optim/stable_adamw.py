@@ -22,7 +22,8 @@ Checked against recipe section 5, formula by formula (optimi/stableadamw.py, `_s
 
 Differences from the recipe text (none changes fp32 results beyond rounding):
 - The step counter t lives in the param group (`group["step"]`), not per tensor: a tensor whose `.grad` is None
-  on some step is skipped but the group's t still advances. A zero gradient (not None) is a normal update.
+  on some step is skipped but the group's t still advances (unless no tensor at all has a gradient: then the
+  step does nothing). A zero gradient (not None) is a normal update.
   ModernBERT gives every tensor a gradient every step, so this never matters there.
 - eps**2 is stored per tensor in the parameter dtype (`state["eps_sq"]`); for bf16 parameters the moments are
   also kept in bf16 on the non-Triton paths, i.e. only the Adam update is compensated by Kahan summation. The
@@ -94,6 +95,19 @@ class StableAdamW(optimi.StableAdamW):
         # prepend: optimi's own post-load hook reads group["triton"], which older checkpoints lack.
         self.register_load_state_dict_pre_hook(_complete_loaded_groups, prepend=True)
         self.register_load_state_dict_post_hook(_complete_loaded_state)
+
+    @torch.no_grad()
+    def step(self, closure=None, param=None):
+        loss = None
+        if closure is not None and param is None:  # Composer steps with a closure that runs the microbatches
+            with torch.enable_grad():
+                loss = closure()
+        if param is None and all(p.grad is None for g in self.param_groups for p in g["params"]):
+            # no gradient anywhere (a skipped batch, see NonFiniteLossGuard): nothing moves, not even the step counter
+            # that optimi would otherwise advance
+            return loss
+        super().step(None, param)
+        return loss
 
     def _init_group(self, group: dict[str, Any], *args, **kwargs):
         if not group["setup"] and group["triton"] is None and group["foreach"] is None:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import gc
 import inspect
+import logging
 import math
 from typing import Any, Mapping
 
+import torch
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 from composer.core import Callback, State
 from composer.loggers import Logger
+from composer.utils import dist
 
 from flexbert.optim.grad_norm import LogGradNorm
 from flexbert.registry import Registry, closest
+
+log = logging.getLogger(__name__)
 
 CALLBACKS: Registry = Registry("callback", "callbacks")
 
@@ -77,21 +82,69 @@ class PackingEfficiency(Callback):
 
 
 class NonFiniteLossGuard(Callback):
-    """Stops training at the first non-finite loss, naming the step; checkpoints already written stay intact
-    (Composer saves at BATCH_CHECKPOINT, after this check, so the bad step is never saved)."""
+    """What a non-finite loss does (`stop_on_nonfinite_loss`, `max_nonfinite_skips`).
+
+    max_skips = 0: training stops at the first non-finite loss, naming the step; checkpoints already written stay
+    intact (Composer saves at BATCH_CHECKPOINT, after this check, so the bad step is never saved).
+    max_skips = N > 0: a batch whose loss is non-finite in any microbatch on any rank is skipped: its gradients are
+    dropped on every rank, so the optimizer changes nothing (weights, moments, step counter); the data and the lr
+    schedule move on. Skips are counted (`nonfinite_loss/skipped_batches`, kept in checkpoints) and the
+    (N+1)-th stops the run as above -- a run that keeps producing non-finite losses is broken, not unlucky.
+    """
+
+    def __init__(self, max_skips: int = 0):
+        if not isinstance(max_skips, int) or isinstance(max_skips, bool) or max_skips < 0:
+            raise ValueError(f"`max_nonfinite_skips` must be an integer >= 0, got {max_skips!r}")
+        self.max_skips = max_skips
+        self.skipped = 0
+        self._bad_loss = None  # this batch's first non-finite loss value seen on this rank
+        self._skip_batch = False
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        self._bad_loss, self._skip_batch = None, False
 
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss
-        values = loss.values() if isinstance(loss, Mapping) else [loss]
-        for value in values:
+        for value in loss.values() if isinstance(loss, Mapping) else [loss]:
             if not math.isfinite(float(value)):
-                # The timestamp counts completed steps: this one is the next (its metrics.jsonl `batch`).
-                step = int(state.timestamp.batch) + 1
-                raise FloatingPointError(
-                    f"non-finite loss ({float(value)}) at step {step} (after {step - 1} completed steps, "
-                    f"{int(state.timestamp.token)} tokens): training stopped; the last saved checkpoint is intact. "
-                    "Lower the learning rate or check the data of this step."
-                )
+                self._bad_loss = float(value) if self._bad_loss is None else self._bad_loss
+                if self.max_skips == 0 or self.skipped >= self.max_skips:
+                    self._stop(state, self._bad_loss)
+
+    def after_backward(self, state: State, logger: Logger) -> None:
+        if self.max_skips == 0:
+            return
+        if not self._skip_batch:  # every rank must agree, or the replicas would drift apart
+            flag = state.device.tensor_to_device(torch.tensor([int(self._bad_loss is not None)]))
+            dist.all_reduce(flag, reduce_operation="MAX")
+            self._skip_batch = bool(flag.item())
+        if self._skip_batch:  # after the bad microbatch's backward and after every later one of this batch
+            for param in state.model.parameters():
+                param.grad = None
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self._skip_batch:
+            self.skipped += 1
+            step = int(state.timestamp.batch)  # batch_end: the skipped step is already counted
+            where = f"loss {self._bad_loss}" if self._bad_loss is not None else "on another rank"
+            log.warning(f"non-finite {where} at step {step}: batch skipped ({self.skipped} of at most "
+                        f"{self.max_skips})")
+            logger.log_metrics({"nonfinite_loss/skipped_batches": self.skipped})
+
+    def _stop(self, state: State, value: float) -> None:
+        step = int(state.timestamp.batch) + 1  # the timestamp counts completed steps; this one is the next
+        skipped = f" after skipping {self.skipped} non-finite batches (max_nonfinite_skips)" if self.skipped else ""
+        raise FloatingPointError(
+            f"non-finite loss ({value}) at step {step} (after {step - 1} completed steps, "
+            f"{int(state.timestamp.token)} tokens){skipped}: training stopped; the last saved checkpoint is intact. "
+            "Lower the learning rate or check the data of this step."
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state.get("skipped", 0))
 
 
 def build_callbacks(section: Mapping[str, Any] | None) -> list[Callback]:

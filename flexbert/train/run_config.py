@@ -72,6 +72,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "dist_timeout": 600.0,
     "python_log_level": None,
     "stop_on_nonfinite_loss": True,
+    "max_nonfinite_skips": 0,  # > 0: skip (and count) up to this many batches with a non-finite loss, then stop
 }
 
 MODEL_KEYS = ("name", "pretrained_model_name", "tokenizer_name", "disable_train_metrics", "recompute_metric_loss",

@@ -100,6 +100,7 @@ def build_trainer(cfg: Mapping[str, Any]):
     from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
     from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
+    from flexbert.train.parallelism import mark_fsdp_units
 
     require(cfg, "max_duration", "train_loader")
     _check_trainer_values(cfg)
@@ -144,14 +145,17 @@ def build_trainer(cfg: Mapping[str, Any]):
     # Loader state rides in the checkpoint; a new phase (time reset) starts its data from the beginning.
     callbacks.append(LoaderStateCallback(train_spec, strict=not phase_start))
     if cfg.get("stop_on_nonfinite_loss", True):
-        callbacks.append(NonFiniteLossGuard())
+        callbacks.append(NonFiniteLossGuard(max_skips=cfg.get("max_nonfinite_skips", 0)))
     if cfg.get("restart_override") and phase_start:
         callbacks.append(RestartOverride(optimizer))
     metrics_path = Path(save_folder) / "metrics.jsonl" if save_folder else None
     loggers = build_loggers(cfg.get("loggers"), metrics_path)
 
     ignore_keys = ["state/callbacks/LoaderStateCallback"] if phase_start else None
-    parallelism = {"fsdp": dict(cfg["fsdp_config"])} if cfg.get("fsdp_config") else None
+    parallelism = None
+    if cfg.get("fsdp_config"):
+        mark_fsdp_units(composer_model.model)  # one FSDP unit (and checkpointed block) per encoder layer
+        parallelism = {"fsdp": dict(cfg["fsdp_config"])}
     trainer = Trainer(
         run_name=cfg.get("run_name"),
         seed=int(cfg["seed"]),

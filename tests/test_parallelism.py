@@ -1,0 +1,60 @@
+"""FSDP units and activation checkpointing marks (flexbert/train/parallelism.py), checked through the same rules
+Composer applies (`_fsdp_wrap` / `_activation_checkpointing` module attributes) and torch's checkpoint wrapper on CPU:
+a checkpointed model gives the same loss and gradients as the plain one and keeps its parameter names."""
+
+import pytest
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+
+from flexbert import FlexBertConfig
+from flexbert.model.modeling import FlexBertForMaskedLM
+from flexbert.train.parallelism import mark_fsdp_units
+from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return FlexBertForMaskedLM(FlexBertConfig(**{**TINY_MODERNBERT, **overrides}))
+
+
+def test_each_encoder_layer_is_one_unit_and_tied_weights_stay_in_the_root():
+    model = tiny_model()
+    layers = mark_fsdp_units(model)
+    wrapped = [m for m in model.modules() if getattr(m, "_fsdp_wrap", False)]
+    assert wrapped == list(model.bert.encoder.layers) == layers and len(layers) == TINY_MODERNBERT["num_hidden_layers"]
+    assert [m for m in model.modules() if getattr(m, "_activation_checkpointing", False)] == layers
+    in_units = {id(p) for layer in layers for p in layer.parameters()}
+    assert id(model.decoder.weight) == id(model.bert.embeddings.tok_embeddings.weight)  # tied ...
+    assert id(model.decoder.weight) not in in_units  # ... and outside every layer unit
+
+
+@pytest.mark.parametrize("impl", [CheckpointImpl.REENTRANT, CheckpointImpl.NO_REENTRANT])
+def test_checkpointed_layers_give_the_same_loss_gradients_and_names(impl):
+    """Composer's default is the reentrant implementation (fsdp_config.activation_checkpointing_reentrant)."""
+    ids, mask = mixed_length_batch(3, 32, 128, [32, 9, 20])
+    labels = torch.where((torch.arange(32) % 4 == 1) & (mask == 1), ids, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    results = []
+    for checkpointed in (False, True):
+        model = tiny_model(embed_dropout_prob=0.1, mlp_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()  # dropout: RNG replayed
+        if checkpointed:
+            mark_fsdp_units(model)
+            apply_activation_checkpointing(
+                model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=impl),
+                check_fn=lambda m: getattr(m, "_activation_checkpointing", False))
+            assert sum(type(m).__name__ == "CheckpointWrapper" for m in model.modules()) == len(model.bert.encoder.layers)
+        torch.manual_seed(1)
+        loss = model(**batch, return_logits=False).loss
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}, set(model.state_dict())))
+    (loss_a, grads_a, keys_a), (loss_b, grads_b, keys_b) = results
+    assert keys_a == keys_b  # checkpoints keep the released layout
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    names_b = {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in grads_b.items()}
+    assert names_b.keys() == grads_a.keys()
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(names_b[name], grad, rtol=1e-6, atol=1e-7, msg=name)

@@ -40,17 +40,20 @@ def test_checkpointed_layers_give_the_same_loss_gradients_and_names(impl):
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     results = []
     for checkpointed in (False, True):
-        model = tiny_model(embed_dropout_prob=0.1, mlp_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()  # dropout: RNG replayed
+        # with dropout on: the recomputed forward must replay the same random masks
+        model = tiny_model(embed_dropout_prob=0.1, mlp_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()
         if checkpointed:
             mark_fsdp_units(model)
             apply_activation_checkpointing(
                 model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=impl),
                 check_fn=lambda m: getattr(m, "_activation_checkpointing", False))
-            assert sum(type(m).__name__ == "CheckpointWrapper" for m in model.modules()) == len(model.bert.encoder.layers)
+            wrappers = [m for m in model.modules() if type(m).__name__ == "CheckpointWrapper"]
+            assert len(wrappers) == len(model.bert.encoder.layers)
         torch.manual_seed(1)
         loss = model(**batch, return_logits=False).loss
         loss.backward()
-        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}, set(model.state_dict())))
+        grads = {k: p.grad for k, p in model.named_parameters()}
+        results.append((loss.detach(), grads, set(model.state_dict())))
     (loss_a, grads_a, keys_a), (loss_b, grads_b, keys_b) = results
     assert keys_a == keys_b  # checkpoints keep the released layout
     torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)

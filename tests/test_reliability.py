@@ -304,11 +304,21 @@ def _skip_agreement_worker(rank: int, world: int, port: int, results) -> None:
         state = type("State", (), {})()
         state.device, state.model = DeviceCPU(), model
         state.loss = torch.tensor(float("nan") if rank == 0 else 1.0)
-        guard = NonFiniteLossGuard(max_skips=5)
+        state.timestamp = type("Timestamp", (), {"batch": 7, "token": 700})()
+        guard = NonFiniteLossGuard(max_skips=1)
         guard.batch_start(state, None)
         guard.after_loss(state, None)
         guard.after_backward(state, None)
-        results[rank] = (guard._skip_batch, model.weight.grad is None)
+        skipped = (guard._skip_batch, model.weight.grad is None)
+        guard.skipped = 1  # the limit is reached: the next non-finite batch stops every rank, not only rank 0
+        guard.batch_start(state, None)
+        guard.after_loss(state, None)
+        try:
+            guard.after_backward(state, None)
+            stopped = None
+        except FloatingPointError as err:
+            stopped = str(err).split(" at step")[0]
+        results[rank] = (*skipped, stopped)
     finally:
         torch_dist.destroy_process_group()
 
@@ -319,7 +329,8 @@ def test_a_non_finite_loss_on_one_rank_skips_the_batch_on_every_rank():
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_skip_agreement_worker, args=(2, fi.free_port(), results), nprocs=2, join=True)
-        assert dict(results) == {0: (True, True), 1: (True, True)}
+        assert dict(results) == {0: (True, True, "non-finite loss (nan)"),
+                                 1: (True, True, "non-finite loss on another rank")}
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -106,10 +106,10 @@ class NonFiniteLossGuard(Callback):
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss
         for value in loss.values() if isinstance(loss, Mapping) else [loss]:
-            if not math.isfinite(float(value)):
-                self._bad_loss = float(value) if self._bad_loss is None else self._bad_loss
-                if self.max_skips == 0 or self.skipped >= self.max_skips:
-                    self._stop(state, self._bad_loss)
+            if not math.isfinite(float(value)) and self._bad_loss is None:
+                self._bad_loss = float(value)
+        if self._bad_loss is not None and self.max_skips == 0:
+            self._stop(state)
 
     def after_backward(self, state: State, logger: Logger) -> None:
         if self.max_skips == 0:
@@ -118,6 +118,8 @@ class NonFiniteLossGuard(Callback):
             flag = state.device.tensor_to_device(torch.tensor([int(self._bad_loss is not None)]))
             dist.all_reduce(flag, reduce_operation="MAX")
             self._skip_batch = bool(flag.item())
+            if self._skip_batch and self.skipped >= self.max_skips:
+                self._stop(state)  # on every rank at once
         if self._skip_batch:  # after the bad microbatch's backward and after every later one of this batch
             for param in state.model.parameters():
                 param.grad = None
@@ -131,11 +133,12 @@ class NonFiniteLossGuard(Callback):
                         f"{self.max_skips})")
             logger.log_metrics({"nonfinite_loss/skipped_batches": self.skipped})
 
-    def _stop(self, state: State, value: float) -> None:
+    def _stop(self, state: State) -> None:
         step = int(state.timestamp.batch) + 1  # the timestamp counts completed steps; this one is the next
         skipped = f" after skipping {self.skipped} non-finite batches (max_nonfinite_skips)" if self.skipped else ""
+        what = "non-finite loss " + (f"({self._bad_loss})" if self._bad_loss is not None else "on another rank")
         raise FloatingPointError(
-            f"non-finite loss ({value}) at step {step} (after {step - 1} completed steps, "
+            f"{what} at step {step} (after {step - 1} completed steps, "
             f"{int(state.timestamp.token)} tokens){skipped}: training stopped; the last saved checkpoint is intact. "
             "Lower the learning rate or check the data of this step."
         )

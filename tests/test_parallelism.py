@@ -1,6 +1,7 @@
-"""FSDP units and activation checkpointing marks (flexbert/train/parallelism.py), checked through the same rules
-Composer applies (`_fsdp_wrap` / `_activation_checkpointing` module attributes) and torch's checkpoint wrapper on CPU:
-a checkpointed model gives the same loss and gradients as the plain one and keeps its parameter names."""
+"""What the trainer applies to a built model (flexbert/train/parallelism.py): FSDP units and activation
+checkpointing marks, checked through the rules Composer applies (`_fsdp_wrap` / `_activation_checkpointing` module
+attributes) and torch's checkpoint wrapper on CPU -- a checkpointed model gives the same loss and gradients as the
+plain one and keeps its parameter names -- and per-layer compile (CUDA only)."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 
 from flexbert import FlexBertConfig
 from flexbert.model.modeling import FlexBertForMaskedLM
-from flexbert.train.parallelism import mark_fsdp_units
+from flexbert.train.parallelism import mark_fsdp_units, prepare_model
 from tests.conftest import TINY_MODERNBERT, mixed_length_batch
 
 
@@ -61,3 +62,20 @@ def test_checkpointed_layers_give_the_same_loss_gradients_and_names(impl):
     assert names_b.keys() == grads_a.keys()
     for name, grad in grads_a.items():
         torch.testing.assert_close(names_b[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_prepare_model_marks_only_with_fsdp_and_compiles_each_layer_on_cuda_only(monkeypatch):
+    model = tiny_model(compile_model=True)
+    compiled = []
+    for layer in model.bert.encoder.layers:
+        monkeypatch.setattr(layer, "compile", lambda layer=layer, **kw: compiled.append((layer, kw)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="compile_model is ignored on CPU"):
+        prepare_model(model, {})
+    assert compiled == [] and not any(hasattr(m, "_fsdp_wrap") for m in model.modules())
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    prepare_model(model, {"fsdp_config": {"sharding_strategy": "FULL_SHARD"}})
+    layers = list(model.bert.encoder.layers)
+    assert compiled == [(layer, {"dynamic": True}) for layer in layers]  # layers only: loss and packing stay eager
+    assert [m for m in model.modules() if getattr(m, "_fsdp_wrap", False)] == layers

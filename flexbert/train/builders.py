@@ -7,7 +7,6 @@ into Composer's Trainer. Nothing here knows about distribution or precision: Com
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -68,13 +67,7 @@ def build_model(cfg: Mapping[str, Any], tokenizer, checkpoint_config: Optional[M
     from flexbert.train.composer_model import FlexBertComposerModel
 
     config = model_config_from(cfg, tokenizer, checkpoint_config)
-    model = FlexBertForMaskedLM(config)
-    if config.compile_model:
-        if torch.cuda.is_available():
-            for layer in model.bert.encoder.layers:
-                layer.compile(dynamic=True)
-        else:
-            warnings.warn("model_config.compile_model is ignored on CPU (inductor's CPU path is not reliable here)")
+    model = FlexBertForMaskedLM(config)  # on one device, eager: flexbert.train.parallelism prepares it for the run
     disable = bool((cfg.get("model") or {}).get("disable_train_metrics", False))
     return FlexBertComposerModel(model, tokenizer=tokenizer, disable_train_metrics=disable)
 

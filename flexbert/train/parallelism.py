@@ -1,18 +1,26 @@
-"""How a built model is sharded and checkpointed under FSDP. Applied by the trainer, after the model is built, so
-model code never knows about distribution.
+"""What is applied to a built model before Composer's Trainer takes it, in this order -- model code itself runs on
+one device and knows nothing of it:
 
-Composer wraps, inside the root FSDP unit, every module marked `_fsdp_wrap = True`, and -- when
-`fsdp_config.activation_checkpointing` is on -- checkpoints every module marked `_activation_checkpointing = True`.
-Without marks it would make the whole model one unit: all weights gathered at once, no overlap of communication
-with compute, and nothing checkpointed. Here:
-- each encoder layer is one FSDP unit (gathered just before it runs, freed after), and the unit whose activations
-  are recomputed in the backward pass when activation checkpointing is on;
-- embeddings, final norm, head and decoder stay in the root unit: the decoder weight is tied to the token
-  embeddings, and tied weights must live in one unit.
+1. FSDP units and activation-checkpointing marks (only with `fsdp_config`). Composer wraps, inside the root FSDP
+   unit, every module marked `_fsdp_wrap = True`, and -- when `fsdp_config.activation_checkpointing` is on --
+   checkpoints every module marked `_activation_checkpointing = True`. Without marks it would make the whole model
+   one unit: all weights gathered at once, no overlap of communication with compute, nothing checkpointed. Each
+   encoder layer is one unit (gathered just before it runs, freed after) and one checkpointed block; embeddings,
+   final norm, head and decoder stay in the root unit (the decoder weight is tied to the token embeddings, and tied
+   weights must live in one unit).
+2. `model_config.compile_model`: each encoder layer is compiled on its own (dynamic shapes: packed batches change
+   length every step), on CUDA only -- inductor's CPU path is not reliable on the machines this runs on. The loss
+   and the packing metadata stay eager.
+3. Inside Trainer(): Composer applies precision, then FSDP (or DDP) and activation checkpointing around the
+   compiled layers.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any, Mapping
+
+import torch
 import torch.nn as nn
 
 
@@ -23,3 +31,21 @@ def mark_fsdp_units(model: nn.Module) -> list[nn.Module]:
         layer._fsdp_wrap = True
         layer._activation_checkpointing = True
     return layers
+
+
+def compile_layers(model: nn.Module) -> bool:
+    """Compile each encoder layer (CUDA only); returns whether it did."""
+    if not torch.cuda.is_available():
+        warnings.warn("model_config.compile_model is ignored on CPU (inductor's CPU path is not reliable here)")
+        return False
+    for layer in model.bert.encoder.layers:
+        layer.compile(dynamic=True)
+    return True
+
+
+def prepare_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """Steps 1 and 2 above for the run config `cfg` (the model is the Hugging Face module, not the Composer one)."""
+    if cfg.get("fsdp_config"):
+        mark_fsdp_units(model)
+    if model.config.compile_model:
+        compile_layers(model)

@@ -100,7 +100,7 @@ def build_trainer(cfg: Mapping[str, Any]):
     from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
     from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
-    from flexbert.train.parallelism import mark_fsdp_units
+    from flexbert.train.parallelism import prepare_model
 
     require(cfg, "max_duration", "train_loader")
     _check_trainer_values(cfg)
@@ -152,10 +152,8 @@ def build_trainer(cfg: Mapping[str, Any]):
     loggers = build_loggers(cfg.get("loggers"), metrics_path)
 
     ignore_keys = ["state/callbacks/LoaderStateCallback"] if phase_start else None
-    parallelism = None
-    if cfg.get("fsdp_config"):
-        mark_fsdp_units(composer_model.model)  # one FSDP unit (and checkpointed block) per encoder layer
-        parallelism = {"fsdp": dict(cfg["fsdp_config"])}
+    prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
+    parallelism = {"fsdp": dict(cfg["fsdp_config"])} if cfg.get("fsdp_config") else None
     trainer = Trainer(
         run_name=cfg.get("run_name"),
         seed=int(cfg["seed"]),

@@ -43,14 +43,9 @@ LOSS_KEY = "loss/train/total"
 
 def build_tiny_corpus(root: Path) -> Path:
     """The corpus of tests/conftest.py `tiny_corpus`, built under `root`."""
-    from data_prep import build_demo_corpus, tokenize_to_mds, train_tokenizer
+    from tests.conftest import build_tiny_corpus as build
 
-    assert build_demo_corpus.main(["--out", str(root / "corpus"), "--max-docs", "400", "--quiet"]) == 0
-    assert train_tokenizer.main(["--input", str(root / "corpus" / "train.jsonl"), "--vocab-size", "512",
-                                 "--out", str(root / "tokenizer"), "--quiet"]) == 0
-    assert tokenize_to_mds.main(["--input", str(root / "corpus"), "--tokenizer", str(root / "tokenizer"),
-                                 "--out", str(root / "mds"), "--max-seq-len", "64", "--quiet"]) == 0
-    return root
+    return build(root)
 
 
 def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: int, **extra) -> list[str]:

@@ -19,6 +19,7 @@ Records are numbered from 1 (`file:line` for text formats, `file:row` for parque
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import json
@@ -255,6 +256,13 @@ def iter_documents(
             yield from _iter_parquet(path, text_field, bad)
         else:
             raise DataError(f"unsupported file type '{path.suffix}'", path)
+
+
+def argument_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A script's parser: the first paragraph of its module docstring as description, everything after the usage
+    line as epilog."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_input_arguments(parser) -> None:

@@ -28,7 +28,7 @@ from typing import Dict, Iterator, List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep._io import atomic_output_dir, folder_size, human_bytes, progress, run_main
+from data_prep._io import argument_parser, atomic_output_dir, folder_size, human_bytes, progress, run_main
 
 PROG = "build_demo_corpus"
 # Folders with tests, third-party packages or machine-generated tables rather than prose or code.
@@ -129,12 +129,7 @@ def build(root: Path, seed: int, max_docs: Optional[int], quiet: bool) -> List[D
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],  # the module docstring after the usage line
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(PROG, __doc__)
     parser.add_argument("--out", required=True, help="output folder (gets train.jsonl and validation.jsonl)")
     parser.add_argument("--max-docs", type=int, default=None, help="stop after this many documents (quick builds)")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents for validation [0.05]")

@@ -34,6 +34,7 @@ from data_prep._io import (
     BadRecords,
     DataError,
     add_input_arguments,
+    argument_parser,
     atomic_output_dir,
     expand_inputs,
     folder_size,
@@ -108,12 +109,7 @@ def to_transformers(tokenizer, model_max_length: int):
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],  # the module docstring after the usage line
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argument_parser(PROG, __doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.jsonl/.txt/.parquet)")
     parser.add_argument("--vocab-size", type=int, required=True, help="BPE vocabulary target incl. bytes and specials")
     parser.add_argument("--out", required=True, help="output folder for save_pretrained")

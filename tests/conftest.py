@@ -59,18 +59,22 @@ def mixed_length_batch(batch: int, seq: int, vocab: int, lengths, seed: int = 0)
     return ids, mask
 
 
-@pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory):
-    """A small real corpus (stdlib docs + code), a 512-token BPE tokenizer and MDS shards at max_seq_len 64."""
+def build_tiny_corpus(root):
+    """A small real corpus (stdlib docs + code), a 512-token BPE tokenizer and MDS shards at max_seq_len 64, under
+    `root` (also used by benchmarks/fault_injection.py)."""
     from data_prep import build_demo_corpus, tokenize_to_mds, train_tokenizer
 
-    root = tmp_path_factory.mktemp("tiny_corpus")
     assert build_demo_corpus.main(["--out", str(root / "corpus"), "--max-docs", "400", "--quiet"]) == 0
     assert train_tokenizer.main(["--input", str(root / "corpus" / "train.jsonl"), "--vocab-size", "512",
                                  "--out", str(root / "tokenizer"), "--quiet"]) == 0
     assert tokenize_to_mds.main(["--input", str(root / "corpus"), "--tokenizer", str(root / "tokenizer"),
                                  "--out", str(root / "mds"), "--max-seq-len", "64", "--quiet"]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    return build_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
 
 
 def tiny_run_overrides(root, save_folder, **extra) -> list[str]:

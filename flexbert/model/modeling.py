@@ -154,11 +154,12 @@ class FlexBertForMaskedLM(FlexBertPreTrainedModel):
         hidden = self.bert(ids, packed)  # (T, H)
         flat_labels = packed.unpad(labels) if labels is not None else None
 
-        if not return_logits and flat_labels is not None:
+        forward_linear = getattr(self.loss_fn, "forward_linear", None)  # a loss without it gets logits as usual
+        if not return_logits and flat_labels is not None and forward_linear is not None:
             # only labelled rows reach the head (unlabelled ones add nothing to the loss, masked_prediction or not)
             selected = flat_labels != IGNORE_INDEX
-            loss = self.loss_fn.forward_linear(
-                self.head(hidden[selected]), self.decoder.weight, self.decoder.bias, flat_labels[selected])
+            loss = forward_linear(self.head(hidden[selected]), self.decoder.weight, self.decoder.bias,
+                                  flat_labels[selected])
             return MaskedLMOutput(loss=loss, logits=None)
 
         if self.config.masked_prediction and flat_labels is not None:

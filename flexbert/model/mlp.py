@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from flexbert.model.activations import build_activation
 from flexbert.model.registries import MLPS
@@ -37,6 +38,8 @@ class _MLPBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(T, H) -> (T, H); for fused-input MLPs, x is the (T, 2I) slice of the fused projection."""
         projected = x if self.fused_input else self.Wi(x)
+        if self.gated and isinstance(self.drop, nn.Identity) and isinstance(self.act, (nn.GELU, nn.SiLU)):
+            return _GatedLinear.apply(projected, self.Wo.weight, self.Wo.bias, self.act)
         return self.Wo(self.drop(self.activate(projected)))
 
 
@@ -72,13 +75,46 @@ class _GatedActivation(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # grad: (T, I)
         (projected,) = ctx.saved_tensors
+        return _GatedActivation.backward_from(grad, projected, ctx.act), None
+
+    @staticmethod
+    def backward_from(grad: torch.Tensor, projected: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """Gradient of act(a) * g with respect to the (T, 2I) projection, given the gradient of the product."""
         inp, gate = projected.chunk(2, dim=-1)
         grad_projected = torch.empty_like(projected, memory_format=torch.contiguous_format)  # (T, 2I)
         grad_inp, grad_gate = grad_projected.chunk(2, dim=-1)
-        _activation(inp, ctx.act, out=grad_gate).mul_(grad)  # d/dg = act(a) * grad
+        _activation(inp, act, out=grad_gate).mul_(grad)  # d/dg = act(a) * grad
         torch.mul(grad, gate, out=grad_inp)
-        _activation_backward_(grad_inp, inp, ctx.act)  # d/da = grad * g * act'(a)
-        return grad_projected, None
+        _activation_backward_(grad_inp, inp, act)  # d/da = grad * g * act'(a)
+        return grad_projected
+
+
+class _GatedLinear(torch.autograd.Function):
+    """Wo(act(a) * g) for (a, g) = the halves of the (T, 2I) input projection: the GLU and its output projection in
+    one step that keeps only the projection (and Wo's weight) for the backward pass. The (T, I) product -- which
+    nn.Linear would keep as its input -- is recomputed there from the projection instead: I floats a token less
+    memory for one more activation, and the same matmuls."""
+
+    @staticmethod
+    def forward(ctx, projected, weight, bias, act):
+        ctx.act = act
+        ctx.save_for_backward(projected, weight)
+        ctx.has_bias = bias is not None
+        inp, gate = projected.chunk(2, dim=-1)
+        return F.linear(_activation(inp, act).mul_(gate), weight, bias)  # under AMP, in the autocast dtype
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (T, H)
+        projected, weight = ctx.saved_tensors
+        inp, gate = projected.chunk(2, dim=-1)
+        compute = grad.dtype  # the forward's output dtype (bf16 under AMP); backward runs outside autocast
+        product = _activation(inp, ctx.act).mul_(gate).to(compute)  # (T, I), recomputed
+        grad_weight = (grad.t() @ product).to(weight.dtype)
+        del product
+        grad_bias = grad.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_product = (grad @ weight.to(compute)).to(projected.dtype)  # (T, I)
+        return _GatedActivation.backward_from(grad_product, projected, ctx.act), grad_weight, grad_bias, None
 
 
 @MLPS.register("mlp", "Linear -> activation -> Linear (BERT)")

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from flexbert.model.attention_kernels import PackedIndex, select_kernel
+from flexbert.model.norms import normed_linear
 from flexbert.model.packed import PackedSequences
 from flexbert.model.registries import ATTENTION
 from flexbert.model.rotary import apply_rope, rope_tables, rotate_qk_, xpos_scale
@@ -75,16 +76,20 @@ class FlexBertAttention(nn.Module):
             apply_rope(k, cos, sin, self.rope_interleaved, 1.0 / scale),
         )
 
-    def forward(self, x: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-        """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection."""
+    def forward(self, x: torch.Tensor, packed: PackedSequences, norm: nn.Module | None = None) -> torch.Tensor:
+        """x: (T, H) hidden states, or (T, 3H) projected qkv when the layer fuses the input projection.
+        `norm`: the pre-norm of x, applied here together with Wqkv (see norms.normed_linear)."""
+        if not self.spec.fused_input:
+            x = self.Wqkv(x) if norm is None else normed_linear(x, norm, self.Wqkv)  # (T, 3H)
+        elif norm is not None:
+            raise ValueError("a fused-input attention gets projected qkv; its layer applies the norm")
         if self.spec.rope and not self.spec.fused_input and self.rope_scale_base is None and not self.rope_interleaved:
             # ModernBERT's case: rotate q and k inside the fresh Wqkv output, in place (no rotated copy)
-            qkv = self.Wqkv(x)  # (T, 3H)
-            cos, sin = self._rope_tables(packed, qkv.dtype)
-            qkv = rotate_qk_(qkv, cos, sin, self.num_heads).view(-1, 3, self.num_heads, self.head_dim)
+            cos, sin = self._rope_tables(packed, x.dtype)
+            qkv = rotate_qk_(x, cos, sin, self.num_heads).view(-1, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.unbind(1)  # (T, heads, head_dim) views
         else:
-            qkv = (x if self.spec.fused_input else self.Wqkv(x)).view(-1, 3, self.num_heads, self.head_dim)
+            qkv = x.view(-1, 3, self.num_heads, self.head_dim)
             # split/unbind, not indexing: their backward is one cat; each slice's backward zero-fills a full tensor
             qk, v = qkv.split([2, 1], dim=1)  # (T, 2, heads, head_dim), (T, 1, heads, head_dim) views
             q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from flexbert.model.attention import FlexBertAttention
-from flexbert.model.norms import build_norm
+from flexbert.model.norms import build_norm, normed_linear
 from flexbert.model.packed import PackedSequences
 from flexbert.model.registries import LAYERS, MLPS
 
@@ -37,8 +37,9 @@ class PreNormLayer(_Layer):
         self.mlp_norm = build_norm(config)
 
     def forward(self, h: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), packed)
-        return h + self.mlp(self.mlp_norm(h))
+        # the norms are applied inside attn / mlp, fused with their input projection (see norms.normed_linear)
+        h = h + self.attn(h, packed, norm=self.attn_norm)
+        return h + self.mlp(h, norm=self.mlp_norm)
 
 
 @LAYERS.register("postnorm", "post-norm residual layer (original BERT)")
@@ -66,7 +67,8 @@ class ParallelPreNormLayer(_Layer):
         self.norm = nn.Identity() if skip else build_norm(config)
 
     def forward(self, h: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
-        qkv, ff = self.Wqkvff(self.norm(h)).split([self.attn_size, self.Wqkvff.out_features - self.attn_size], dim=-1)
+        qkv, ff = normed_linear(h, self.norm, self.Wqkvff).split(
+            [self.attn_size, self.Wqkvff.out_features - self.attn_size], dim=-1)
         return h + self.attn(qkv, packed) + self.mlp(ff)
 
 

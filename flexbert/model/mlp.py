@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flexbert.model.activations import build_activation
+from flexbert.model.norms import normed_linear
 from flexbert.model.registries import MLPS
 
 
@@ -35,9 +36,15 @@ class _MLPBase(nn.Module):
             return self.act(inp) * gate
         return self.act(projected)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(T, H) -> (T, H); for fused-input MLPs, x is the (T, 2I) slice of the fused projection."""
-        projected = x if self.fused_input else self.Wi(x)
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """(T, H) -> (T, H); for fused-input MLPs, x is the (T, 2I) slice of the fused projection. `norm`: the pre-norm
+        of x, applied here together with Wi (see norms.normed_linear)."""
+        if self.fused_input:
+            if norm is not None:
+                raise ValueError("a fused-input MLP gets its slice of the projection; its layer applies the norm")
+            projected = x
+        else:
+            projected = self.Wi(x) if norm is None else normed_linear(x, norm, self.Wi)
         if self.gated and isinstance(self.drop, nn.Identity) and isinstance(self.act, (nn.GELU, nn.SiLU)):
             return _GatedLinear.apply(projected, self.Wo.weight, self.Wo.bias, self.act)
         return self.Wo(self.drop(self.activate(projected)))

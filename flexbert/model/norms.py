@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from flexbert.model.registries import NORMS
 
@@ -69,6 +70,50 @@ NORMS.add(
     lambda dim, eps, bias: TritonRMSNorm(dim, eps=eps, bias=bias),
     "RMSNorm via flash-attn's fused Triton kernel on CUDA when installed, else PyTorch",
 )
+
+
+class _LayerNormLinear(torch.autograd.Function):
+    """linear(layer_norm(x)) keeping x and the norm's statistics for the backward pass, not the normalized
+    activations that the linear layer would keep: those are recomputed there (H floats a token less memory for one
+    more normalization; the same matmuls)."""
+
+    @staticmethod
+    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
+        normed, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(normed, weight, bias)  # under AMP, in the autocast dtype
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (T, out)
+        x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        compute = grad.dtype  # the forward's output dtype (bf16 under AMP); backward runs outside autocast
+        normed = (x - mean).mul_(rstd)  # recomputed
+        if norm_weight is not None:
+            normed.mul_(norm_weight)
+        if norm_bias is not None:
+            normed.add_(norm_bias)
+        grad_weight = (grad.t() @ normed.to(compute)).to(weight.dtype)
+        del normed
+        grad_bias = grad.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_normed = (grad @ weight.to(compute)).to(x.dtype)
+        grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            grad_normed, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias,
+            [ctx.needs_input_grad[0], norm_weight is not None and ctx.needs_input_grad[1],
+             norm_bias is not None and ctx.needs_input_grad[2]])
+        return grad_x, grad_norm_weight, grad_norm_bias, None, grad_weight, grad_bias
+
+
+def normed_linear(x: torch.Tensor, norm: nn.Module, linear: nn.Linear) -> torch.Tensor:
+    """linear(norm(x)): the input projection of a pre-norm block. For torch's LayerNorm (ModernBERT's), the
+    normalized activations are recomputed in the backward pass instead of kept; other norms run as they are."""
+    # same math as norm(x) only where autocast would not change the norm's dtype (it runs LayerNorm in fp32)
+    same_dtype = x.dtype == norm.weight.dtype if type(norm) is nn.LayerNorm else False
+    if same_dtype and x.dim() == 2 and (x.dtype in (torch.float32, torch.float64)
+                                        or not torch.is_autocast_enabled(x.device.type)):
+        return _LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+    return linear(norm(x))
 
 
 def build_norm(config, dim: int | None = None) -> nn.Module:

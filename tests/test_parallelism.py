@@ -79,3 +79,38 @@ def test_prepare_model_marks_only_with_fsdp_and_compiles_each_layer_on_cuda_only
     layers = list(model.bert.encoder.layers)
     assert compiled == [(layer, {"dynamic": True}) for layer in layers]  # layers only: loss and packing stay eager
     assert [m for m in model.modules() if getattr(m, "_fsdp_wrap", False)] == layers
+
+
+def test_compiled_layers_trace_without_graph_breaks_in_model_code_and_match_eager():
+    """Under torch.compile the layers use plain ops (the eager-mode in-place RoPE, fused GLU and norm + projection
+    break dynamo's graph). Checked with backend aot_eager (dynamo + AOTAutograd, no inductor codegen, so it runs on
+    this CPU): the only graph breaks left are in the CPU attention kernels' packing index, which the GPU flash-attn
+    path never builds; loss and gradients equal eager mode."""
+    import torch._dynamo
+
+    from flexbert.model.modeling import pack_inputs
+
+    ids, mask = mixed_length_batch(3, 40, 128, [40, 17, 29])
+    labels = torch.where((torch.arange(40) % 3 == 0) & (mask == 1), ids, -100)
+    model = tiny_model()
+    packed, flat = pack_inputs(ids, mask, None, None, None)
+    hidden = model.bert.embeddings(flat, packed.position_ids)
+    for layer in list(model.bert.encoder.layers)[:2]:  # a global and a local layer
+        explained = torch._dynamo.explain(layer)(hidden, packed)
+        places = {reason.user_stack[-1].filename.split("/")[-1] for reason in explained.break_reasons}
+        assert places <= {"attention_kernels.py"}, [r.reason for r in explained.break_reasons]
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = tiny_model().train()
+        if compiled:
+            for layer in model.bert.encoder.layers:
+                layer.compile(dynamic=True, backend="aot_eager")
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
+        out.loss.backward()
+        results.append((out.loss.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (loss, grads), (loss_c, grads_c) = results
+    torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_c[name], grad, rtol=1e-5, atol=1e-6, msg=name)

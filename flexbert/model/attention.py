@@ -83,8 +83,10 @@ class FlexBertAttention(nn.Module):
             x = self.Wqkv(x) if norm is None else normed_linear(x, norm, self.Wqkv)  # (T, 3H)
         elif norm is not None:
             raise ValueError("a fused-input attention gets projected qkv; its layer applies the norm")
-        if self.spec.rope and not self.spec.fused_input and self.rope_scale_base is None and not self.rope_interleaved:
-            # ModernBERT's case: rotate q and k inside the fresh Wqkv output, in place (no rotated copy)
+        in_place_rope = self.spec.rope and self.rope_scale_base is None and not self.rope_interleaved
+        if in_place_rope and not self.spec.fused_input and not torch.compiler.is_compiling():
+            # ModernBERT's case: rotate q and k inside the fresh Wqkv output, in place (no rotated copy). Not under
+            # torch.compile, which fuses the plain ops itself and breaks its graph on the in-place writes.
             cos, sin = self._rope_tables(packed, x.dtype)
             qkv = rotate_qk_(x, cos, sin, self.num_heads).view(-1, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.unbind(1)  # (T, heads, head_dim) views
@@ -98,6 +100,8 @@ class FlexBertAttention(nn.Module):
         kernel = select_kernel(
             self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic
         )
-        index = packed.cached("attn_index", lambda: PackedIndex.from_cu_seqlens(packed.cu_seqlens, packed.max_seqlen))
+        index = None
+        if getattr(kernel, "uses_packed_index", True):
+            index = packed.cached("attn_index", lambda: PackedIndex.from_cu_seqlens(packed.cu_seqlens, packed.max_seqlen))
         out = kernel(q, k, v, packed.cu_seqlens, packed.max_seqlen, self.window, dropout_p, index=index)  # (T, heads, head_dim)
         return self.out_drop(self.Wo(out.reshape(out.shape[0], -1)))

@@ -60,6 +60,7 @@ class FlashAttnAdapter:
     varlen_func: Optional[Callable] = None
     compute_dtype: torch.dtype = torch.bfloat16
     deterministic: bool = False
+    uses_packed_index = False  # cu_seqlens is all it needs: the model skips building the PackedIndex (a host sync)
 
     def __post_init__(self) -> None:
         if self.version not in _VARLEN_SOURCES:

@@ -30,7 +30,7 @@ class _MLPBase(nn.Module):
 
     def activate(self, projected: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            if isinstance(self.act, (nn.GELU, nn.SiLU)):
+            if isinstance(self.act, (nn.GELU, nn.SiLU)) and not torch.compiler.is_compiling():
                 return _GatedActivation.apply(projected, self.act)
             inp, gate = projected.chunk(2, dim=-1)
             return self.act(inp) * gate
@@ -45,7 +45,10 @@ class _MLPBase(nn.Module):
             projected = x
         else:
             projected = self.Wi(x) if norm is None else normed_linear(x, norm, self.Wi)
-        if self.gated and isinstance(self.drop, nn.Identity) and isinstance(self.act, (nn.GELU, nn.SiLU)):
+        # Eager mode only: under torch.compile the plain ops are fused, and the compiler's own partitioner already
+        # recomputes cheap elementwise results in the backward instead of saving them.
+        fusable = self.gated and isinstance(self.drop, nn.Identity) and isinstance(self.act, (nn.GELU, nn.SiLU))
+        if fusable and not torch.compiler.is_compiling():
             return _GatedLinear.apply(projected, self.Wo.weight, self.Wo.bias, self.act)
         return self.Wo(self.drop(self.activate(projected)))
 

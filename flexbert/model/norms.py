@@ -110,8 +110,9 @@ def normed_linear(x: torch.Tensor, norm: nn.Module, linear: nn.Linear) -> torch.
     normalized activations are recomputed in the backward pass instead of kept; other norms run as they are."""
     # same math as norm(x) only where autocast would not change the norm's dtype (it runs LayerNorm in fp32)
     same_dtype = x.dtype == norm.weight.dtype if type(norm) is nn.LayerNorm else False
-    if same_dtype and x.dim() == 2 and (x.dtype in (torch.float32, torch.float64)
-                                        or not torch.is_autocast_enabled(x.device.type)):
+    eager = not torch.compiler.is_compiling()  # torch.compile's partitioner recomputes the norm by itself
+    if eager and same_dtype and x.dim() == 2 and (x.dtype in (torch.float32, torch.float64)
+                                                  or not torch.is_autocast_enabled(x.device.type)):
         return _LayerNormLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
     return linear(norm(x))
 

@@ -120,7 +120,8 @@ def apply_rope(
     rope_dim = 2 * cos.shape[-1]
     table_shape = _table_shape(cos, x.dim())
     cos, sin = cos.reshape(table_shape), sin.reshape(table_shape)
-    if not interleaved and scale is None and not (cos.requires_grad or sin.requires_grad):
+    fusable = not interleaved and scale is None and not (cos.requires_grad or sin.requires_grad)
+    if fusable and not torch.compiler.is_compiling():  # under torch.compile, the plain ops below fuse by themselves
         return _RotateHalves.apply(x, cos, sin)  # the ModernBERT case, fused
     if scale is not None:
         scale = scale.reshape(table_shape)

@@ -64,23 +64,16 @@ def linear(t, tw, total, ai, af):
 POINTS = [0, TW // 2, TW, 500, T - TD, T - TD // 2, T - TD // 4, T]
 
 
+@pytest.mark.parametrize("name, formula", [("warmup_stable_decay", wsd), ("one_minus_sqrt", one_minus_sqrt)])
 @pytest.mark.parametrize("max_duration, unit, scale", UNITS, ids=["tok", "ba"])
-def test_warmup_stable_decay(max_duration, unit, scale):
-    sched = build_scheduler({"name": "warmup_stable_decay", "t_warmup": f"{TW * scale}{unit}",
+def test_schedule_matches_its_formula(name, formula, max_duration, unit, scale):
+    sched = build_scheduler({"name": name, "t_warmup": f"{TW * scale}{unit}",
                              "t_decay": f"{TD * scale}{unit}", "alpha_f": ALPHA_F})
     state = make_state(max_duration)
     for b in POINTS:
-        assert sched(at(state, b)) == pytest.approx(wsd(b, TW, T, TD, ALPHA_F), abs=1e-12), b
-
-
-@pytest.mark.parametrize("max_duration, unit, scale", UNITS, ids=["tok", "ba"])
-def test_one_minus_sqrt(max_duration, unit, scale):
-    sched = build_scheduler({"name": "one_minus_sqrt", "t_warmup": f"{TW * scale}{unit}",
-                             "t_decay": f"{TD * scale}{unit}", "alpha_f": ALPHA_F})
-    state = make_state(max_duration)
-    for b in POINTS:
-        assert sched(at(state, b)) == pytest.approx(one_minus_sqrt(b, TW, T, TD, ALPHA_F), abs=1e-12), b
-    assert sched(at(state, T - TD + TD // 4)) == pytest.approx(ALPHA_F + (1 - ALPHA_F) * 0.5)  # sqrt(1/4) = 1/2
+        assert sched(at(state, b)) == pytest.approx(formula(b, TW, T, TD, ALPHA_F), abs=1e-12), b
+    if name == "one_minus_sqrt":
+        assert sched(at(state, T - TD + TD // 4)) == pytest.approx(ALPHA_F + (1 - ALPHA_F) * 0.5)  # sqrt(1/4) = 1/2
 
 
 @pytest.mark.parametrize("max_duration, unit, scale", UNITS, ids=["tok", "ba"])

@@ -48,16 +48,16 @@ def _load_tokenizer(name: str):
         raise ConvertError(f"--tokenizer '{name}' cannot be loaded{hint}: {str(err).splitlines()[0]}") from None
 
 
-def _embedded_tokenizer(checkpoint, folder: str):
-    """The tokenizer files a Composer checkpoint carries, restored by Composer's own helper (None if absent)."""
-    from composer.models import HuggingFaceModel
-
+def _embedded_tokenizer(checkpoint, folder: str, source: str):
+    """The tokenizer files a Composer checkpoint carries, restored under an allow-list of file names (None if
+    absent). Composer's own restore helper writes whatever names the checkpoint holds, so it is not used."""
     from flexbert.checkpoint import huggingface_state
+    from flexbert.embedded_tokenizer import EmbeddedTokenizerError, restore_embedded_tokenizer
 
-    hf_state = huggingface_state(checkpoint)
-    if not hf_state or not hf_state.get("tokenizer"):
-        return None
-    return HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(hf_state, tokenizer_save_dir=folder)
+    try:
+        return restore_embedded_tokenizer(huggingface_state(checkpoint), folder, source)
+    except EmbeddedTokenizerError as err:
+        raise ConvertError(str(err)) from None
 
 
 def _special_token_ids(checkpoint, tokenizer) -> dict[str, int]:
@@ -116,7 +116,8 @@ def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None) ->
 
     checkpoint = load_checkpoint_file(str(checkpoint_path))
     with tempfile.TemporaryDirectory() as scratch:
-        hf_tokenizer = _load_tokenizer(tokenizer) if tokenizer else _embedded_tokenizer(checkpoint, scratch)
+        hf_tokenizer = (_load_tokenizer(tokenizer) if tokenizer
+                        else _embedded_tokenizer(checkpoint, scratch, str(checkpoint_path)))
         model = _model_from_checkpoint(checkpoint, str(checkpoint_path), hf_tokenizer)
         model.save_pretrained(out_dir, tokenizer=hf_tokenizer)
     return Path(out_dir)
@@ -188,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
-    from flexbert.hf_interop import NotExpressibleError
+    from flexbert.hf_interop import NotExpressibleError, WeightsFileError
 
     out = Path(args.out_dir if args.command == "composer-to-hf" else args.out_path)
     try:
@@ -198,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             composer_to_hf(args.checkpoint, out, tokenizer=args.tokenizer)
         else:
             hf_to_composer(args.hf_dir, out, tokenizer=args.tokenizer)
-    except (ConvertError, CheckpointError, NotExpressibleError, FlexBertConfigError, OSError) as err:
+    except (ConvertError, CheckpointError, NotExpressibleError, WeightsFileError, FlexBertConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

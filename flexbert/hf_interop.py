@@ -190,16 +190,34 @@ def is_modernbert_folder(path) -> bool:
     return json.loads(config_file.read_text()).get("model_type") == "modernbert"
 
 
+class WeightsFileError(ValueError):
+    """A weights file of a Hugging Face folder that cannot be read safely; the message names the file."""
+
+
+def _weight_files(folder: Path, index: Path) -> list[str]:
+    """The shard names an index lists: plain file names inside the folder, never paths elsewhere."""
+    names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    for name in names:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise WeightsFileError(f"{index}: weight_map names '{name}', not a file of this folder; refused")
+    return names
+
+
 def _read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = _weight_files(folder, index)
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     elif (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        try:  # tensors only: a pickle that names any other global is refused, never run
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightsFileError(f"{folder / 'pytorch_model.bin'}: refused (it is not a plain tensor file): "
+                                   f"{first}") from None
     else:
         raise FileNotFoundError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
     state: dict[str, torch.Tensor] = {}

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from transformers import PretrainedConfig
 
 from flexbert.registry import closest
+from flexbert.schema import ConfigError
 
 # key -> default. The defaults are the reference FlexBERT's; ModernBERT's values live in yamls/.
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -117,6 +118,14 @@ LEGACY_KEYS = {
     "pretrained_model_name": "the architecture is given by model_config",
 }
 
+# Schema keys kept (a config round-trips with them) that change nothing because of how this project runs.
+MOOT_KEYS = {
+    "padding": "execution is always unpadded, which gives the same numbers as padded",
+    "unpad_embeddings": "padding is removed once per batch, before the embeddings",
+    "use_fa2": "the kernel is chosen by attn_kernel; auto takes flash-attn when it is installed",
+    "use_sdpa_attn_mask": "attention masks are never materialized",
+}
+
 # Keys that transformers' own PretrainedConfig machinery reads and writes (checkpoint configs carry them).
 _HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "torch_dtype", "attn_implementation", "cls_token_id"}
 
@@ -137,7 +146,7 @@ def _registry_choices(kind: str) -> list[str]:
     return registries.names(kind)
 
 
-class FlexBertConfigError(ValueError):
+class FlexBertConfigError(ConfigError):
     """A `model_config` key or value that cannot work; the message names the key and the fix."""
 
 
@@ -152,12 +161,14 @@ class FlexBertConfig(PretrainedConfig):
             raise FlexBertConfigError(
                 f"unknown model_config key `{key}`{closest(key, list(MODEL_CONFIG_DEFAULTS) + list(LEGACY_KEYS))}"
             )
+        without_effect = {k: LEGACY_KEYS[k] for k in given if k in LEGACY_KEYS and k != "pretrained_model_name"}
+        # a moot key set to its default asks for what happens anyway
+        without_effect.update({k: MOOT_KEYS[k] for k in given if k in MOOT_KEYS and given[k] != MODEL_CONFIG_DEFAULTS[k]})
+        if without_effect:
+            warnings.warn("model_config keys without effect here: "
+                          + "; ".join(f"`{k}`: {why}" for k, why in sorted(without_effect.items())), stacklevel=2)
         for key in given.keys() & LEGACY_KEYS.keys():
-            value = given.pop(key)
-            if key != "pretrained_model_name":
-                warnings.warn(f"model_config key `{key}` is legacy and ignored ({LEGACY_KEYS[key]})", stacklevel=2)
-            else:
-                del value
+            given.pop(key)
         values = {k: copy.deepcopy(v) for k, v in MODEL_CONFIG_DEFAULTS.items()}
         values.update({k: v for k, v in given.items() if k in MODEL_CONFIG_DEFAULTS})
         hf_kwargs = {k: v for k, v in given.items() if _is_hf_key(k) and k != "model_type"}

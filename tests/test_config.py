@@ -58,10 +58,13 @@ def test_bad_probability_and_norm_kwargs():
 def test_legacy_keys_warn_and_are_ignored():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = _config(allow_embedding_resizing=True, activation_function="gelu")
-    messages = [str(w.message) for w in caught]
-    assert any("`allow_embedding_resizing` is legacy" in m for m in messages)
-    assert any("`activation_function` is legacy" in m and "hidden_act" in m for m in messages)
+        config = _config(allow_embedding_resizing=True, activation_function="gelu", unpad_embeddings=True,
+                         padding="unpadded")
+    messages = [str(w.message) for w in caught if "without effect" in str(w.message)]
+    assert len(messages) == 1  # one line names them all
+    assert "`allow_embedding_resizing`" in messages[0] and "`activation_function`: use `hidden_act`" in messages[0]
+    assert "`unpad_embeddings`" in messages[0]
+    assert "`padding`" not in messages[0]  # set to what happens anyway
     assert not hasattr(config, "allow_embedding_resizing")
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from streaming import MDSWriter
+
+from flexbert.schema import ConfigError
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -57,6 +59,7 @@ def cfg(local, split="train", **over):
     dataset = {"local": str(local), "split": split, "shuffle": True, "shuffle_seed": 3, "max_seq_len": MAX_SEQ_LEN,
                "streaming": False, **over.pop("dataset", {})}
     return {"name": "text", "dataset": dataset, "drop_last": False, "num_workers": 0, "sequence_packing": True,
+            "split_long_documents": True,
             **over}
 
 
@@ -253,13 +256,13 @@ def test_truncated_and_corrupted_shards_are_named(corpus, tmp_path):
 
 def test_config_errors_name_the_key(corpus):
     folder, _ = corpus
-    with pytest.raises(KeyError, match="did you mean 'shuffle'"):
+    with pytest.raises(ConfigError, match="did you mean 'shuffle'"):
         build(folder, dataset={"shufle": True})
-    with pytest.raises(KeyError, match="did you mean 'num_workers'"):
+    with pytest.raises(ConfigError, match="did you mean 'num_workers'"):
         build(folder, num_worker=2)
-    with pytest.raises(KeyError, match="did you mean 'text'"):
+    with pytest.raises(ConfigError, match="did you mean 'text'"):
         build(folder, name="txt")
-    with pytest.raises(TypeError, match="train_loader.dataset.shuffle"):
+    with pytest.raises(ConfigError, match="train_loader.dataset.shuffle"):
         build(folder, dataset={"shuffle": "yes"})
     with pytest.raises(ValueError, match="max_seq_len"):
         build(folder, dataset={"max_seq_len": 128})

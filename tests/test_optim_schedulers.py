@@ -128,7 +128,7 @@ def test_warmup_in_tokens_with_max_duration_in_batches():
 def test_scheduler_config_errors():
     with pytest.raises(FlexBertConfigError, match=r"scheduler\.t_decy.*did you mean 't_decay'"):
         build_scheduler({"name": "warmup_stable_decay", "t_decy": "0tok"})
-    with pytest.raises(KeyError, match=r"did you mean 'one_minus_sqrt'"):
+    with pytest.raises(ValueError, match=r"did you mean 'one_minus_sqrt'"):
         build_scheduler({"name": "one_minus_sqr"})
     with pytest.raises(FlexBertConfigError, match=r"scheduler\.t_warmup.*not a Composer duration"):
         build_scheduler({"name": "constant_with_warmup", "t_warmup": 100})

@@ -24,8 +24,8 @@ import itertools
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 from composer.core import Callback, DataSpec
@@ -35,6 +35,7 @@ from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row,
                                    count_tokens, split_packed_batch)
 from flexbert.data.sources import DEFAULT_MAX_BLOCK, EpochOrder, open_source
 from flexbert.data.warmup import BatchSizeWarmup
+from flexbert import schema
 from flexbert.registry import Registry, closest
 
 DATA_LOADERS: Registry = Registry("data loader", "train_loader.name")
@@ -42,76 +43,106 @@ STATE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------- config
-def _typed(cls, data: Any, where: str):
-    """Build dataclass `cls` from a mapping: unknown keys and wrong types fail naming the key."""
-    if not hasattr(data, "items"):
-        raise TypeError(f"`{where}` must be a mapping, got {type(data).__name__}")
-    data = dict(data.items())
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise KeyError(f"unknown key `{where}.{key}`{closest(key, known)}; valid keys: {', '.join(known)}")
-    for key, value in data.items():
-        allowed = cls._types[key]
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        ok = ok or (dict in allowed and hasattr(value, "items"))  # OmegaConf DictConfig is a mapping too
-        if value is not None and not ok:
-            names = "/".join(t.__name__ for t in allowed)
-            raise TypeError(f"`{where}.{key}` must be {names}, got {value!r}")
-    return data
-
-
 @dataclass
 class DatasetConfig:
     """`train_loader.dataset` / `eval_loader.dataset`."""
 
-    local: str | None = None
-    remote: str | None = None
-    split: str | None = None
-    tokenizer_name: str | None = None  # informational: the tokenizer object is passed to the builder
-    max_seq_len: int | None = None
-    shuffle: bool = False
-    shuffle_seed: int = 9176
-    shuffle_block_size: int | None = None  # documents per shuffle block (default 1M); see sources.EpochOrder
-    mlm_probability: float | None = None
-    streaming: bool = False
-    _types = {"local": (str,), "remote": (str,), "split": (str,), "tokenizer_name": (str,), "max_seq_len": (int,),
-              "shuffle": (bool,), "shuffle_seed": (int,), "shuffle_block_size": (int,), "mlm_probability": (float, int), "streaming": (bool,)}
+    local: str = schema.field(doc="local MDS folder (the cache folder when streaming); default: top-level data_local")
+    remote: Optional[str] = schema.field(None, doc="object-store URI to stream from; default: top-level data_remote")
+    split: Optional[str] = schema.field(None, doc="sub-folder of local (default: train / validation)")
+    tokenizer_name: Optional[str] = schema.field(None, doc="informational: the run's tokenizer is used")
+    max_seq_len: Optional[int] = schema.field(None, doc="must equal the top-level max_seq_len if given")
+    shuffle: bool = schema.field(False, doc="shuffle documents each epoch")
+    shuffle_seed: int = schema.field(9176, doc="seed of the document order")
+    shuffle_block_size: Optional[int] = schema.field(None, doc="documents per shuffle block (default 1M)")
+    mlm_probability: Optional[float] = schema.field(None, doc="mask rate (default: top-level mlm_probability for "
+                                                              "training, 0.15 for evaluation)")
+    streaming: bool = schema.field(True, doc="read through StreamingDataset (needed for remote object stores); "
+                                             "false: read the local shards directly (same documents)")
+    # StreamingDataset settings, used when streaming
+    predownload: Optional[int] = schema.field(None, doc="streaming: samples to download ahead")
+    download_retry: int = schema.field(2, doc="streaming: download attempts per shard")
+    download_timeout: float = schema.field(60.0, doc="streaming: seconds per shard download")
+    validate_hash: Optional[str] = schema.field(None, doc="streaming: hash algorithm to check shards with")
+    keep_zip: bool = schema.field(False, doc="streaming: keep compressed shards after decompressing")
+    cache_limit: Optional[Union[int, str]] = schema.field(None, doc="streaming: local cache size limit")
+    # StreamingDataset's own partitioning and shuffling: documents are ordered here instead (see EpochOrder)
+    num_canonical_nodes: Optional[int] = schema.field(None, doc="no effect: the document order is this loader's")
+    partition_algo: Optional[str] = schema.field(None, doc="no effect: the document order is this loader's")
+    shuffle_algo: Optional[str] = schema.field(None, doc="no effect: the document order is this loader's")
+    # not supported: a value other than null is an error
+    epoch_size: Optional[int] = schema.field(None, doc="not supported (subsample with max_duration)")
+    streams: Optional[dict] = schema.field(None, doc="not supported (one stream per loader)")
+    group_method: Optional[str] = schema.field(None, doc="not supported")
 
-    @classmethod
-    def from_dict(cls, data: Mapping, where: str = "train_loader.dataset") -> "DatasetConfig":
-        cfg = cls(**_typed(cls, data, where))
-        if cfg.local is None:
-            raise ValueError(f"`{where}.local` is required: the local MDS folder (cache folder when streaming)")
-        if cfg.shuffle_seed < 0:
-            raise ValueError(f"`{where}.shuffle_seed` must be >= 0, got {cfg.shuffle_seed}")
-        return cfg
+    def streaming_kwargs(self) -> dict[str, Any]:
+        """The StreamingDataset settings this section sets."""
+        out = {"download_retry": self.download_retry, "download_timeout": self.download_timeout,
+               "keep_zip": self.keep_zip}
+        for key in ("predownload", "validate_hash", "cache_limit"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def __post_init__(self):
+        for key, why in (("epoch_size", "subsample with max_duration"), ("streams", "one stream per loader"),
+                         ("group_method", "documents are packed, not grouped")):
+            if getattr(self, key) is not None:
+                raise schema.ConfigError(f"`{key}` is not supported here ({why}); remove it")
+        moot = [k for k in ("num_canonical_nodes", "partition_algo", "shuffle_algo") if getattr(self, k) is not None]
+        if not self.streaming:
+            moot += [k for k in ("predownload", "validate_hash", "cache_limit") if getattr(self, k) is not None]
+        if moot:
+            warnings.warn(f"dataset keys without effect here: {', '.join(moot)} (the document order and sharding "
+                          f"across ranks are this loader's own; streaming settings apply only with streaming: true)")
+        if self.shuffle_seed < 0:
+            raise schema.ConfigError(f"`shuffle_seed` must be >= 0, got {self.shuffle_seed}")
+        if self.mlm_probability is not None and not 0.0 <= self.mlm_probability < 1.0:
+            raise schema.ConfigError(f"`mlm_probability` must be in [0, 1), got {self.mlm_probability}")
 
 
 @dataclass
 class LoaderConfig:
     """`train_loader` / `eval_loader`."""
 
-    name: str = "text"
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    drop_last: bool = True  # eval pass only: drop a last batch with fewer rows (training never ends)
-    num_workers: int = 0  # 0: produce inline; > 0: one prefetch thread holding max(2, num_workers) batches
-    sequence_packing: bool = True
-    batch_size_warmup_min_size: int | None = None  # sequences per device
-    batch_size_warmup_tokens: int | str | None = None  # e.g. '50_000_000_000tok'
-    _types = {"name": (str,), "dataset": (dict,), "drop_last": (bool,), "num_workers": (int,),
-              "sequence_packing": (bool,), "batch_size_warmup_min_size": (int,),
-              "batch_size_warmup_tokens": (int, str)}
+    dataset: DatasetConfig = schema.field(doc="where the documents come from")
+    name: str = schema.field("text", doc="loader (`python -m flexbert.registry`)")
+    drop_last: bool = schema.field(True, doc="eval pass only: drop a last batch with fewer rows (training never ends)")
+    num_workers: int = schema.field(0, doc="0: produce inline; > 0: one prefetch thread holding max(2, n) batches")
+    sequence_packing: bool = schema.field(False, doc="pack several documents per sequence slot row (best fit); "
+                                                     "false: one document per slot, padded")
+    split_long_documents: bool = schema.field(False, doc="documents longer than max_seq_len continue in the next "
+                                                         "slots (true) or are truncated (false)")
+    batch_size_warmup_min_size: Optional[int] = schema.field(None, doc="batch-size warmup: first batch, sequences per device")
+    batch_size_warmup_tokens: Optional[Union[int, str]] = schema.field(None, doc="batch-size warmup length, e.g. 50_000_000_000tok")
+    # torch DataLoader settings: this loader has no worker processes (one prefetch thread), so they do nothing
+    pin_memory: Optional[bool] = schema.field(None, doc="no effect: no worker processes")
+    prefetch_factor: Optional[int] = schema.field(None, doc="no effect: the prefetch thread holds max(2, num_workers) batches")
+    persistent_workers: Optional[bool] = schema.field(None, doc="no effect: no worker processes")
+    timeout: Optional[float] = schema.field(None, doc="no effect: no worker processes")
+
+    def __post_init__(self):
+        moot = [k for k in ("pin_memory", "prefetch_factor", "persistent_workers", "timeout") if getattr(self, k) is not None]
+        if moot:
+            warnings.warn(f"loader keys without effect here: {', '.join(moot)} (no DataLoader worker processes: one "
+                          f"prefetch thread, sized by num_workers)")
+        DATA_LOADERS.get(self.name)
+        if self.num_workers < 0:
+            raise schema.ConfigError(f"`num_workers` must be >= 0, got {self.num_workers}")
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "train_loader") -> "LoaderConfig":
-        values = _typed(cls, data, where)
-        values["dataset"] = DatasetConfig.from_dict(values.get("dataset", {}), f"{where}.dataset")
-        cfg = cls(**values)
-        DATA_LOADERS.get(cfg.name)
-        if cfg.num_workers < 0:
-            raise ValueError(f"`{where}.num_workers` must be >= 0, got {cfg.num_workers}")
-        return cfg
+        return read_loader_config(data, where)
+
+
+def read_loader_config(data: Any, where: str) -> LoaderConfig:
+    """A loader section from YAML; errors name `where.key`."""
+    if isinstance(data, LoaderConfig):
+        return data
+    try:
+        return schema.read_section(LoaderConfig, data, where)
+    except KeyError as err:  # unknown loader name from the registry
+        raise schema.ConfigError(f"{err.args[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,7 @@ class LoaderSettings:
     endless: bool = True  # training: epochs roll over; eval: one pass per iter()
     drop_last: bool = False
     sequence_packing: bool = True
+    split_long_documents: bool = True  # False: a document longer than max_seq_len keeps only its first piece
     count_padding_tokens: bool = False
     prefetch: int = 0  # batches held by the background thread; 0 = no thread
     max_open_rows: int = 8
@@ -214,7 +246,7 @@ class _Producer:
         start, end = self.piece, min(self.piece + self.s.max_seq_len, len(tokens))
         if end > start:  # empty documents are skipped
             self._emit(self.packer.add((doc_id, start, end), tokens[start:end]))
-        if end >= len(tokens):
+        if end >= len(tokens) or not self.s.split_long_documents:
             self.cursor, self.piece = self.cursor + 1, 0
         else:
             self.piece = end
@@ -426,8 +458,8 @@ def make_data_spec(loader: PackedLoader) -> DataSpec:
 @DATA_LOADERS.register("text", "MDS documents -> best-fit packed rows -> MLM masking (resumable)")
 def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size: int, microbatch_size: int,
                             max_seq_len: int, seed: int, rank: int | None = None, world_size: int | None = None,
-                            count_padding_tokens: bool = False, mlm_probability: float | None = None,
-                            mode: str = "train", where: str | None = None) -> DataSpec:
+                            count_padding_tokens: bool = False, mode: str = "train",
+                            where: str | None = None) -> DataSpec:
     """Schema `train_loader`/`eval_loader` -> DataSpec over a PackedLoader (`spec.dataloader`).
 
     device_batch_size and microbatch_size are in sequences; a step holds device_batch_size /
@@ -455,14 +487,14 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
                                              microbatch_size=microbatch_size, full_rows=full_rows)
     else:
         warmup = BatchSizeWarmup(full_rows, full_rows, 0)
-    p = mlm_probability if mlm_probability is not None else ds.mlm_probability
-    p = p if p is not None else (0.3 if mode == "train" else 0.15)
-    source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer)
+    p = ds.mlm_probability if ds.mlm_probability is not None else (0.3 if mode == "train" else 0.15)
+    source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer,
+                         streaming_kwargs=ds.streaming_kwargs())
     settings = LoaderSettings(
         max_seq_len=max_seq_len, microbatch_size=microbatch_size, warmup=warmup, seed=seed,
         pad_token_id=int(tokenizer.pad_token_id), rank=rank, world_size=world_size, shuffle=ds.shuffle,
         shuffle_seed=ds.shuffle_seed, shuffle_block_size=ds.shuffle_block_size or DEFAULT_MAX_BLOCK,
         endless=mode == "train", drop_last=cfg.drop_last,
-        sequence_packing=cfg.sequence_packing, count_padding_tokens=count_padding_tokens,
-        prefetch=cfg.num_workers)
+        sequence_packing=cfg.sequence_packing, split_long_documents=cfg.split_long_documents,
+        count_padding_tokens=count_padding_tokens, prefetch=cfg.num_workers)
     return make_data_spec(PackedLoader(source, MaskingSpec.from_tokenizer(tokenizer, p), settings))

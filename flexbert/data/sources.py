@@ -144,12 +144,12 @@ class LocalMDSSource:
 class StreamingMDSSource:
     """Random access through streaming.StreamingDataset (dataset.streaming: true; local cache + remote)."""
 
-    def __init__(self, local: str, remote: str | None, split: str | None, tokenizer=None):
+    def __init__(self, local: str, remote: str | None, split: str | None, tokenizer=None, **streaming_kwargs):
         from streaming import StreamingDataset
 
         if remote is None:  # purely local: fail early with the same clear messages as LocalMDSSource
             _check_shards(_split_dir(local, split))
-        self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False)
+        self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False, **streaming_kwargs)
         self.where = f"{remote or local}/{split or ''}"
         self.decode = _SampleDecoder(list(self.dataset.shards[0].column_names), f"MDS split '{self.where}'",
                                      tokenizer)
@@ -167,9 +167,10 @@ class StreamingMDSSource:
                              f"'{self.where}/{name}'): {type(e).__name__}: {e}") from e
 
 
-def open_source(local: str, remote: str | None, split: str | None, *, streaming: bool, tokenizer=None):
+def open_source(local: str, remote: str | None, split: str | None, *, streaming: bool, tokenizer=None,
+                streaming_kwargs: dict | None = None):
     if streaming:
-        return StreamingMDSSource(local, remote, split, tokenizer)
+        return StreamingMDSSource(local, remote, split, tokenizer, **(streaming_kwargs or {}))
     if remote is not None:
         raise ValueError(f"dataset.remote='{remote}' needs dataset.streaming: true (the local reader reads "
                          f"only '{local}')")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping
 
 import torch
 from composer.core import Time
@@ -28,7 +28,8 @@ from flexbert.config import FlexBertConfigError
 from flexbert.optim.param_groups import filter_bias_norm_wd
 from flexbert.optim.schedulers import OneMinusSqrtScheduler, WarmupStableDecayScheduler
 from flexbert.optim.stable_adamw import StableAdamW
-from flexbert.registry import Registry, closest
+from flexbert import schema
+from flexbert.registry import Registry
 
 __all__ = [
     "OPTIMIZERS",
@@ -44,53 +45,32 @@ OPTIMIZERS: Registry = Registry("optimizer", "optimizer.name")
 SCHEDULERS: Registry = Registry("scheduler", "scheduler.name")
 
 
-def _check_keys(section: str, cfg: Mapping[str, Any], cls: type, required: tuple[str, ...]) -> dict[str, Any]:
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in cfg:
-        if key not in valid:
-            raise FlexBertConfigError(
-                f"unknown key `{section}.{key}`{closest(key, valid)}; valid keys: {', '.join(valid)}"
-            )
-    for key in required:
-        if key not in cfg:
-            raise FlexBertConfigError(f"`{section}.{key}` is required")
-    return dict(cfg)
-
-
 # ----------------------------------------------------------------------------------------------- optimizers
 
 
 @dataclass
 class OptimizerConfig:
-    """The schema's `optimizer` section. Defaults follow recipe section 4 where the reference had none."""
+    """The schema's `optimizer` section. Defaults follow the ModernBERT recipe where the reference had none."""
 
-    name: str
-    lr: float
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.0
-    filter_bias_norm_wd: bool = False  # the reference's default; the ModernBERT YAMLs set it to true
-    log_grad_norm: bool = False  # read by the trainer: add the `log_grad_norm` callback
+    name: str = schema.field(doc="optimizer (`python -m flexbert.registry`)")
+    lr: float = schema.field(doc="peak learning rate")
+    betas: tuple[float, float] = schema.field((0.9, 0.98), doc="Adam (b1, b2)")
+    eps: float = schema.field(1e-6, doc="Adam epsilon")
+    weight_decay: float = schema.field(0.0, doc="weight decay (decoupled optimizers: scaled by lr_t / peak lr)")
+    filter_bias_norm_wd: bool = schema.field(False, doc="no weight decay on biases and norm weights")
+    log_grad_norm: bool = schema.field(False, doc="log the gradient norm each step (adds the log_grad_norm callback)")
+
+    def __post_init__(self):
+        if len(self.betas) != 2:
+            raise FlexBertConfigError(f"`betas` needs two values (b1, b2), got {list(self.betas)}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if not self.lr > 0:
+            raise FlexBertConfigError(f"`lr` must be positive, got {self.lr}")
+        OPTIMIZERS.get(self.name)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "OptimizerConfig":
-        values = _check_keys("optimizer", cfg, cls, required=("name", "lr"))
-        if "betas" in values:
-            betas = tuple(_number("optimizer.betas", b) for b in values["betas"])
-            if len(betas) != 2:
-                raise FlexBertConfigError(f"`optimizer.betas` needs two values (b1, b2), got {list(betas)}")
-            values["betas"] = betas
-        for key in ("lr", "eps", "weight_decay"):
-            if key in values:
-                values[key] = _number(f"optimizer.{key}", values[key])
-        return cls(**values)
-
-
-def _number(key: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise FlexBertConfigError(f"`{key}` must be a number, got {value!r}") from None
+        return schema.read_section(cls, cfg, "optimizer", FlexBertConfigError)
 
 
 def _named_params(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -131,39 +111,45 @@ def build_optimizer(cfg: Mapping[str, Any] | OptimizerConfig, model: torch.nn.Mo
 
 # ----------------------------------------------------------------------------------------------- schedulers
 
-Duration = Union[str, Time]
-
-
 @dataclass
 class SchedulerConfig:
     """The schema's `scheduler` section plus the knobs of Composer's own warmup schedulers."""
 
-    name: str
-    t_warmup: Duration = "0dur"
-    t_decay: Duration = "0.1dur"  # the reference's default for warmup_stable_decay
-    t_max: Duration = "1dur"  # T; default max_duration
-    alpha_f: float = 0.0
-    alpha_i: float = 1.0  # linear_decay_with_warmup: level after warmup
-    alpha: float = 1.0  # constant_with_warmup: level after warmup
-    scale_warmup: bool = False  # Composer schedulers: scale the warmup by the scale-schedule ratio too
+    name: str = schema.field(doc="schedule (`python -m flexbert.registry`)")
+    t_warmup: Any = schema.field("0dur", doc="linear warmup length")
+    t_decay: Any = schema.field("0.1dur", doc="warmup_stable_decay / one_minus_sqrt: decay length at the end")
+    t_max: Any = schema.field("1dur", doc="schedule length T (default: max_duration)")
+    alpha_f: float = schema.field(0.0, doc="final lr multiplier")
+    alpha_i: float = schema.field(1.0, doc="linear_decay_with_warmup: lr multiplier after warmup")
+    alpha: float = schema.field(1.0, doc="constant_with_warmup: lr multiplier after warmup")
+    scale_warmup: bool = schema.field(False, doc="Composer schedulers: scale the warmup by the scale-schedule ratio too")
+
+    def __post_init__(self):
+        for key in ("t_warmup", "t_decay", "t_max"):
+            value = getattr(self, key)
+            if isinstance(value, Time):
+                continue
+            try:
+                if isinstance(value, bool) or not isinstance(value, str):
+                    raise ValueError
+                Time.from_timestring(value.replace("_", ""))
+            except ValueError:
+                raise FlexBertConfigError(
+                    f"`{key}: {value!r}` is not a Composer duration; write a number and a unit, "
+                    f"e.g. '3_000_000_000tok', '4000ba', '0.1dur'"
+                ) from None
+            setattr(self, key, value.replace("_", ""))
+        if Time.from_timestring(str(self.t_warmup)).value == 0:
+            self.t_warmup = "0dur"  # no warmup in any unit: then its unit can never disagree with t_max's
+        SCHEDULERS.get(self.name)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "SchedulerConfig":
-        values = _check_keys("scheduler", cfg, cls, required=("name",))
-        for key in ("t_warmup", "t_decay", "t_max"):
-            if key in values and not isinstance(values[key], Time):
-                try:
-                    Time.from_timestring(str(values[key]))
-                except ValueError:
-                    raise FlexBertConfigError(
-                        f"`scheduler.{key}: {values[key]!r}` is not a Composer duration; write a number and a unit, "
-                        f"e.g. '3_000_000_000tok', '4000ba', '0.1dur'"
-                    ) from None
-                values[key] = str(values[key])
-        for key in ("alpha_f", "alpha_i", "alpha"):
-            if key in values:
-                values[key] = float(values[key])
-        return cls(**values)
+        return schema.read_section(cls, cfg, "scheduler", FlexBertConfigError)
+
+    def set_keys(self) -> set[str]:
+        """Keys whose value differs from the default (what a run file evidently meant to set)."""
+        return {f.name for f in dataclasses.fields(self) if f.name != "name" and getattr(self, f.name) != f.default}
 
 
 @dataclass(frozen=True)
@@ -226,15 +212,12 @@ def _linear(c: SchedulerConfig) -> ComposerScheduler:
     )
 
 
-def build_scheduler(cfg: Mapping[str, Any] | SchedulerConfig) -> ComposerScheduler:
+def build_scheduler(cfg: Mapping[str, Any] | SchedulerConfig, warn_unused: bool = True) -> ComposerScheduler:
     """The Composer scheduler named by `cfg["name"]`; pass it to `composer.Trainer(schedulers=...)`."""
-    if isinstance(cfg, SchedulerConfig):
-        c, given = cfg, set()
-    else:
-        c, given = SchedulerConfig.from_dict(cfg), set(cfg) - {"name"}
+    c = cfg if isinstance(cfg, SchedulerConfig) else SchedulerConfig.from_dict(cfg)
     entry: SchedulerEntry = SCHEDULERS.get(c.name)
-    unused = sorted(given - entry.keys)
-    if unused:
+    unused = sorted(c.set_keys() - entry.keys)
+    if unused and warn_unused:
         warnings.warn(
             f"scheduler '{c.name}' does not use {', '.join(f'`scheduler.{k}`' for k in unused)}: ignored "
             f"(it reads {', '.join(sorted(entry.keys))})",

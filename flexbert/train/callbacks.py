@@ -19,7 +19,8 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from flexbert.optim.grad_norm import LogGradNorm
-from flexbert.registry import Registry, closest
+from flexbert.registry import Registry
+from flexbert.schema import check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +156,6 @@ def build_callbacks(section: Mapping[str, Any] | None) -> list[Callback]:
     for name, kwargs in (section or {}).items():
         cls = CALLBACKS.get(name)
         kwargs = dict(kwargs or {})
-        accepted = inspect.signature(cls.__init__).parameters
-        for key in kwargs:
-            if key not in accepted:
-                valid = [p for p in accepted if p != "self"]
-                raise KeyError(f"unknown key `callbacks.{name}.{key}`{closest(key, valid)}; valid: {', '.join(valid)}")
+        check_kwargs(cls.__init__, kwargs, f"callbacks.{name}")
         callbacks.append(cls(**kwargs))
     return callbacks

@@ -16,7 +16,8 @@ from composer.core import State
 from composer.loggers import Logger, LoggerDestination, WandBLogger
 from composer.utils import dist
 
-from flexbert.registry import Registry, closest
+from flexbert.registry import Registry
+from flexbert.schema import check_kwargs
 
 LOGGERS: Registry = Registry("logger", "loggers")
 
@@ -92,6 +93,27 @@ def _batch_of(line: str) -> Optional[int]:
         return None  # a torn last line from a crash is dropped
 
 
+class _WandBLogger(WandBLogger):
+    """Composer's W&B logger, except that it answers "not found" for files it never uploaded.
+
+    Composer's autoresume asks every logger that can hold files for the run's latest checkpoint when the save
+    folder has none (a fresh start), and the W&B logger then queries the server: offline, or without an account,
+    that fails the run. This logger uploads checkpoints only with `log_artifacts: true` and online; otherwise
+    nothing is on the server to ask for."""
+
+    def __init__(self, *args, offline: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._holds_files = bool(kwargs.get("log_artifacts")) and not offline
+
+    def can_upload_files(self) -> bool:
+        return self._holds_files
+
+    def download_file(self, remote_file_name: str, *args, **kwargs) -> None:
+        if not self._holds_files:
+            raise FileNotFoundError(f"{remote_file_name}: this W&B run uploads no files (log_artifacts off or offline)")
+        super().download_file(remote_file_name, *args, **kwargs)
+
+
 def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Optional[str] = None,
            group: Optional[str] = None, tags: Optional[list] = None, log_artifacts: bool = False,
            mode: Optional[str] = None, init_kwargs: Optional[dict] = None) -> WandBLogger:
@@ -101,8 +123,9 @@ def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Op
         mode = "offline"
     if mode:
         init_kwargs["mode"] = mode
-    return WandBLogger(project=project, entity=entity, name=name, group=group, tags=tags,
-                       log_artifacts=log_artifacts, init_kwargs=init_kwargs)
+    offline = (mode or os.environ.get("WANDB_MODE")) in ("offline", "disabled", "dryrun")
+    return _WandBLogger(project=project, entity=entity, name=name, group=group, tags=tags,
+                        log_artifacts=log_artifacts, init_kwargs=init_kwargs, offline=offline)
 
 
 LOGGERS.add("wandb", _wandb, "Weights & Biases (offline when no account is configured)")
@@ -110,16 +133,11 @@ LOGGERS.add("wandb", _wandb, "Weights & Biases (offline when no account is confi
 
 def build_loggers(section: Mapping[str, Any] | None, metrics_path: Optional[Path]) -> list[LoggerDestination]:
     """The schema's `loggers` plus metrics.jsonl; the console logger is the Trainer's own (`log_to_console`)."""
-    import inspect
-
     out: list[LoggerDestination] = []
     for name, kwargs in (section or {}).items():
         factory = LOGGERS.get(name)
         kwargs = dict(kwargs or {})
-        accepted = [p for p in inspect.signature(factory).parameters]
-        for key in kwargs:
-            if key not in accepted:
-                raise KeyError(f"unknown key `loggers.{name}.{key}`{closest(key, accepted)}; valid: {', '.join(accepted)}")
+        check_kwargs(factory, kwargs, f"loggers.{name}")
         out.append(factory(**kwargs))
     if metrics_path is not None:
         out.append(MetricsJsonl(metrics_path))

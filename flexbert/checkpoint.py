@@ -21,7 +21,6 @@ Files are opened with `mmap=True` and the last one is cached, so steps 1-3 cost 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -31,7 +30,9 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
+from flexbert import schema
 from flexbert.config import MODEL_CONFIG_DEFAULTS
+from flexbert.registry import closest
 
 log = logging.getLogger(__name__)
 
@@ -209,50 +210,66 @@ def check_checkpoint_fits(path: str, composer_model: torch.nn.Module, strict: bo
 
 @dataclass
 class InitFromCheckpointConfig:
-    """The run file's `init_from_checkpoint` section.
+    """The run file's `init_from_checkpoint` section: start a larger model from a smaller one's weights, tiled."""
 
-    checkpoint_load_path: a Composer checkpoint (or a Hugging Face ModernBERT folder) of the smaller model.
-    checkpoint_cfg: the smaller model's architecture, as a run YAML (its model.model_config is used) or as a
-        model_config mapping; optional when the checkpoint embeds its config. Used to check the file.
-    mode: how tensors are placed, see `flexbert.grow` (center_weights, tile_weights_from_edge,
-        tile_weights_from_middle).
-    """
+    checkpoint_load_path: str = schema.field(
+        doc="with checkpoint_run_name: the folder holding RUN_NAME/latest-rank0.pt; without: the checkpoint file "
+            "itself (or a Hugging Face ModernBERT folder)")
+    checkpoint_run_name: Optional[str] = schema.field(None, doc="the smaller model's run name (its checkpoint folder)")
+    checkpoint_cfg: Optional[Union[str, dict]] = schema.field(
+        None, doc="the smaller model's run file (its model section is used), or a model_config mapping; optional "
+                  "when the checkpoint embeds its config")
+    mode: str = schema.field("tile_weights_from_middle", doc="center_weights, tile_weights_from_edge or "
+                                                             "tile_weights_from_middle: where the smaller tensors go")
 
-    checkpoint_load_path: str
-    checkpoint_cfg: Optional[Union[str, dict]] = None
-    mode: str = "tile_weights_from_middle"
+    def __post_init__(self):
+        from flexbert.grow import TILE_MODES
+
+        if self.mode not in TILE_MODES:
+            raise schema.ConfigError(f"`mode` '{self.mode}' is unknown{closest(self.mode, TILE_MODES)}; "
+                                  f"choose one of: {', '.join(TILE_MODES)}")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "InitFromCheckpointConfig":
-        from flexbert.grow import TILE_MODES
-        from flexbert.registry import closest
+    def from_dict(cls, cfg: Any) -> "InitFromCheckpointConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        return schema.read_section(cls, cfg, "init_from_checkpoint", CheckpointError)
 
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in cfg:
-            if key not in valid:
-                raise CheckpointError(f"unknown key `init_from_checkpoint.{key}`{closest(key, valid)}; valid keys: {', '.join(valid)}")
-        if not cfg.get("checkpoint_load_path"):
-            raise CheckpointError("`init_from_checkpoint.checkpoint_load_path` is required: the smaller model's checkpoint")
-        values = dict(cfg)
-        if values.get("mode") is None:
-            values.pop("mode", None)
-        out = cls(**values)
-        if out.mode not in TILE_MODES:
-            raise CheckpointError(f"init_from_checkpoint.mode '{out.mode}' is unknown{closest(out.mode, TILE_MODES)}; "
-                                  f"choose one of: {', '.join(TILE_MODES)}")
-        return out
+    def checkpoint_path(self) -> str:
+        """The file (or HF folder) to read: FOLDER/RUN_NAME/latest-rank0.pt when a run name is given."""
+        if self.checkpoint_run_name:
+            return str(Path(self.checkpoint_load_path) / self.checkpoint_run_name / "latest-rank0.pt")
+        return self.checkpoint_load_path
 
 
-def _config_from_cfg(checkpoint_cfg: Union[str, Mapping]) -> dict[str, Any]:
+def _run_file(name: str, run_dir: Optional[str]) -> Path:
+    """A run file named relative to the current folder, else to the folder of the run file that names it."""
+    for candidate in (Path(name), Path(run_dir or ".") / name):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg '{name}': no such run file (looked in the current "
+                          f"folder{' and ' + str(run_dir) if run_dir else ''})")
+
+
+def _config_from_cfg(checkpoint_cfg: Union[str, Mapping], run_dir: Optional[str] = None) -> dict[str, Any]:
+    """The smaller model's model_config, as its own run would have built it (pretrained_model_name defaults
+    under its model_config)."""
+    from omegaconf import OmegaConf
+
+    from flexbert.pretrained_configs import pretrained_defaults
+
     if isinstance(checkpoint_cfg, Mapping):
         return dict(checkpoint_cfg)
-    from flexbert.train.run_config import load_run_config
-
-    run = load_run_config(str(checkpoint_cfg))
-    model_config = (run.get("model") or {}).get("model_config")
-    if not model_config:
-        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {checkpoint_cfg}: has no model.model_config")
-    return dict(model_config)
+    path = _run_file(str(checkpoint_cfg), run_dir)
+    try:
+        run = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {path}: cannot read it ({err})") from None
+    model = run.get("model") if isinstance(run, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("model_config"), dict):
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {path}: has no model.model_config")
+    base = pretrained_defaults(model.get("pretrained_model_name") or "bert-base-uncased")
+    return {**base, **model["model_config"]}
 
 
 def read_model_weights(path: str, pad_token_id: Optional[int] = None) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
@@ -287,25 +304,74 @@ def _check_source(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], 
                                                "init_from_checkpoint.checkpoint_cfg does not describe this checkpoint"))
 
 
-def init_from_checkpoint(model, cfg: Mapping[str, Any]):
+def init_from_checkpoint(model, cfg: Any, run_dir: Optional[str] = None):
     """Initialise `model` (a FlexBertForMaskedLM) from a smaller model's weights, tiled by `cfg.mode`.
 
     Returns the `flexbert.grow.GrowReport` (layer mapping, tensors that kept their init)."""
     from flexbert.grow import GrowError, grow_into
 
     settings = InitFromCheckpointConfig.from_dict(cfg)
-    path = settings.checkpoint_load_path
-    if "://" in path:
-        raise CheckpointError(f"init_from_checkpoint.checkpoint_load_path '{path}': remote paths are not supported; download the file first")
-    if not Path(path).exists():
-        raise CheckpointError(f"init_from_checkpoint.checkpoint_load_path '{path}' does not exist")
-    state, embedded = read_model_weights(path, pad_token_id=model.config.pad_token_id)
-    declared = _config_from_cfg(settings.checkpoint_cfg) if settings.checkpoint_cfg is not None else embedded
-    if declared is not None:
-        _check_source(state, declared, model.config.pad_token_id, f"init_from_checkpoint {path}")
+    path, state = _init_source(settings, model.config.pad_token_id, run_dir)
     try:
         report = grow_into(model, state, settings.mode)
     except GrowError as err:
         raise CheckpointError(f"init_from_checkpoint {path}: {err}") from None
     log.info("init_from_checkpoint %s (%s): %s", path, settings.mode, report.summary())
     return report
+
+
+def _init_source(settings: InitFromCheckpointConfig, pad_token_id: int, run_dir: Optional[str]):
+    """(path, weights) of the smaller model, checked against the architecture its checkpoint_cfg declares."""
+    path = settings.checkpoint_path()
+    if "://" in path:
+        raise CheckpointError(f"init_from_checkpoint '{path}': remote paths are not supported; download the file first")
+    if not Path(path).exists():
+        how = " (checkpoint_load_path/checkpoint_run_name/latest-rank0.pt)" if settings.checkpoint_run_name else ""
+        raise CheckpointError(f"init_from_checkpoint: checkpoint '{path}'{how} does not exist")
+    state, embedded = read_model_weights(path, pad_token_id=pad_token_id)
+    declared = _config_from_cfg(settings.checkpoint_cfg, run_dir) if settings.checkpoint_cfg is not None else embedded
+    if declared is not None:
+        _check_source(state, declared, pad_token_id, f"init_from_checkpoint {path}")
+    return path, state
+
+
+def check_init_from_checkpoint(cfg: Any, pad_token_id: int, run_dir: Optional[str] = None) -> str:
+    """What init_from_checkpoint will read: the file exists, passes the safe loader and matches its declared
+    architecture. Returns its path."""
+    return _init_source(InitFromCheckpointConfig.from_dict(cfg), pad_token_id, run_dir)[0]
+
+
+# ------------------------------------------------------------------------------------------------ pretrained weights
+
+
+def _pretrained_state(path: str, model) -> dict[str, torch.Tensor]:
+    from flexbert.checkpoint_keys import state_dict_mismatches
+
+    if "://" in path:
+        raise CheckpointError(f"model.pretrained_checkpoint '{path}': remote paths are not supported; download it first")
+    if not Path(path).is_file():
+        raise CheckpointError(f"model.pretrained_checkpoint '{path}' does not exist")
+    state = model_state(load_checkpoint_file(path))
+    tied = bool(model.config.tie_word_embeddings)
+    if tied:
+        state = {k: v for k, v in state.items() if k != "decoder.weight"}
+    missing, unexpected, misshaped = state_dict_mismatches(model, state, allow_missing=("decoder.weight",) if tied else ())
+    if missing or unexpected or misshaped:
+        raise CheckpointError(mismatch_message(f"model.pretrained_checkpoint {path}", missing, unexpected, misshaped,
+                                               "model.model_config must describe the checkpoint's architecture"))
+    return state
+
+
+def check_pretrained_checkpoint(path: str, model) -> None:
+    """`model.pretrained_checkpoint` exists, passes the safe loader and fits `model` (may be on the meta device)."""
+    _pretrained_state(path, model)
+
+
+def load_pretrained_checkpoint(path: str, model) -> None:
+    """Copy the weights of a Composer checkpoint's `state.model` into `model` (a FlexBertForMaskedLM); the
+    optimizer, schedule and time of that checkpoint are not used (that is `load_path`)."""
+    state = _pretrained_state(path, model)
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    log.info("model.pretrained_checkpoint: weights from %s", path)

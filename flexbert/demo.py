@@ -61,14 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     prepare_data()
 
     from flexbert.train.run_config import load_run_config
-    from flexbert.train.trainer import build_trainer
+    from flexbert.train.trainer import train
 
     cfg = load_run_config(RECIPE, argv)
-    _step(f"pretraining {RECIPE} for {cfg['max_duration']} on CPU")
+    _step(f"pretraining {RECIPE} for {cfg.max_duration} on CPU")
     start = time.time()
-    trainer, reset_time = build_trainer(cfg)
-    trainer.fit(reset_time=reset_time)
-    run_dir = Path(cfg["save_folder"].replace("{run_name}", cfg["run_name"]))
+    trainer = train(cfg)
+    run_dir = Path(cfg.resolved_save_folder())
     trainer.close()
     train, evals = _losses(run_dir / "metrics.jsonl")
     print(f"\ntrained in {time.time() - start:.0f}s")

@@ -167,7 +167,7 @@ def test_bad_files_and_unfitting_tensors_are_listed(tmp_path):
 def _run_cfg(root, folder, model_config=None, **overrides):
     cfg = load_run_config(DEMO, tiny_run_overrides(root, folder, eval_interval="100ba", **overrides))
     if model_config is not None:
-        cfg["model"]["model_config"] = model_config
+        cfg.model.model_config = model_config
     return cfg
 
 
@@ -187,13 +187,13 @@ def released_run(tiny_corpus, tmp_path_factory):
         optimizer.step()
         optimizer.zero_grad()
     path = write_released_checkpoint(folder / "ep0-ba4-rank0.pt", model, optimizer=optimizer, batch=4,
-                                     tokenizer=tokenizer, lr=cfg["optimizer"]["lr"])
+                                     tokenizer=tokenizer, lr=cfg.optimizer.lr)
     names = {p: "model." + n for n, p in model.named_parameters()}
     moments = {names[p]: {k: v.clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in optimizer.state.items()}
     weights = {"model." + k: v.clone() for k, v in model.state_dict().items()}
     steps = [int(g["step"]) for g in optimizer.param_groups]
     return {"root": tiny_corpus, "path": str(path), "moments": moments, "weights": weights, "steps": steps,
-            "betas": (cfg["optimizer"]["betas"][0], cfg["optimizer"]["betas"][1])}
+            "betas": tuple(cfg.optimizer.betas)}
 
 
 def _assert_weights(trainer, weights):
@@ -271,7 +271,7 @@ def test_trainer_lists_unfitting_tensors_before_composer(released_run, tmp_path,
     from tests.released_layout import released_checkpoint as layout
 
     cfg = _run_cfg(released_run["root"], tmp_path / "unused")
-    right = FlexBertConfig(**{**cfg["model"]["model_config"], "pad_token_id": 0})
+    right = FlexBertConfig(**{**cfg.model.model_config, "pad_token_id": 0})
     wrong = FlexBertForMaskedLM(FlexBertConfig(**{**right.model_config_dict(), "intermediate_size": 48}))
     checkpoint = layout(wrong)  # tensors of another shape, under the embedded config of the right model
     checkpoint["state"]["integrations"]["huggingface"]["model"]["config"]["content"] = right.model_config_dict()

@@ -137,7 +137,7 @@ def test_hf_to_composer_output_is_a_load_path(tiny_corpus, tokenizer, tmp_path):
     def trainer_for(folder, **extra):
         cfg = load_run_config(ROOT / "yamls" / "demo.yaml", tiny_run_overrides(
             tiny_corpus, folder, load_path=str(tmp_path / "start.pt"), max_duration="1ba", eval_interval="10ba", **extra))
-        cfg["model"]["model_config"] = {}  # nothing re-typed
+        cfg.model.model_config = {}  # nothing re-typed
         return build_trainer(cfg)
 
     for folder, extra in ((tmp_path / "weights", {"load_weights_only": True}),

@@ -111,7 +111,7 @@ def test_init_from_checkpoint_with_released_layout_and_errors(tmp_path):
     assert torch.equal(q_new[16:48, 16:48], wqkv[:32])  # the centre block is the old Q, exactly
     assert large.decoder.weight is large.bert.embeddings.tok_embeddings.weight  # still tied
 
-    with pytest.raises(CheckpointError, match=r"mode 'tile_from_middle' is unknown.*did you mean 'tile_weights_from_middle'"):
+    with pytest.raises(CheckpointError, match=r"`init_from_checkpoint.mode` 'tile_from_middle' is unknown.*did you mean 'tile_weights_from_middle'"):
         init_from_checkpoint(large, {"checkpoint_load_path": str(path), "mode": "tile_from_middle"})
     with pytest.raises(CheckpointError, match=r"unknown key `init_from_checkpoint.checkpoint_path`.*checkpoint_load_path"):
         init_from_checkpoint(large, {"checkpoint_path": str(path)})

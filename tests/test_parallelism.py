@@ -14,6 +14,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from flexbert import FlexBertConfig
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.parallelism import mark_fsdp_units, prepare_model
+from flexbert.train.run_config import load_run_config
 from tests.conftest import TINY_MODERNBERT, mixed_length_batch
 
 
@@ -71,11 +72,12 @@ def test_prepare_model_marks_only_with_fsdp_and_compiles_each_layer_on_cuda_only
         monkeypatch.setattr(layer, "compile", lambda layer=layer, **kw: compiled.append((layer, kw)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(UserWarning, match="compile_model is ignored on CPU"):
-        prepare_model(model, {})
+        prepare_model(model, load_run_config(None, base={"model": {"name": "flex_bert"}}))
     assert compiled == [] and not any(hasattr(m, "_fsdp_wrap") for m in model.modules())
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    prepare_model(model, {"fsdp_config": {"sharding_strategy": "FULL_SHARD"}})
+    fsdp_run = load_run_config(None, base={"model": {"name": "flex_bert"}, "fsdp_config": {"sharding_strategy": "FULL_SHARD"}})
+    prepare_model(model, fsdp_run)
     layers = list(model.bert.encoder.layers)
     assert compiled == [(layer, {"dynamic": True}) for layer in layers]  # layers only: loss and packing stay eager
     assert [m for m in model.modules() if getattr(m, "_fsdp_wrap", False)] == layers

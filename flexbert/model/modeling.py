@@ -40,10 +40,17 @@ class FlexBertEncoder(nn.Module):
     def __init__(self, config: FlexBertConfig):
         super().__init__()
         self.layers = nn.ModuleList([build_layer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()`
 
     def forward(self, hidden: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+        # Checkpointed layers keep only their input and recompute the rest in the backward pass (same RNG state,
+        # so dropout masks agree); parameter names are unchanged.
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            hidden = layer(hidden, packed)
+            if checkpointed:
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, packed, use_reentrant=False)
+            else:
+                hidden = layer(hidden, packed)
         return hidden
 
 
@@ -78,7 +85,7 @@ class FlexBertPredictionHead(nn.Module):
 class FlexBertPreTrainedModel(PreTrainedModel):
     config_class = FlexBertConfig
     base_model_prefix = "bert"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialization happens once, for the whole model, in `initialize` (schemes need the module's role)."""

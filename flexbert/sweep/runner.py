@@ -85,8 +85,8 @@ def validate_runs(spec: SweepSpec, runs: list[PlannedRun], launcher: str) -> Non
         raise SweepError(str(err)) from None
     for run in runs:
         run.validation = validate_variant(spec.base, run.overrides, world_size)
-        cfg = run.validation.cfg or {}
-        wandb = (cfg.get("loggers") or {}).get("wandb")
+        cfg = run.validation.cfg
+        wandb = cfg.loggers.get("wandb") if cfg is not None else None
         if run.validation.error is None and isinstance(wandb, dict) and not wandb.get("group"):
             run.managed.append(f"loggers.wandb.group={render_value(spec.name)}")
 

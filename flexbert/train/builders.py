@@ -1,7 +1,7 @@
 """One small builder per object of a run: tokenizer, model, loaders, optimizer and schedule, callbacks, loggers.
 
-Each takes the resolved run config (`load_run_config`) and returns a ready object; `trainer.train` wires them
-into Composer's Trainer. Nothing here knows about distribution or precision: Composer applies those.
+Each takes the typed run config (`load_run_config`) and returns a ready object; `flexbert.train.trainer` wires
+them into Composer's Trainer. Nothing here knows about distribution or precision: Composer applies those.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from typing import Any, Mapping, Optional
 import torch
 
 from flexbert.config import MODEL_CONFIG_DEFAULTS, FlexBertConfig
-from flexbert.train.run_config import RunConfigError, check_model_section, require
+from flexbert.schema import check_kwargs
+from flexbert.train.run_config import RunConfig, RunConfigError, require
+
+VOCAB_MULTIPLE = 8  # the embedding is padded to a multiple of 8 rows, as FlexBERT always did
 
 
-def build_tokenizer(cfg: Mapping[str, Any]):
+def build_tokenizer(cfg: RunConfig):
     from transformers import AutoTokenizer
 
-    model = cfg.get("model") or {}
-    name = cfg.get("tokenizer_name") or model.get("tokenizer_name")
+    name = cfg.tokenizer()
     if not name:
-        raise RunConfigError(f"{cfg.get('_source')}: `tokenizer_name` is required (a local folder or a Hub name)")
+        raise RunConfigError(f"{cfg.source}: `tokenizer_name` is required (a local folder or a Hub name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:
@@ -34,17 +36,29 @@ def build_tokenizer(cfg: Mapping[str, Any]):
     return tokenizer
 
 
-def model_config_from(cfg: Mapping[str, Any], tokenizer=None, checkpoint_config: Optional[Mapping] = None) -> FlexBertConfig:
-    """`model.model_config` (or the checkpoint's embedded config) as a validated FlexBertConfig.
+def model_config_values(cfg: RunConfig, checkpoint_config: Optional[Mapping] = None) -> dict[str, Any]:
+    """model_config as the run means it: the `pretrained_model_name` config's values, then the checkpoint's
+    architecture (a phase start), then the run file's own keys."""
+    from flexbert.pretrained_configs import pretrained_defaults
 
-    `pad_token_id` comes from the tokenizer; a YAML value that disagrees is an error rather than a silent choice.
-    """
-    model = check_model_section(cfg)
-    given = dict(model.get("model_config") or {})
+    given = dict(cfg.model.model_config)
+    base = pretrained_defaults(cfg.model.pretrained_model_name or "bert-base-uncased")
     if checkpoint_config is not None:
         from flexbert.checkpoint import merge_checkpoint_model_config
 
-        given = merge_checkpoint_model_config(given, checkpoint_config)
+        return merge_checkpoint_model_config(given, {**base, **checkpoint_config})
+    return {**base, **given}
+
+
+def model_config_from(cfg: RunConfig, tokenizer=None, checkpoint_config: Optional[Mapping] = None) -> FlexBertConfig:
+    """The run's validated FlexBertConfig.
+
+    `pad_token_id` comes from the tokenizer; a YAML value that disagrees is an error rather than a silent choice.
+    """
+    given = model_config_values(cfg, checkpoint_config)
+    vocab = given.get("vocab_size", MODEL_CONFIG_DEFAULTS["vocab_size"])
+    if isinstance(vocab, int) and vocab % VOCAB_MULTIPLE:
+        given["vocab_size"] = vocab + VOCAB_MULTIPLE - vocab % VOCAB_MULTIPLE
     if tokenizer is not None:
         pad = int(tokenizer.pad_token_id)
         if given.get("pad_token_id") not in (None, pad):
@@ -53,44 +67,29 @@ def model_config_from(cfg: Mapping[str, Any], tokenizer=None, checkpoint_config:
                 "(it is taken from the tokenizer)"
             )
         given["pad_token_id"] = pad
-        vocab = given.get("vocab_size", MODEL_CONFIG_DEFAULTS["vocab_size"])
-        if vocab < len(tokenizer):
+        if given["vocab_size"] < len(tokenizer):
             raise RunConfigError(
-                f"model_config.vocab_size {vocab} is smaller than the tokenizer ({len(tokenizer)} tokens): token ids "
-                f"would fall outside the embedding; use at least {len(tokenizer)} (rounded up to a multiple of 64)"
+                f"model_config.vocab_size {given['vocab_size']} is smaller than the tokenizer ({len(tokenizer)} tokens): "
+                f"token ids would fall outside the embedding; use at least {len(tokenizer)} (rounded up to a multiple of 64)"
             )
     return FlexBertConfig(**given)
 
 
-def build_model(cfg: Mapping[str, Any], tokenizer, checkpoint_config: Optional[Mapping] = None):
+def build_model(cfg: RunConfig, tokenizer, checkpoint_config: Optional[Mapping] = None):
     from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.train.composer_model import FlexBertComposerModel
 
     config = model_config_from(cfg, tokenizer, checkpoint_config)
     model = FlexBertForMaskedLM(config)  # on one device, eager: flexbert.train.parallelism prepares it for the run
-    disable = bool((cfg.get("model") or {}).get("disable_train_metrics", False))
-    return FlexBertComposerModel(model, tokenizer=tokenizer, disable_train_metrics=disable)
+    return FlexBertComposerModel(model, tokenizer=tokenizer, disable_train_metrics=cfg.model.disable_train_metrics,
+                                 recompute_metric_loss=cfg.model.recompute_metric_loss)
 
 
-def _loader_section(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:
-    section = dict(cfg.get(key) or {})
-    dataset = dict(section.get("dataset") or {})
-    # The schema's top-level data keys are the defaults of each loader's dataset.
-    dataset.setdefault("local", cfg.get("data_local"))
-    if cfg.get("data_remote"):
-        dataset.setdefault("remote", cfg.get("data_remote"))
-    dataset.setdefault("split", "train" if key == "train_loader" else "validation")
-    section["dataset"] = {k: v for k, v in dataset.items() if v is not None}
-    return section
-
-
-def check_data_folder(section: Mapping[str, Any], key: str) -> None:
-    dataset = section.get("dataset") or {}
-    local, split = dataset.get("local"), dataset.get("split")
-    if dataset.get("remote"):
+def check_data_folder(cfg: RunConfig, key: str) -> None:
+    dataset = cfg.loader(key).dataset
+    local, split = dataset.local, dataset.split
+    if dataset.remote:
         return  # streamed: the local folder is a cache
-    if not local:
-        raise RunConfigError(f"`{key}.dataset.local` (or top-level data_local) is required: the MDS folder")
     folder = Path(local)
     if not folder.is_dir():
         raise RunConfigError(f"{key}: data folder '{folder}' does not exist (set data_local or {key}.dataset.local)")
@@ -99,32 +98,30 @@ def check_data_folder(section: Mapping[str, Any], key: str) -> None:
         raise RunConfigError(f"{key}: split '{split}' not found in '{folder}' (it has: {', '.join(existing) or 'no splits'})")
 
 
-def build_loader(cfg: Mapping[str, Any], tokenizer, key: str, device_batch: int, microbatch: int):
-    from flexbert.data.loader import build_packed_dataloader
+def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int):
+    from flexbert.data.loader import DATA_LOADERS
 
-    section = _loader_section(cfg, key)
-    check_data_folder(section, key)
-    mode = "train" if key == "train_loader" else "eval"
-    mlm = cfg.get("mlm_probability") if mode == "train" else None
-    return build_packed_dataloader(
+    section = cfg.loader(key)
+    check_data_folder(cfg, key)
+    return DATA_LOADERS.get(section.name)(
         section,
         tokenizer,
         device_batch_size=device_batch,
         microbatch_size=microbatch,
-        max_seq_len=int(cfg["max_seq_len"]),
-        seed=int(cfg["seed"]),
-        count_padding_tokens=bool(cfg.get("count_padding_tokens")),
-        mlm_probability=(section.get("dataset") or {}).get("mlm_probability", mlm),
-        mode=mode,
+        max_seq_len=cfg.max_seq_len,
+        seed=cfg.seed,
+        count_padding_tokens=cfg.count_padding_tokens,
+        mode="train" if key == "train_loader" else "eval",
         where=key,
     )
 
 
-def build_optimization(cfg: Mapping[str, Any], model) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimization(cfg: RunConfig, model) -> tuple[torch.optim.Optimizer, Any]:
     from flexbert.optim.builders import build_optimizer, build_scheduler
 
     require(cfg, "optimizer", "scheduler")
-    return build_optimizer(cfg["optimizer"], model), build_scheduler(cfg["scheduler"])
+    # validate_run has built the schedule once already and said what it ignores
+    return build_optimizer(cfg.optimizer, model), build_scheduler(cfg.scheduler, warn_unused=False)
 
 
 def build_algorithms(section: Mapping[str, Any] | None) -> list:
@@ -145,5 +142,10 @@ def build_algorithms(section: Mapping[str, Any] | None) -> list:
     for name, kwargs in (section or {}).items():
         if name not in available:
             raise RunConfigError(f"unknown algorithm `algorithms.{name}`{closest(name, available)}")
-        out.append(available[name](**dict(kwargs or {})))
+        kwargs = dict(kwargs or {})
+        check_kwargs(available[name], kwargs, f"algorithms.{name}", RunConfigError)
+        try:
+            out.append(available[name](**kwargs))
+        except (TypeError, ValueError) as err:
+            raise RunConfigError(f"`algorithms.{name}`: {err}") from None
     return out

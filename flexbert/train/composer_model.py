@@ -16,18 +16,47 @@ import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
 from composer.models import huggingface as composer_huggingface
+from torchmetrics import Metric
 
 from flexbert.model.flops import training_flops
 
 IGNORE_INDEX = -100
 
 
-def _metrics():
-    return [LanguageCrossEntropy(ignore_index=IGNORE_INDEX), MaskedAccuracy(ignore_index=IGNORE_INDEX)]
+class MeanBatchLoss(Metric):
+    """The mean over batches of the model's own loss (label smoothing and z-loss included), without
+    recomputing anything from the logits."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("sum_loss", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("batches", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.sum_loss += loss.detach().to(self.sum_loss)
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        return (self.sum_loss / self.batches).float()
+
+
+# Logged under the name the recomputed metric has, as the reference framework did.
+BatchMeanLanguageCrossEntropy = type("LanguageCrossEntropy", (MeanBatchLoss,), {"__module__": __name__})
+
+
+def _metrics(recompute_metric_loss: bool):
+    loss = (LanguageCrossEntropy(ignore_index=IGNORE_INDEX) if recompute_metric_loss
+            else BatchMeanLanguageCrossEntropy())
+    return [loss, MaskedAccuracy(ignore_index=IGNORE_INDEX)]
 
 
 class FlexBertComposerModel(HuggingFaceModel):
-    def __init__(self, model, tokenizer=None, disable_train_metrics: bool = False):
+    """recompute_metric_loss: LanguageCrossEntropy per token from the logits (true) or the mean of the batches'
+    losses (false: the model's loss as trained, label smoothing and z-loss included)."""
+
+    def __init__(self, model, tokenizer=None, disable_train_metrics: bool = False, recompute_metric_loss: bool = True):
         # Composer checks whether the model is a causal LM by importing every causal-LM class of transformers (~4 s per
         # process, and one of them starts an inductor compile worker). An encoder is none; skip the check.
         is_causal_lm = composer_huggingface._is_registered_causal_lm
@@ -37,8 +66,8 @@ class FlexBertComposerModel(HuggingFaceModel):
                 model,
                 tokenizer=tokenizer,
                 use_logits=True,
-                metrics=None if disable_train_metrics else _metrics(),
-                eval_metrics=_metrics(),
+                metrics=None if disable_train_metrics else _metrics(recompute_metric_loss),
+                eval_metrics=_metrics(recompute_metric_loss),
                 shift_labels=False,
             )
         finally:
@@ -55,10 +84,14 @@ class FlexBertComposerModel(HuggingFaceModel):
         outputs = outputs if outputs is not None else self.forward(batch)
         logits = outputs["logits"]
         self.labels = aligned_labels(batch, logits, self.model.config.masked_prediction)
+        self.batch_loss = outputs.get("loss")
         return logits
 
     def update_metric(self, batch: Any, outputs: Any, metric) -> dict:
-        metric.update(outputs, self.labels.to(outputs.device))
+        if isinstance(metric, MeanBatchLoss):
+            metric.update(self.batch_loss)
+        else:
+            metric.update(outputs, self.labels.to(outputs.device))
         return {}
 
     def flops_per_batch(self, batch) -> int:  # training steps only (the speed monitor)

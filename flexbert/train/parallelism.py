@@ -18,7 +18,7 @@ one device and knows nothing of it:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+
 
 import torch
 import torch.nn as nn
@@ -43,9 +43,15 @@ def compile_layers(model: nn.Module) -> bool:
     return True
 
 
-def prepare_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:
-    """Steps 1 and 2 above for the run config `cfg` (the model is the Hugging Face module, not the Composer one)."""
-    if cfg.get("fsdp_config"):
+def prepare_model(model: nn.Module, cfg) -> None:
+    """Steps 1 and 2 above for the run config `cfg` (the model is the Hugging Face module, not the Composer one),
+    and `model.gradient_checkpointing` (layers recomputed in the backward pass without FSDP)."""
+    if cfg.model.gradient_checkpointing:
+        if cfg.fsdp_config:
+            raise ValueError("model.gradient_checkpointing with fsdp_config: set fsdp_config.activation_checkpointing: "
+                             "true instead (FSDP checkpoints the same layers)")
+        model.gradient_checkpointing_enable()
+    if cfg.fsdp_config:
         mark_fsdp_units(model)
     if model.config.compile_model:
         compile_layers(model)

@@ -1,151 +1,375 @@
-"""The run file: defaults <- YAML <- command-line overrides, resolved and validated before anything heavy starts.
+"""The run file, typed: every key of the FlexBERT run-file schema declared once, with type, default and doc.
 
-Top-level keys follow the FlexBERT schema (`shared/reference/flexbert-yaml-schema.md`). A key the schema does
-not know is an error naming the closest valid key -- except "free variables": top-level keys that the file
-references through `${...}` interpolation (`pretrain_data_local`, `pretrain_run_name`, ...), which researchers
-use to share values between sections. Sections are validated by the builders that own them (model_config by
-FlexBertConfig, loaders by flexbert.data, optimizer/scheduler by flexbert.optim) -- all of which run in
-`validate_run`, still before any data is read or any weight allocated.
+`load_run_config(path, overrides)` reads YAML <- `key.sub=value` overrides, resolves `${...}` interpolation, checks
+the model class and the kind of file first, fills `{name}` placeholders from the file's own top-level variables,
+and returns a `RunConfig` whose sections are typed too (`ModelSection`, `LoaderConfig`, `OptimizerConfig`,
+`SchedulerConfig`, `InitFromCheckpointConfig`). Defaults are the reference framework's wherever it had one, so
+a run file written for it means the same run here; our own recipes set what they want explicitly.
+
+Top-level keys that are not in the schema are "free variables" when the file uses them -- as `${name}` (OmegaConf)
+or as a `{name}` placeholder inside a string (`load_path: checkpoints/{pretrain_run_name}/latest-rank0.pt`);
+the placeholder is filled from the variable. Any other unknown key fails naming the closest valid one.
+`python main.py --help-config` prints the schema.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from flexbert.checkpoint import InitFromCheckpointConfig
+from flexbert.data.loader import LoaderConfig
+from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
+from flexbert.schema import ConfigError, coerce, field, is_mapping, read_section
 
 
-class RunConfigError(ValueError):
+class RunConfigError(ConfigError):
     """A run file problem; the message names the key (and file) and the fix."""
 
 
-# key -> default (None: not set). Values here are what an empty run file means.
-RUN_DEFAULTS: dict[str, Any] = {
-    "data_local": None,
-    "data_remote": None,
-    "max_seq_len": 1024,
-    "tokenizer_name": None,
-    "mlm_probability": 0.3,
-    "count_padding_tokens": False,
-    "run_name": None,
-    "model": None,
-    "train_loader": None,
-    "eval_loader": None,
-    "scheduler": None,
-    "optimizer": None,
-    "max_duration": None,
-    "eval_interval": "1ep",
-    "eval_subset_num_batches": -1,
-    "eval_first": False,
-    "global_train_batch_size": None,
-    "global_eval_batch_size": None,
-    "device_train_microbatch_size": None,
-    "device_eval_batch_size": None,
-    "device_eval_microbatch_size": None,
-    "seed": 17,
-    "precision": "amp_bf16",
-    "progress_bar": False,
-    "log_to_console": True,
-    "console_log_interval": "1ba",
-    "callbacks": {},
-    "algorithms": {},
-    "loggers": {},
-    "save_interval": "1000ba",
-    "save_num_checkpoints_to_keep": -1,
-    "save_folder": None,
-    "save_overwrite": False,
-    "save_weights_only": False,
-    "load_path": None,
-    "load_weights_only": False,
-    "load_strict_model_weights": True,
-    "autoresume": False,
-    "reset_time": False,
-    "restart_override": False,
-    "init_from_checkpoint": None,
-    "fsdp_config": None,
-    "compile_config": None,
-    "dist_timeout": 600.0,
-    "python_log_level": None,
-    "stop_on_nonfinite_loss": True,
-    "max_nonfinite_skips": 0,  # > 0: skip (and count) up to this many batches with a non-finite loss, then stop
-}
-
-MODEL_KEYS = ("name", "pretrained_model_name", "tokenizer_name", "disable_train_metrics", "recompute_metric_loss",
-              "pretrained_checkpoint", "model_config")
+DURATION_KEYS = ("max_duration", "eval_interval", "save_interval", "console_log_interval")
 
 
-def _referenced_variables(raw: Any) -> set[str]:
-    """Top-level names used as `${name}` or `${name.sub}` anywhere in the (unresolved) config."""
-    text = OmegaConf.to_yaml(raw, resolve=False) if OmegaConf.is_config(raw) else str(raw)
-    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
+@dataclass
+class ModelSection:
+    """`model`: which encoder to build and from what."""
+
+    name: str = field("flex_bert", doc="model class; this project builds `flex_bert` encoders")
+    pretrained_model_name: Optional[str] = field(
+        "bert-base-uncased", doc="Hugging Face config whose values are the defaults of model_config (built in: "
+        "bert-base-uncased, bert-large-uncased, answerdotai/ModernBERT-base/-large; or a local folder with config.json)")
+    tokenizer_name: Optional[str] = field(None, doc="tokenizer (local folder or Hub name) when top-level tokenizer_name is unset")
+    disable_train_metrics: bool = field(False, doc="skip training-set metrics (faster: no logits in training steps)")
+    recompute_metric_loss: bool = field(
+        False, doc="LanguageCrossEntropy recomputed per token from the logits (true) or the mean of the batches' "
+        "training losses, label smoothing and z-loss included (false)")
+    pretrained_checkpoint: Optional[str] = field(None, doc="Composer checkpoint whose model weights initialise the model")
+    model_config: dict = field(default_factory=dict, doc="the FlexBertConfig keys (`python -m flexbert.registry` lists block names)")
+    gradient_checkpointing: bool = field(False, doc="recompute each encoder layer in the backward pass (less memory); "
+                                                    "with FSDP use fsdp_config.activation_checkpointing")
+    use_pretrained: bool = field(False, doc="hf_bert models only: Hub weights; true is refused (use pretrained_checkpoint)")
+
+    def __post_init__(self):
+        if self.use_pretrained:
+            raise ConfigError("`use_pretrained: true` loads Hub weights into Hugging Face BERT models (model.name "
+                              "hf_bert), which this project does not build; to start from weights, set "
+                              "model.pretrained_checkpoint (a Composer checkpoint) or load_path")
 
 
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base: Mapping | None = None) -> dict[str, Any]:
-    """Merge defaults <- YAML file <- `key.sub=value` overrides; resolve interpolations; check top-level keys."""
-    sources = [OmegaConf.create(RUN_DEFAULTS)]
-    where = "run config"
-    if base is not None:
-        sources.append(OmegaConf.create(dict(base)))
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RunConfigError(f"{path}: no such run file")
-        try:
-            sources.append(OmegaConf.load(path))
-        except Exception as err:  # yaml syntax errors carry line numbers in their message
-            raise RunConfigError(f"{path}: cannot parse YAML: {err}") from None
-        where = str(path)
+@dataclass
+class RunConfig:
+    """A whole run file."""
+
+    # data
+    data_local: Optional[str] = field(None, doc="MDS folder (train/ and validation/ splits); default of each loader's dataset.local")
+    data_remote: Optional[str] = field(None, doc="object-store URI to stream from (data_local is then the cache)")
+    max_seq_len: int = field(1024, doc="tokens per sequence slot")
+    tokenizer_name: Optional[str] = field(None, doc="tokenizer: a local folder or a Hub name")
+    mlm_probability: float = field(0.3, doc="training mask rate (evaluation: the eval dataset's, default 0.15)")
+    count_padding_tokens: bool = field(True, doc="pad slots count in the token clock (`tok` durations)")
+    run_name: Optional[str] = field(None, doc="run id, used by `{run_name}` in save_folder and by autoresume; "
+                                               "default $COMPOSER_RUN_NAME, else 'bert'")
+    model: ModelSection = field(default_factory=ModelSection, doc="the encoder")
+    train_loader: Optional[LoaderConfig] = field(None, doc="training data")
+    eval_loader: Optional[LoaderConfig] = field(None, doc="evaluation data")
+    scheduler: Optional[SchedulerConfig] = field(None, doc="learning-rate schedule")
+    optimizer: Optional[OptimizerConfig] = field(None, doc="optimizer")
+    # durations and batch sizes
+    max_duration: Optional[Any] = field(None, doc="training length: 1000ba, 10_000_000tok, 100000sp, 1ep")
+    eval_interval: Any = field("1ep", doc="evaluate every ...")
+    eval_subset_num_batches: int = field(-1, doc="batches per evaluation (-1: the whole eval set)")
+    eval_first: bool = field(False, doc="evaluate once before the first training step of a fresh run")
+    train_subset_num_batches: int = field(-1, doc="batches per epoch (-1: all)")
+    global_train_batch_size: Optional[int] = field(None, doc="sequences per optimizer step, all ranks")
+    global_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step, all ranks (default: global_train_batch_size)")
+    device_train_microbatch_size: Optional[int] = field(None, doc="sequences per forward pass per rank (one packed row)")
+    device_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step per rank (default: global_eval_batch_size / world size)")
+    device_eval_microbatch_size: Optional[int] = field(None, doc="sequences per eval forward pass (default: device_train_microbatch_size)")
+    # system
+    seed: int = field(17, doc="seed of weights, data order and masking")
+    precision: Optional[str] = field(None, doc="fp32, amp_bf16, amp_fp16, ... (default: amp_bf16 on GPU, fp32 on CPU)")
+    device: Optional[str] = field(None, doc="cpu or gpu (default: gpu when available)")
+    dist_timeout: float = field(600.0, doc="seconds a collective may wait")
+    python_log_level: Optional[str] = field(None, doc="python logging level (debug, info, ...)")
+    # logging
+    progress_bar: bool = field(False, doc="Composer's progress bar")
+    log_to_console: bool = field(True, doc="metrics to the console")
+    console_log_interval: Any = field("1ba", doc="console logging interval")
+    callbacks: dict = field(default_factory=dict, doc="name -> settings (`python -m flexbert.registry` lists them)")
+    algorithms: dict = field(default_factory=dict, doc="Composer algorithms by snake_case name -> settings")
+    loggers: dict = field(default_factory=dict, doc="wandb: {project, entity, ...} (offline without an account)")
+    # checkpoints
+    save_folder: Optional[str] = field(None, doc="checkpoint folder; `{run_name}` is filled in")
+    save_interval: Any = field("1000ba", doc="checkpoint every ...")
+    save_num_checkpoints_to_keep: int = field(-1, doc="-1 keeps all")
+    save_overwrite: bool = field(False, doc="replace existing checkpoints of the same name")
+    save_weights_only: bool = field(False, doc="checkpoints without optimizer / schedule state")
+    load_path: Optional[str] = field(None, doc="checkpoint to start from (a new phase: see reset_time, restart_override)")
+    load_weights_only: bool = field(False, doc="take only the weights from load_path")
+    load_strict_model_weights: bool = field(True, doc="load_path must match the model exactly")
+    autoresume: bool = field(False, doc="resume from this run's own latest checkpoint in save_folder if there is one")
+    reset_time: bool = field(False, doc="a phase start: the schedule and data start at zero")
+    restart_override: bool = field(False, doc="a phase start: lr / weight decay come from this file, not the checkpoint")
+    init_from_checkpoint: Optional[InitFromCheckpointConfig] = field(None, doc="grow from a smaller model")
+    fsdp_config: Optional[dict] = field(None, doc="Composer FSDP settings (absent: DDP)")
+    compile_config: Optional[dict] = field(None, doc="Composer torch.compile settings for the whole model")
+    stop_on_nonfinite_loss: bool = field(True, doc="stop at a non-finite loss (naming the step)")
+    max_nonfinite_skips: int = field(0, doc="skip up to N batches with a non-finite loss before stopping")
+    # not YAML keys: where the file came from and its free variables
+    source: str = field("run config", doc="(set by the loader) the file the config came from")
+    variables: dict = field(default_factory=dict, doc="(set by the loader) the file's free top-level variables")
+
+    # ---------------------------------------------------------------------------------------- derived values
+
+    def tokenizer(self) -> Optional[str]:
+        return self.tokenizer_name or self.model.tokenizer_name
+
+    def resolved_save_folder(self) -> Optional[str]:
+        if self.save_folder and self.run_name:
+            return self.save_folder.replace("{run_name}", self.run_name)
+        return self.save_folder
+
+    def loader(self, key: str) -> Optional[LoaderConfig]:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+SCHEMA_KEYS = [f.name for f in fields(RunConfig) if f.name not in ("source", "variables")]
+
+# Keys of other tools' files: a precise message instead of "unknown key".
+_EVAL_FILE_KEYS = {"tasks", "starting_checkpoint_load_path", "base_run_name", "default_seed", "default_seeds",
+                   "parallel", "local_pretrain_checkpoint_folder", "save_finetune_checkpoint_folder",
+                   "save_finetune_checkpoint_prefix", "default_trainer_kwargs"}
+_FINETUNE_MODEL_NAMES = ("flex_bert_classification", "hf_classifier", "mosaic_bert_classification",
+                         "flex_bert_sequence_classification")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path):
+    if not path.is_file():
+        raise RunConfigError(f"{path}: no such run file")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml syntax errors carry line numbers in their message
+        raise RunConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not OmegaConf.is_dict(loaded):
+        raise RunConfigError(f"{path}: a run file is a mapping of `key: value` lines, this one is a "
+                             f"{type(OmegaConf.to_container(loaded)).__name__}")
+    return loaded
+
+
+def _overrides(overrides: Sequence[str]):
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise RunConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
     try:
-        cli = OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
         raise RunConfigError(f"command-line overrides: {err}") from None
+
+
+def _dollar_references(raw: Any) -> set[str]:
+    """Top-level names used as `${name}` or `${name.sub}` anywhere in the (unresolved) config."""
+    text = OmegaConf.to_yaml(raw, resolve=False)
+    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
+
+
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _fill_placeholders(value: Any, variables: Mapping[str, Any]) -> Any:
+    """`{name}` -> the variable's value in every string, for names that are the file's own variables only
+    (Composer's own placeholders such as `{run_name}` and `{rank}` are left for Composer)."""
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: str(variables[m.group(1)]) if m.group(1) in variables else m.group(0), value)
+    if isinstance(value, dict):
+        return {k: _fill_placeholders(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_placeholders(v, variables) for v in value]
+    return value
+
+
+def _check_kind_of_file(raw: Mapping[str, Any], where: str) -> None:
+    """The model class first, then other tools' files, before any unknown-key message could point elsewhere."""
+    model = raw.get("model")
+    name = model.get("name") if is_mapping(model) else None
+    if name is not None and name != "flex_bert":
+        if name in _FINETUNE_MODEL_NAMES:
+            raise RunConfigError(f"{where}: `model.name: {name}` is a fine-tuning model; this file is a fine-tuning "
+                                 f"config: run it with `python -m flexbert.eval {where}`")
+        raise RunConfigError(f"{where}: `model.name: {name}`: this project pretrains FlexBERT encoders "
+                             f"(model.name: flex_bert); decoders and other model classes are not supported")
+    eval_keys = sorted(_EVAL_FILE_KEYS & set(raw))
+    if is_mapping(model) and "num_labels" in model:
+        eval_keys.append("model.num_labels")
+    if eval_keys:
+        raise RunConfigError(f"{where}: has {', '.join(eval_keys)}: this is a fine-tuning / evaluation config, not "
+                             f"a pretraining run file; run it with `python -m flexbert.eval {where}`")
+
+
+def _fill_loader_defaults(raw: dict[str, Any]) -> None:
+    """The top-level data keys are the defaults of each loader's dataset; training masks at mlm_probability,
+    evaluation at 15% unless its dataset says otherwise."""
+    for key, split, rate in (("train_loader", "train", raw.get("mlm_probability", 0.3)), ("eval_loader", "validation", 0.15)):
+        section = raw.get(key)
+        if not is_mapping(section):
+            continue
+        if section.get("dataset") is None:
+            section["dataset"] = {}
+        dataset = section["dataset"]
+        if not is_mapping(dataset):
+            continue
+        for name, value in (("local", raw.get("data_local")), ("remote", raw.get("data_remote")),
+                            ("split", split), ("mlm_probability", rate)):
+            if dataset.get(name) is None and value is not None:
+                dataset[name] = value
+
+
+def _default_run_name(raw: dict[str, Any]) -> None:
+    if raw.get("run_name") is None:
+        raw["run_name"] = os.environ.get("COMPOSER_RUN_NAME") or "bert"
+    name = str(raw["run_name"])
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise RunConfigError(f"`run_name: {name}` must be a plain name (it becomes a folder name): no '/', '\\', "
+                             f"'.' or '..'")
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base: Mapping | None = None) -> RunConfig:
+    """Read, merge (`base` <- YAML file <- `key.sub=value` overrides), resolve and type a run file."""
+    sources = []
+    where = "run config"
+    if base is not None:
+        sources.append(OmegaConf.create(dict(base)))
+    if path is not None:
+        sources.append(_read_yaml(Path(path)))
+        where = str(path)
+    cli = _overrides(overrides)
     sources.append(cli)
-    merged = OmegaConf.merge(*sources)
-    free = _referenced_variables(merged)
-    for key in merged.keys():
-        if key not in RUN_DEFAULTS and key not in free:
-            origin = "command line" if key in cli else where
-            raise RunConfigError(
-                f"{origin}: unknown top-level key `{key}`{closest(key, RUN_DEFAULTS)}. "
-                f"(A free variable is allowed only if the file references it as ${{{key}}}.)"
-            )
+    merged = OmegaConf.merge(*sources) if sources else OmegaConf.create({})
+    dollar = _dollar_references(merged)
     try:
-        resolved = OmegaConf.to_container(merged, resolve=True)
+        raw = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         raise RunConfigError(f"{where}: cannot resolve interpolation: {err}") from None
-    resolved["_source"] = where
-    return resolved
+    _check_kind_of_file(raw, where)
+    unknown = [k for k in raw if k not in SCHEMA_KEYS]
+    placeholders = {m.group(1) for s in _strings({k: v for k, v in raw.items() if k not in unknown})
+                    for m in _PLACEHOLDER.finditer(s)}
+    for key in unknown:
+        if key not in dollar and key not in placeholders:
+            origin = "command line" if key in cli else where
+            raise RunConfigError(
+                f"{origin}: unknown top-level key `{key}`{closest(key, SCHEMA_KEYS)}. (A top-level variable is "
+                f"allowed when the file uses it, as ${{{key}}} or as {{{key}}} inside a string.)")
+    variables = {k: raw.pop(k) for k in unknown}
+    raw = _fill_placeholders(raw, {k: v for k, v in variables.items() if v is not None})
+    _default_run_name(raw)
+    _fill_loader_defaults(raw)
+    _legacy_aliases(raw)
+    try:
+        cfg = read_section(RunConfig, raw, "", RunConfigError)
+    except ConfigError as err:
+        raise RunConfigError(f"{where}: {err}") from None
+    cfg.source, cfg.variables = where, variables
+    check_durations(cfg)
+    return cfg
 
 
-def require(cfg: Mapping[str, Any], *keys: str) -> None:
+def _legacy_aliases(raw: dict[str, Any]) -> None:
+    """Old spellings the reference's run files still carry, mapped to today's key with a warning."""
+    model_config = (raw.get("model") or {}).get("model_config") if is_mapping(raw.get("model")) else None
+    if is_mapping(model_config) and "sparse_prediction" in model_config:
+        value = model_config.pop("sparse_prediction")
+        if "masked_prediction" in model_config and model_config["masked_prediction"] != value:
+            raise RunConfigError("model_config sets both `sparse_prediction` and `masked_prediction`, differently; "
+                                 "keep `masked_prediction`")
+        model_config.setdefault("masked_prediction", value)
+        warnings.warn("model_config.sparse_prediction is the old name of `masked_prediction`; read as such",
+                      UserWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def parse_duration(key: str, value: Any):
+    """A Composer Time from a run-file duration, or an error naming the key and the accepted forms."""
+    from composer.core import Time
+
+    if isinstance(value, Time):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RunConfigError(f"`{key}`: {value!r} is not a duration; use e.g. 1000ba, 10_000_000tok, 1ep or 0.5dur")
+    if isinstance(value, (int, float)):
+        raise RunConfigError(f"`{key}: {value}` has no unit; write e.g. {value}ba (batches), {value}ep (epochs), "
+                             f"{value}sp (samples) or {value}tok (tokens)")
+    try:
+        return Time.from_timestring(value.replace("_", ""))
+    except ValueError:
+        raise RunConfigError(f"`{key}`: {value!r} is not a duration; use e.g. 1000ba, 10_000_000tok, 1ep or "
+                             f"0.5dur") from None
+
+
+def check_durations(cfg: RunConfig) -> None:
+    for key in DURATION_KEYS:
+        value = getattr(cfg, key)
+        if value is not None:
+            setattr(cfg, key, str(value) if not isinstance(value, str) else value)
+            parse_duration(key, value)
+
+
+def require(cfg: RunConfig, *keys: str) -> None:
     for key in keys:
-        if cfg.get(key) is None:
-            raise RunConfigError(f"{cfg.get('_source', 'run config')}: `{key}` is required")
+        if getattr(cfg, key) is None:
+            raise RunConfigError(f"{cfg.source}: `{key}` is required")
 
 
-def check_model_section(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    model = cfg.get("model") or {}
-    for key in model:
-        if key not in MODEL_KEYS:
-            raise RunConfigError(f"{cfg.get('_source')}: unknown key `model.{key}`{closest(key, MODEL_KEYS)}")
-    if model.get("name", "flex_bert") != "flex_bert":
-        raise RunConfigError(f"`model.name` must be flex_bert, got {model.get('name')!r}")
-    return model
-
-
-def check_batch_sizes(cfg: Mapping[str, Any], world_size: int) -> tuple[int, int]:
+def check_batch_sizes(cfg: RunConfig, world_size: int) -> tuple[int, int]:
     """(device_train_batch_size, device_eval_batch_size) in sequences; global sizes must divide by the world size."""
     require(cfg, "global_train_batch_size", "device_train_microbatch_size")
-    glob = int(cfg["global_train_batch_size"])
-    micro = int(cfg["device_train_microbatch_size"])
+    glob, micro = cfg.global_train_batch_size, cfg.device_train_microbatch_size
+    for key, value in (("global_train_batch_size", glob), ("device_train_microbatch_size", micro),
+                       ("global_eval_batch_size", cfg.global_eval_batch_size),
+                       ("device_eval_batch_size", cfg.device_eval_batch_size),
+                       ("device_eval_microbatch_size", cfg.device_eval_microbatch_size)):
+        if value is not None and value <= 0:
+            raise RunConfigError(f"`{key}` must be a positive number of sequences, got {value}")
     if glob % world_size:
         raise RunConfigError(
             f"global_train_batch_size {glob} does not divide by the world size {world_size}: "
@@ -158,10 +382,24 @@ def check_batch_sizes(cfg: Mapping[str, Any], world_size: int) -> tuple[int, int
             f"multiple of device_train_microbatch_size {micro} (a packed row holds one microbatch): "
             f"use a multiple of {world_size * micro}"
         )
-    device_eval = cfg.get("device_eval_batch_size")
-    if cfg.get("global_eval_batch_size") is not None:
-        geval = int(cfg["global_eval_batch_size"])
+    device_eval = cfg.device_eval_batch_size
+    if device_eval is None:
+        geval = cfg.global_eval_batch_size if cfg.global_eval_batch_size is not None else glob
         if geval % world_size:
             raise RunConfigError(f"global_eval_batch_size {geval} does not divide by the world size {world_size}")
         device_eval = geval // world_size
-    return device_train, int(device_eval or micro)
+    return device_train, device_eval
+
+
+def schema_help() -> str:
+    """The run-file schema: every key with type, default and doc."""
+    from flexbert.schema import describe, format_rows
+
+    rows = [r for r in describe(RunConfig) if r[0] not in ("source", "variables")]
+    return ("Run-file keys (type, [default], doc). model.model_config keys: `python -m flexbert.registry`.\n"
+            "Top-level keys outside this list are variables, allowed when used as ${name} or {name}.\n\n"
+            + format_rows(rows))
+
+
+__all__ = ["RunConfig", "RunConfigError", "ModelSection", "load_run_config",
+           "check_batch_sizes", "require", "parse_duration", "schema_help", "coerce"]

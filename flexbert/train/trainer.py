@@ -101,6 +101,7 @@ def build_trainer(cfg: Mapping[str, Any]):
     from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
+    from flexbert.train.rng_resume import ResumeRngStates
 
     require(cfg, "max_duration", "train_loader")
     _check_trainer_values(cfg)
@@ -148,6 +149,8 @@ def build_trainer(cfg: Mapping[str, Any]):
         callbacks.append(NonFiniteLossGuard(max_skips=cfg.get("max_nonfinite_skips", 0)))
     if cfg.get("restart_override") and phase_start:
         callbacks.append(RestartOverride(optimizer))
+    resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
+    callbacks.append(resume_rng)
     metrics_path = Path(save_folder) / "metrics.jsonl" if save_folder else None
     loggers = build_loggers(cfg.get("loggers"), metrics_path)
 
@@ -190,6 +193,7 @@ def build_trainer(cfg: Mapping[str, Any]):
         dist_timeout=float(cfg.get("dist_timeout", 600.0)),
         python_log_level=cfg.get("python_log_level"),
     )
+    resume_rng.take_from(trainer)
     reset_time = bool(cfg.get("reset_time")) and phase_start
     return trainer, reset_time
 

@@ -1,0 +1,77 @@
+"""A run resumed from a mid-epoch checkpoint with dropout on equals the uninterrupted run bit for bit, on 1 and 2 ranks.
+
+The reference is an uninterrupted run of the same command. The "killed" run is that run's folder as a kill right after
+checkpoint ba4 leaves it: later checkpoints gone, `latest` naming ba4, metrics.jsonl holding the lines up to ba4. It
+resumes with autoresume; the final weights (torch.equal on every tensor) and every per-step train loss must match.
+Dropout draws from torch's global generator, so the saved RNG states must be restored for this to hold.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import fault_injection as fi
+from flexbert.train.checkpoint_safety import LATEST
+from flexbert.train.trainer import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY, RESUME_AT = 6, 2, 4
+DROPOUT = {f"model.model_config.{key}": 0.1 for key in
+           ("attention_probs_dropout_prob", "attn_out_dropout_prob", "embed_dropout_prob", "mlp_dropout_prob",
+            "head_pred_dropout")}
+
+
+def _overrides(data, folder) -> list[str]:
+    return fi.run_overrides(data, folder, STEPS, EVERY, **DROPOUT)
+
+
+def _as_killed_after(reference: Path, folder: Path, step: int) -> None:
+    """`folder` = `reference` as a SIGKILL right after checkpoint `step` (and its metrics line) would leave it."""
+    shutil.copytree(reference, folder, symlinks=True)
+    for name in os.listdir(folder):
+        match = fi.CHECKPOINT_NAME.match(name)
+        if match and int(match.group(2)) > step:
+            os.remove(folder / name)
+    os.remove(folder / LATEST)
+    os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
+    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] <= step))
+
+
+def _assert_bit_exact(reference: Path, folder: Path) -> None:
+    a, b = fi.final_model_state(reference), fi.final_model_state(folder)
+    assert a.keys() == b.keys()
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"weights differ from the uninterrupted run: {differ}"
+    assert fi.metrics_problems(fi.metrics_lines(reference), fi.metrics_lines(folder)) == []
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
+
+
+def test_resume_with_dropout_is_bit_exact_one_rank(tiny_corpus, tmp_path):
+    reference, folder = tmp_path / "reference", tmp_path / "resumed"
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, reference)]) == 0
+    _as_killed_after(reference, folder, RESUME_AT)
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
+    _assert_bit_exact(reference, folder)
+
+
+def _composer(data, folder) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    cmd = fi.command(2, _overrides(data, folder))
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.mark.multiprocess
+def test_resume_with_dropout_is_bit_exact_two_ranks(tiny_corpus, tmp_path):
+    reference, folder = tmp_path / "reference", tmp_path / "resumed"
+    _composer(tiny_corpus, reference)
+    _as_killed_after(reference, folder, RESUME_AT)
+    _composer(tiny_corpus, folder)
+    _assert_bit_exact(reference, folder)

@@ -88,6 +88,7 @@ def build_trainer(cfg: Mapping[str, Any]):
 
     from flexbert.checkpoint import check_checkpoint_fits, prepare_load_path, read_checkpoint_model_config
     from flexbert.data.loader import LoaderStateCallback
+    from flexbert.folder_lock import hold_folder
     from flexbert.optim.restart import RestartOverride
     from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import (
@@ -107,6 +108,8 @@ def build_trainer(cfg: Mapping[str, Any]):
     _check_trainer_values(cfg)
     device_train, device_eval = check_batch_sizes(cfg, _world_size())
     save_folder = _save_folder(cfg)
+    if save_folder and "://" not in save_folder and _global_rank() == 0:  # rank 0 alone writes the folder
+        hold_folder(save_folder, "training run", cfg.get("run_name"))  # a second run into it fails naming this one
     install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoint_safety)
     if cfg.get("autoresume") and _global_rank() == 0:
         repair_latest(save_folder)  # a kill while `latest` was being re-pointed must not restart the run at 0
@@ -236,11 +239,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.errors import DataError
+    from flexbert.folder_lock import FolderBusyError
     from flexbert.train.checkpoint_safety import CheckpointSaveError
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
     # one clear line. Errors during fit keep their traceback, except the ones that already say what happened.
-    setup_errors = (RunConfigError, FlexBertConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError, TypeError)
+    setup_errors = (RunConfigError, FlexBertConfigError, CheckpointError, FolderBusyError, FileNotFoundError, KeyError,
+                    ValueError, TypeError)
     try:
         cfg = load_run_config(argv[0], argv[1:])
         if cfg.get("python_log_level"):

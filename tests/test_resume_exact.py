@@ -31,8 +31,9 @@ def _overrides(data, folder) -> list[str]:
     return fi.run_overrides(data, folder, STEPS, EVERY, **DROPOUT)
 
 
-def _as_killed_after(reference: Path, folder: Path, step: int) -> None:
-    """`folder` = `reference` as a SIGKILL right after checkpoint `step` (and its metrics line) would leave it."""
+def _as_killed_after(reference: Path, folder: Path, step: int, line_written: bool = True) -> None:
+    """`folder` = `reference` as a SIGKILL right after checkpoint `step` would leave it: later checkpoints and lines
+    gone; with line_written=False also step `step`'s own metrics line (Composer saves before loggers write)."""
     shutil.copytree(reference, folder, symlinks=True)
     for name in os.listdir(folder):
         match = fi.CHECKPOINT_NAME.match(name)
@@ -41,7 +42,7 @@ def _as_killed_after(reference: Path, folder: Path, step: int) -> None:
     os.remove(folder / LATEST)
     os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
     lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] <= step))
+    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] < step + line_written))
 
 
 def _assert_bit_exact(reference: Path, folder: Path) -> None:
@@ -53,12 +54,46 @@ def _assert_bit_exact(reference: Path, folder: Path) -> None:
     assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
 
 
-def test_resume_with_dropout_is_bit_exact_one_rank(tiny_corpus, tmp_path):
-    reference, folder = tmp_path / "reference", tmp_path / "resumed"
-    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, reference)]) == 0
+@pytest.fixture(scope="module")
+def reference(tiny_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume_exact") / "reference"
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
+    return folder
+
+
+def test_resume_with_dropout_is_bit_exact_one_rank(tiny_corpus, reference, tmp_path):
+    folder = tmp_path / "resumed"
     _as_killed_after(reference, folder, RESUME_AT)
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
     _assert_bit_exact(reference, folder)
+
+
+def _same_lines(reference: Path, folder: Path, steps: list[int]) -> None:
+    """The lines of `steps` carry the same step counters, train loss and eval metrics as the uninterrupted run's."""
+    want, got = ({r["batch"]: r for r in fi.metrics_lines(f)} for f in (reference, folder))
+    for step in steps:
+        keys = [k for k in want[step] if k in ("batch", "token", "sample", fi.LOSS_KEY) or k.startswith("metrics/eval")]
+        assert {k: got[step].get(k) for k in keys} == {k: want[step][k] for k in keys}, step
+
+
+def test_a_kill_between_checkpoint_and_its_metrics_line_loses_no_step(tiny_corpus, reference, tmp_path):
+    folder = tmp_path / "resumed"
+    _as_killed_after(reference, folder, RESUME_AT, line_written=False)
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, RESUME_AT))
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
+    _assert_bit_exact(reference, folder)  # includes: every step exactly once, in order
+    _same_lines(reference, folder, [RESUME_AT])
+
+
+def test_the_final_steps_line_and_evaluation_survive_a_kill_after_the_last_checkpoint(tiny_corpus, reference, tmp_path,
+                                                                                         capsys):
+    folder = tmp_path / "resumed"
+    _as_killed_after(reference, folder, STEPS, line_written=False)
+    assert any(k.startswith("metrics/eval") for k in fi.metrics_lines(reference)[-1])
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
+    _same_lines(reference, folder, [STEPS])
 
 
 def _composer(data, folder) -> None:

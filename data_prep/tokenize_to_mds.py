@@ -24,7 +24,7 @@ Rules:
 - Bad input fails with `file:line: message` and exit code 2; with --skip-bad bad records are
   skipped, counted and the first few reported. Input formats: see `data_prep/_io.py`.
 - OUT is built as `OUT.tmp-<pid>` and renamed at the end; an existing non-empty OUT is only
-  replaced with --overwrite.
+  replaced with --overwrite. OUT may not equal, contain or lie inside an input or the tokenizer folder.
 """
 
 from __future__ import annotations
@@ -312,7 +312,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         start = time.time()
-        with atomic_output_dir(args.out, args.overwrite) as tmp:
+        local_tokenizer = [args.tokenizer] if Path(args.tokenizer).expanduser().exists() else []
+        with atomic_output_dir(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer]) as tmp:
             manifest, bad = tokenize(args, tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         bad.print_examples(PROG)

@@ -105,13 +105,23 @@ def install_atomic_checkpoint_writes() -> None:
     checkpoint._write_checkpoint_file = _write_checkpoint_file
 
 
-def is_complete(path: str | os.PathLike) -> bool:
-    """A torch zip checkpoint whose central directory (written last) is present: a truncated file fails this."""
+def damaged_member(path: str | os.PathLike) -> Optional[str]:
+    """Why a torch zip checkpoint cannot be trusted, or None when it is whole: no central directory (written last,
+    so a truncated file has none), or a member whose bytes fail the CRC-32 torch wrote for it (corrupted tensor
+    data, which torch itself would load without complaint). Reads the whole file once."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+            if not archive.namelist():
+                return "an empty archive"
+            bad = archive.testzip()
+            return None if bad is None else f"member '{bad}' fails its CRC check (corrupted data)"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
+        return f"not a complete zip archive ({err})"
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A torch zip checkpoint that is complete and whose every member matches its checksum."""
+    return damaged_member(path) is None
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
@@ -133,8 +143,10 @@ def find_resume_checkpoint(folder: str | os.PathLike | None) -> Optional[Path]:
     if link.exists() and is_complete(link):
         return link
     for _, _, path in reversed(_checkpoints(folder)):
-        if is_complete(path):
+        problem = damaged_member(path)
+        if problem is None:
             return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
     return None
 
 

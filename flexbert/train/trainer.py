@@ -99,9 +99,10 @@ def build_trainer(cfg: Mapping[str, Any]):
         build_tokenizer,
     )
     from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
-    from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
+    from flexbert.train.checkpoint_safety import find_resume_checkpoint, install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
+    from flexbert.train.resume_checks import check_intact, check_resume, check_training_state
     from flexbert.train.rng_resume import ResumeRngStates
 
     require(cfg, "max_duration", "train_loader")
@@ -127,7 +128,13 @@ def build_trainer(cfg: Mapping[str, Any]):
     checkpoint_config = read_checkpoint_model_config(load_path) if load_path and not resuming else None
     composer_model = build_model(cfg, tokenizer, checkpoint_config)
     if load_path and not resuming:  # list every missing / unexpected / mis-shaped key before Composer loads
+        if "://" not in load_path and Path(load_path).is_file():
+            check_intact(load_path)
         check_checkpoint_fits(load_path, composer_model, strict=bool(cfg.get("load_strict_model_weights", True)))
+        if not cfg.get("load_weights_only") and "://" not in load_path and Path(load_path).is_file():
+            check_training_state(load_path)  # optimizer / scheduler entries torch will read
+    if resuming:  # the same list for the run's own checkpoint; say which changed run-file values it overrides
+        check_resume(str(find_resume_checkpoint(save_folder)), composer_model, cfg.get("optimizer"), _global_rank() == 0)
     if cfg.get("init_from_checkpoint"):
         from flexbert.checkpoint import init_from_checkpoint
 

@@ -24,6 +24,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +46,17 @@ class DataError(Exception):
         self.line = line
 
 
+def _file_system_failure(err: BaseException) -> Optional[str]:
+    """'cannot write FILE: No space left on device' for an OSError (full disk, read-only folder, quota, size limit)
+    or for the Rust tokenizers' re-raise of one (`Exception: No space left on device (os error 28)`); else None."""
+    if isinstance(err, OSError) and err.errno is not None:
+        where = f" {err.filename}" if err.filename else ""
+        return f"cannot write{where}: {err.strerror or err}"
+    if re.search(r"\(os error \d+\)", str(err)):
+        return f"cannot write the output: {str(err).strip().splitlines()[0]}"
+    return None
+
+
 def run_main(body: Callable[[], int], prog: str) -> int:
     """Run a tool's body; input errors become one stderr line and exit code 2, Ctrl-C exit code 130.
 
@@ -55,6 +67,12 @@ def run_main(body: Callable[[], int], prog: str) -> int:
     except DataError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 -- only file-system failures are turned into a line; the rest re-raise
+        reason = _file_system_failure(err)
+        if reason is None:
+            raise
+        print(f"{prog}: error: {reason}; nothing was replaced (a previous output, if any, is intact)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output was written", file=sys.stderr)
         return 130

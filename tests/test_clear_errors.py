@@ -119,3 +119,47 @@ def test_changed_lr_before_autoresume_says_the_checkpoints_value_wins(tiny_corpu
     assert len(notes) == 1 and "0.01" in notes[0] and "0.003" in notes[0] and "checkpoint's value is used" in notes[0]
     lr = torch.load(folder / LATEST, weights_only=False)["state"]["schedulers"]["LambdaLR"]["base_lrs"]
     assert lr == [0.003, 0.003]  # and it is: the schedule continued with the saved base lr
+
+
+def _with_file_size_limit(limit: int):
+    """preexec_fn: writes past `limit` bytes per file fail with EFBIG, as on a full disk (root ignores permissions,
+    so a read-only folder cannot be simulated here; both reach the code as an OSError from a write)."""
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _run_limited(args, limit):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, preexec_fn=_with_file_size_limit(limit))
+
+
+def test_failed_checkpoint_write_in_torchs_zip_writer_is_one_line(tiny_corpus, tmp_path):
+    folder = tmp_path / "run"
+    proc = _run_limited(["main.py", *_argv(tiny_corpus, folder, steps=4)], 200_000)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    message = _one_error(proc.stderr)
+    assert "could not write checkpoint" in message and "ep0-ba2-rank0.pt" in message and "File too large" in message
+    assert not [p for p in os.listdir(folder) if p.startswith(".partial-") or p.endswith(".pt")]
+
+
+@pytest.mark.parametrize("tool", ["tokenize_to_mds", "train_tokenizer"])
+def test_failed_write_in_data_preparation_is_one_line(tiny_corpus, tmp_path, tool):
+    out = tmp_path / "out"
+    args = {"tokenize_to_mds": ["--input", tiny_corpus / "corpus", "--tokenizer", tiny_corpus / "tokenizer",
+                                "--max-seq-len", "64"],
+            "train_tokenizer": ["--input", tiny_corpus / "corpus" / "train.jsonl", "--vocab-size", "512"]}[tool]
+    proc = _run_limited([f"data_prep/{tool}.py", *args, "--out", out, "--quiet"], 5_000)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert len(lines) == 1 and "File too large" in lines[0], proc.stderr[-3000:]
+    assert not out.exists() and not list(tmp_path.glob("out.*"))

@@ -67,6 +67,26 @@ def describe_latest(folder: str | os.PathLike) -> str:
     return f"'{link}' -> {target}"
 
 
+def _write_failure(err: BaseException, folder: str) -> Optional[str]:
+    """Why writing failed, when `err` is a failed write: an OSError (ENOSPC, EACCES, EROFS, EFBIG, ...), or the
+    RuntimeError torch's zip writer raises after one (`[enforce fail at inline_container.cc] unexpected pos ...` /
+    `PytorchStreamWriter failed writing file`), which carries the OSError as its context when Python raised it."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return f"{seen.strerror or seen}{f' (errno {seen.errno})' if seen.errno else ''}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if isinstance(err, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text):
+        with contextlib.suppress(OSError):
+            import shutil
+
+            free = shutil.disk_usage(folder).free
+            return f"the file system refused the write ({free / 2**20:.0f} MiB free on it; full disk, quota or limit?)"
+        return "the file system refused the write (full disk, quota or limit?)"
+    return None
+
+
 def atomic_write(write, state_dict: dict[str, Any], filename: str) -> None:
     """`write(state_dict, path)` into a partial file next to `filename`, then rename it onto `filename`."""
     folder, name = os.path.split(os.path.abspath(filename))
@@ -78,10 +98,10 @@ def atomic_write(write, state_dict: dict[str, Any], filename: str) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(partial)
-        if isinstance(err, OSError):
+        reason = _write_failure(err, folder)
+        if reason is not None:
             raise CheckpointSaveError(
-                f"could not write checkpoint '{filename}': {err.strerror or err}"
-                f"{f' (errno {err.errno})' if err.errno else ''}; nothing was replaced, the earlier checkpoints are "
+                f"could not write checkpoint '{filename}': {reason}; nothing was replaced, the earlier checkpoints are "
                 f"intact ({describe_latest(folder)}). Free space or fix the folder, then rerun with autoresume=true."
             ) from err
         raise

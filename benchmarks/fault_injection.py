@@ -1,16 +1,21 @@
 """Kill a training run at random moments, resume it with autoresume each time, compare with an uninterrupted run.
 
-Spec: issue 9 (crash anywhere, resume exactly). Each attempt runs the SAME command (`python main.py ...` or
-`composer -n 2 main.py ...`, `autoresume=true`) on the tiny test setup (tests/conftest.py `tiny_run_overrides`).
+Each attempt runs the SAME command (`python main.py ...` or `composer -n 2 main.py ...`, `autoresume=true`) on the
+tiny test setup (tests/conftest.py `tiny_run_overrides`) with dropout on in every block (`--dropout`, default 0.1)
+and batch-size warmup on (the rows per step grow over the first ~`--warmup-tokens`), checkpoints every
+`--save-interval` batches (default 3, so checkpoints fall inside and after the warmup, not on its steps).
 An attempt that is to be killed is waited on until it has written a checkpoint beyond the one it resumed from; then
-a random step within the next save interval is chosen and the whole process group gets SIGKILL (as a lost node
-would) a random fraction of a step after that step was logged -- mid-step, mid-save or mid-eval. The last attempt
-runs to the end. PASS when, against an uninterrupted run of the same command:
+the whole process group gets SIGKILL (as a lost node would), at a moment drawn per attempt:
+- `step`: a random step within the next save interval is chosen and the kill lands a random fraction of a step after
+  that step was logged -- mid-step, mid-eval, or mid-save when the step was a checkpoint step;
+- `save`: the moment the next checkpoint's partial file appears (mid-write, before the step's metrics line).
+The last attempt runs to the end. PASS when, against an uninterrupted run of the same command:
 - every tensor of the final checkpoint's `state.model` is bit-identical (torch.equal; max |diff| printed),
 - the per-step train losses in metrics.jsonl are identical (no batch repeated or skipped),
 - metrics.jsonl holds each step exactly once, in order.
 
     python benchmarks/fault_injection.py --kills 3 --world-size 2 [--data DIR] [--max-duration 12] [--seed 0]
+    python benchmarks/fault_injection.py --ci          # the short variant CI runs: 1 process, 2 kills, 9 steps
 
 Without --data a tiny corpus (stdlib docs, 512-token tokenizer, MDS at max_seq_len 64) is built first (~15 s).
 Exit code 0 on PASS, 1 on FAIL.
@@ -48,6 +53,15 @@ def build_tiny_corpus(root: Path) -> Path:
     return build(root)
 
 
+DROPOUT_KEYS = ("attention_probs_dropout_prob", "attn_out_dropout_prob", "embed_dropout_prob", "mlp_dropout_prob",
+                "head_pred_dropout")
+
+
+def dropout_overrides(p: float) -> dict[str, float]:
+    """Dropout probability `p` in every block of the model (draws from torch's generator at every step)."""
+    return {f"model.model_config.{key}": p for key in DROPOUT_KEYS}
+
+
 def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: int, **extra) -> list[str]:
     """Tiny settings, checkpoints every `save_interval` batches, autoresume on (harmless on an empty folder)."""
     from tests.conftest import tiny_run_overrides
@@ -56,6 +70,13 @@ def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: in
                   eval_interval=f"{max_duration}ba", loggers="{}", autoresume="true", log_to_console="false")
     values.update(extra)
     return tiny_run_overrides(data, folder, **values)
+
+
+def experiment_overrides(dropout: float, warmup_tokens: Optional[str]) -> dict[str, object]:
+    values: dict[str, object] = dict(dropout_overrides(dropout)) if dropout else {}
+    if warmup_tokens:
+        values["train_loader.batch_size_warmup_tokens"] = warmup_tokens
+    return values
 
 
 def free_port() -> int:
@@ -124,6 +145,33 @@ class _Progress:
         return sorted(self.step_times)[len(self.step_times) // 2] if self.step_times else default
 
 
+def partial_checkpoint_exists(folder: Path) -> bool:
+    """A checkpoint is being written (its `.partial-*` file exists; renamed onto its name when complete)."""
+    from flexbert.train.checkpoint_safety import PARTIAL_PREFIX
+
+    try:
+        return any(name.startswith(PARTIAL_PREFIX) and name.endswith(".pt") for name in os.listdir(folder))
+    except FileNotFoundError:
+        return False
+
+
+def kill_during_save(proc: subprocess.Popen, folder: Path, timeout: float) -> Optional[dict]:
+    """SIGKILL `proc`'s process group as soon as a checkpoint write is seen in progress, after the attempt wrote one
+    checkpoint beyond the one it resumed from (so every attempt makes progress). None when the run ended first."""
+    deadline, start = time.monotonic() + timeout, newest_checkpoint_batch(folder)
+    while newest_checkpoint_batch(folder) <= start or not partial_checkpoint_exists(folder):
+        if proc.poll() is not None:
+            return None
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise TimeoutError(f"the run made no progress within {timeout:.0f} s")
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return {"mode": "save", "resumed_from": start, "killed_in_step": last_logged_batch(folder) + 1,
+            "newest_checkpoint": newest_checkpoint_batch(folder)}
+
+
 def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random, max_delay: float,
                         timeout: float, max_duration: int, save_interval: int) -> Optional[dict]:
     """SIGKILL `proc`'s process group at a random moment after it wrote a checkpoint newer than the one it resumed
@@ -155,7 +203,8 @@ def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random
         return None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    return {"resumed_from": start, "killed_in_step": last_logged_batch(folder) + 1, "delay_s": round(delay, 3),
+    return {"mode": "step", "resumed_from": start, "killed_in_step": last_logged_batch(folder) + 1,
+            "delay_s": round(delay, 3),
             "newest_checkpoint": newest_checkpoint_batch(folder)}
 
 
@@ -228,37 +277,48 @@ def compare_runs(reference: Path, folder: Path) -> tuple[dict[str, Optional[floa
 def run_experiment(data: Path, workdir: Path, *, world_size: int = 1, kills: int = 3, seed: int = 0,
                    max_duration: int = 12, save_interval: int = 2, max_delay: float = 1.5,
                    reference: Optional[Path] = None, recheck: bool = True, timeout: float = 300.0,
-                   log: Callable[[str], None] = print) -> Result:
+                   extra: Optional[dict] = None, save_kill_share: float = 0.0,
+                   modes: Optional[list[str]] = None, log: Callable[[str], None] = print) -> Result:
     """Kill the run `kills` times at random moments, resume each time, compare with `reference` (an uninterrupted
     run's save folder with the same settings; run here first when None).
+
+    extra: more overrides for every run (dropout, warmup: `experiment_overrides`). save_kill_share: the share of
+    kills that land mid-save (`kill_during_save`) rather than at a random moment of a step; `modes` ("save" /
+    "step" per attempt, repeated) fixes the choice instead.
 
     recheck: on a mismatch, run the uninterrupted command once more. If the two uninterrupted runs disagree, the
     baseline itself is not reproducible (seen only when the source tree was edited between runs: each process
     imports the code as it is at its start); the result then PASSes only if the resumed run equals the second
     uninterrupted run bit for bit, and a note says so."""
-    rng = random.Random(seed)
+    rng, extra = random.Random(seed), dict(extra or {})
     workdir.mkdir(parents=True, exist_ok=True)
 
     def uninterrupted(name: str) -> Path:
         out = workdir / name
         log(f"{name} run ({world_size} process(es), {max_duration} batches) ...")
-        run_to_end(lambda: command(world_size, run_overrides(data, out, max_duration, save_interval)),
+        run_to_end(lambda: command(world_size, run_overrides(data, out, max_duration, save_interval, **extra)),
                    workdir / f"{name}.log", timeout)
         return out
 
     reference = reference or uninterrupted("uninterrupted")
     folder = workdir / "interrupted"
-    cmd_for = lambda: command(world_size, run_overrides(data, folder, max_duration, save_interval))  # noqa: E731
+    cmd_for = lambda: command(world_size, run_overrides(data, folder, max_duration, save_interval, **extra))  # noqa: E731
     result = Result(passed=False)
     for attempt in range(kills):
         proc = launch(cmd_for(), workdir / f"attempt{attempt}.log")
-        killed = kill_after_progress(proc, folder, rng, max_delay, timeout, max_duration, save_interval)
+        mode = modes[attempt % len(modes)] if modes else ("save" if rng.random() < save_kill_share else "step")
+        if mode == "save":
+            killed = kill_during_save(proc, folder, timeout)
+        else:
+            killed = kill_after_progress(proc, folder, rng, max_delay, timeout, max_duration, save_interval)
         if killed is None:
             log(f"attempt {attempt}: finished before it could be killed (exit {proc.wait()})")
             break
         result.kills.append(killed)
+        when = ("while writing a checkpoint" if killed["mode"] == "save" else
+                f"{killed['delay_s']} s after step {killed['killed_in_step'] - 1} was logged")
         log(f"attempt {attempt} (resumed from ba{killed['resumed_from']}): SIGKILL in step {killed['killed_in_step']}, "
-            f"{killed['delay_s']} s after step {killed['killed_in_step'] - 1} was logged")
+            f"{when}")
     log("final attempt: resume to the end ...")
     run_to_end(cmd_for, workdir / "final.log", timeout)
 
@@ -297,17 +357,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", type=Path, help="a tiny_corpus folder (tokenizer/ and mds/); built when omitted")
     parser.add_argument("--workdir", type=Path, help="where runs go (default: a temporary folder)")
     parser.add_argument("--max-duration", type=int, default=12, help="batches")
-    parser.add_argument("--save-interval", type=int, default=2, help="batches between checkpoints")
+    parser.add_argument("--save-interval", type=int, default=3, help="batches between checkpoints [3]")
     parser.add_argument("--max-delay", type=float, default=1.5, help="longest wait after a checkpoint before a kill (s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout in every block [0.1]")
+    parser.add_argument("--warmup-tokens", default="2500tok", help="batch-size warmup length [2500tok]")
+    parser.add_argument("--save-kill-share", type=float, default=0.4, help="share of kills landing mid-save [0.4]")
+    parser.add_argument("--ci", action="store_true", help="the short variant: 1 process, 2 kills (one mid-save), "
+                                                          "9 steps, checkpoints every 4")
     args = parser.parse_args(argv)
+    if args.ci:
+        args.world_size, args.kills, args.max_duration, args.save_interval = 1, 2, 9, 4
     with tempfile.TemporaryDirectory(prefix="fault_injection_") as tmp:
         workdir = args.workdir or Path(tmp)
         data = args.data or build_tiny_corpus(Path(tmp) / "data")
         start = time.time()
         result = run_experiment(data, workdir, world_size=args.world_size, kills=args.kills, seed=args.seed,
                                 max_duration=args.max_duration, save_interval=args.save_interval,
-                                max_delay=args.max_delay)
+                                max_delay=args.max_delay, save_kill_share=args.save_kill_share,
+                                modes=["save", "step"] if args.ci else None,
+                                extra=experiment_overrides(args.dropout, args.warmup_tokens))
         report(result)
         print(f"({time.time() - start:.0f} s)")
     return 0 if result.passed else 1

@@ -24,11 +24,12 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -45,6 +46,17 @@ class DataError(Exception):
         self.line = line
 
 
+def _file_system_failure(err: BaseException) -> Optional[str]:
+    """'cannot write FILE: No space left on device' for an OSError (full disk, read-only folder, quota, size limit)
+    or for the Rust tokenizers' re-raise of one (`Exception: No space left on device (os error 28)`); else None."""
+    if isinstance(err, OSError) and err.errno is not None:
+        where = f" {err.filename}" if err.filename else ""
+        return f"cannot write{where}: {err.strerror or err}"
+    if re.search(r"\(os error \d+\)", str(err)):
+        return f"cannot write the output: {str(err).strip().splitlines()[0]}"
+    return None
+
+
 def run_main(body: Callable[[], int], prog: str) -> int:
     """Run a tool's body; input errors become one stderr line and exit code 2, Ctrl-C exit code 130.
 
@@ -55,6 +67,12 @@ def run_main(body: Callable[[], int], prog: str) -> int:
     except DataError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 -- only file-system failures are turned into a line; the rest re-raise
+        reason = _file_system_failure(err)
+        if reason is None:
+            raise
+        print(f"{prog}: error: {reason}; nothing was replaced (a previous output, if any, is intact)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; no output was written", file=sys.stderr)
         return 130
@@ -62,6 +80,60 @@ def run_main(body: Callable[[], int], prog: str) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Atomic output folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _leftovers(out: Path, kind: str) -> List[Tuple[Path, int]]:
+    """(folder, pid) of `OUT.<kind>-<pid>` siblings whose process is gone (a live one is another run at work)."""
+    found = []
+    for path in out.parent.glob(f"{glob.escape(out.name)}.{kind}-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            found.append((path, int(pid)))
+    return sorted(found, key=lambda item: item[0].stat().st_mtime)
+
+
+def recover_interrupted_swap(out: Path) -> None:
+    """Undo what a kill during the final swap of `atomic_output_dir` left, so OUT is the last complete output.
+
+    The swap renames OUT to `OUT.old-<pid>`, then `OUT.tmp-<pid>` to OUT, then deletes the old one. Killed between the
+    two renames, OUT is missing: the old output is moved back (the new one is not trusted: a `.tmp-` folder may just as
+    well be an unfinished build). Killed after them, the `.old-` folder is garbage. Unfinished `.tmp-` folders of dead
+    processes are deleted."""
+    olds = _leftovers(out, "old")
+    if olds and not out.exists():
+        newest = olds.pop()[0]
+        newest.rename(out)
+        print(f"recovered {out} from {newest.name}, left by an interrupted run", file=sys.stderr)
+    for path, _ in olds + _leftovers(out, "tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_disjoint(out: Path, inputs: Sequence[os.PathLike | str]) -> None:
+    """Refuse an output folder that equals, contains or lies inside an input: replacing it would delete the input,
+    and writing inside an input would feed the output into the next read of that input."""
+    target = Path(os.path.realpath(out))
+    for given in inputs:
+        text = str(given)
+        if glob.has_magic(text):  # the fixed part of a pattern is the folder it reads
+            text = text[: min(text.index(c) for c in "*?[" if c in text)]
+            text = text if text.endswith(os.sep) else os.path.dirname(text)
+        source = Path(os.path.realpath(text or "."))
+        if target == source:
+            raise DataError(f"--out {out} is the input {given}; choose a separate output folder")
+        if source.is_relative_to(target):
+            raise DataError(f"--out {out} contains the input {given}; replacing it would delete the input")
+        if target.is_relative_to(source):
+            raise DataError(f"--out {out} is inside the input {given}; choose a folder outside the input")
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -73,14 +145,18 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: os.PathLike, overwrite: bool = False,
+                      inputs: Sequence[os.PathLike | str] = ()) -> Iterator[Path]:
     """Yield a fresh temporary sibling `OUT.tmp-<pid>`; on success it is renamed to `OUT`.
 
     On any exception (including KeyboardInterrupt) the temporary folder is removed and `OUT` is left
     untouched. A run killed with SIGKILL leaves only the `.tmp-<pid>` folder, which no reader mistakes
-    for a finished output.
+    for a finished output; killed during the final swap it leaves `OUT.old-<pid>`, which the next run
+    moves back (`recover_interrupted_swap`). `inputs` (files, folders, globs) must not overlap OUT.
     """
     out = Path(out)
+    check_disjoint(out, inputs)
+    recover_interrupted_swap(out)
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"

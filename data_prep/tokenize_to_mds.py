@@ -8,7 +8,8 @@ Output (read it back with `streaming.LocalDataset(local=OUT, split="train")`):
   (piece of a) document, single column `input_ids` of type `ndarray:uint16` (`ndarray:uint32` when
   the vocabulary does not fit in 16 bits). Every sample is `[CLS] tokens [SEP]`, at most
   --max-seq-len long. A split with no samples gets no folder.
-- OUT/manifest.json: tokenizer, vocab size, dtype, max_seq_len and counts per split.
+- OUT/manifest.json: tokenizer, vocab size, the tokenizer's identity (hash of its vocabulary and special
+  tokens, checked by training), dtype, max_seq_len and counts per split.
 
 Rules:
 - Splits: an input file named `train*` (or inside a folder `train/`) goes to train, one named
@@ -24,7 +25,7 @@ Rules:
 - Bad input fails with `file:line: message` and exit code 2; with --skip-bad bad records are
   skipped, counted and the first few reported. Input formats: see `data_prep/_io.py`.
 - OUT is built as `OUT.tmp-<pid>` and renamed at the end; an existing non-empty OUT is only
-  replaced with --overwrite.
+  replaced with --overwrite. OUT may not equal, contain or lie inside an input or the tokenizer folder.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from data_prep._io import (
     progress,
     run_main,
 )
+from flexbert.tokenizer_identity import IDENTITY_KEY, tokenizer_identity
 
 PROG = "tokenize_to_mds"
 SPLITS = ("train", "validation")
@@ -286,6 +288,7 @@ def tokenize(args: argparse.Namespace, out_tmp: Path) -> Tuple[Dict[str, Any], B
     return {
         "tokenizer": tokenizer_ref,
         "vocab_size": vocab_size,
+        IDENTITY_KEY: tokenizer_identity(tokenizer),  # training refuses shards made with another tokenizer
         "column": "input_ids",
         "dtype": dtype,
         "max_seq_len": args.max_seq_len,
@@ -312,7 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         start = time.time()
-        with atomic_output_dir(args.out, args.overwrite) as tmp:
+        local_tokenizer = [args.tokenizer] if Path(args.tokenizer).expanduser().exists() else []
+        with atomic_output_dir(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer]) as tmp:
             manifest, bad = tokenize(args, tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         bad.print_examples(PROG)

@@ -36,6 +36,7 @@ from data_prep._io import (
     add_input_arguments,
     argument_parser,
     atomic_output_dir,
+    check_disjoint,
     expand_inputs,
     folder_size,
     human_bytes,
@@ -133,6 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         start = time.time()
+        check_disjoint(Path(args.out), args.input)  # before training: --overwrite must never delete an input
         files = expand_inputs(args.input)
         bad = BadRecords(skip=args.skip_bad)
         stats = {"docs": 0, "chars": 0}
@@ -152,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         learned = tokenizer.get_vocab_size(with_added_tokens=True)
         n_unused = pad_vocab(tokenizer, args.pad_multiple)
         hf_tokenizer = to_transformers(tokenizer, args.model_max_length)
-        with atomic_output_dir(args.out, args.overwrite) as tmp:
+        with atomic_output_dir(args.out, args.overwrite, inputs=args.input) as tmp:
             hf_tokenizer.save_pretrained(str(tmp))
             record = {
                 "inputs": [str(f) for f in files],

@@ -88,14 +88,22 @@ def safe_torch_load(path, map_location: str = "cpu", mmap: bool = False) -> Any:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
-            # torch's message is a page of advice; the line that matters follows "WeightsUnpickler error:".
-            found = re.search(r"WeightsUnpickler error: (.*)", str(err))
-            reason = found.group(1).strip() if found else str(err).strip().splitlines()[-1]
-            reason = reason.split(" Please use `torch.serialization")[0]
             raise UnsafeCheckpointError(
-                f"{path}: refused by the safe loader: {reason} (Composer checkpoints need only tensors, numpy "
-                f"arrays, timedelta and TorchVersion; this file names something else)"
+                f"{path}: refused by the safe loader: {_refusal_reason(str(err))} (Composer checkpoints need only "
+                f"tensors, numpy arrays, timedelta and TorchVersion; this file names something else)"
             ) from None
+
+
+def _refusal_reason(text: str) -> str:
+    """What torch's page of advice says was refused: the blocked global by name when it names one (torch words it
+    differently for a blocked module, `GLOBAL posix.system whose module posix is blocked`, and for a global outside
+    its allow-list, `Unsupported global: GLOBAL fractions.Fraction ...`)."""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it references the Python global `{found.group(1)}`, which is not on the allow-list"
+    found = re.search(r"WeightsUnpickler error: (.*)", text)
+    reason = found.group(1).strip() if found else text.strip().splitlines()[0]
+    return reason.split(" Please use `torch.serialization")[0]
 
 
 def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = None) -> bool:
@@ -104,6 +112,11 @@ def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = Non
     `specs` (byte ranges) is given only for sharded `.distcp` files, which torch.distributed.checkpoint reads
     itself; those are passed through unchanged."""
     if specs is None and os.path.isfile(path):
+        from flexbert.train.checkpoint_safety import damaged_member
+
+        problem = damaged_member(path) if zipfile.is_zipfile(path) else None
+        if problem:  # torch would load flipped tensor bytes silently
+            raise UnreadableCheckpointError(f"{path}: damaged checkpoint: {problem}")
         try:
             safe_torch_load(path, mmap=True)
         except UnreadableCheckpointError:

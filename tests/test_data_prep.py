@@ -407,3 +407,71 @@ def test_zstd_compression_reads_back(tmp_path, tokenizer_dir, hf_tok):
         packed = (out / "train" / shard["zip_data"]["basename"]).read_bytes()
         (out / "train" / shard["raw_data"]["basename"]).write_bytes(zstd.decompress(packed))
     assert [hf_tok.decode(s, skip_special_tokens=True) for s in read_split(out, "train")] == ROUND_TRIP_TEXTS
+
+
+@pytest.mark.parametrize("layout", ["out_is_input", "out_contains_input", "out_inside_input", "out_contains_tokenizer"])
+def test_output_overlapping_an_input_is_refused_and_nothing_is_deleted(tmp_path, tokenizer_dir, layout, capsys):
+    import shutil
+
+    data = tmp_path / "D"
+    (data / "corpus").mkdir(parents=True)
+    write_jsonl(data / "corpus" / "docs.jsonl", ["a document", "another one"])
+    (data / "notes.txt.keep").write_text("unrelated file")
+    tokenizer = tokenizer_dir
+    if layout == "out_contains_tokenizer":
+        tokenizer = shutil.copytree(tokenizer_dir, data / "tok")
+    inputs, out = {
+        "out_is_input": ([f"{data}/"], data),
+        "out_contains_input": ([data / "corpus"], data),
+        "out_inside_input": ([data], data / "mds"),
+        "out_contains_tokenizer": ([tmp_path / "elsewhere.jsonl"], data),
+    }[layout]
+    write_jsonl(tmp_path / "elsewhere.jsonl", ["text"])
+    before = files_of(tmp_path)
+    assert run_mds(inputs, tokenizer, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--out {out}" in err, err
+    assert files_of(tmp_path) == before and not (data / "mds").exists()
+
+
+def test_tokenizer_output_overlapping_its_input_is_refused(tmp_path, capsys):
+    data = tmp_path / "D"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", ["some text"] * 20)
+    argv = ["--input", str(data), "--vocab-size", "300", "--out", str(data), "--overwrite", "--quiet"]
+    assert train_tokenizer.main(argv) == 2
+    assert "is the input" in capsys.readouterr().err and (data / "train.jsonl").exists()
+
+
+KILL_DURING_SWAP = """
+import os, signal, sys
+from pathlib import Path
+real_rename, calls = Path.rename, [0]
+def rename(self, target):  # the swap's second rename (new output into place) never happens: SIGKILL first
+    calls[0] += 1
+    if calls[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(self, target)
+Path.rename = rename
+from data_prep import tokenize_to_mds
+sys.exit(tokenize_to_mds.main(sys.argv[1:]))
+"""
+
+
+def test_kill_between_the_swaps_renames_is_recovered_by_the_next_run(tmp_path, tokenizer_dir, capsys):
+    src = write_jsonl(tmp_path / "docs.jsonl", ["first version"])
+    out = tmp_path / "mds"
+    assert run_mds([src], tokenizer_dir, out, "--val-fraction", "0") == 0
+    old = files_of(out)
+    write_jsonl(src, ["second version", "two documents"])
+    argv = ["--input", str(src), "--tokenizer", str(tokenizer_dir), "--out", str(out), "--quiet", "--overwrite",
+            "--val-fraction", "0"]
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SWAP, *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists() and list(tmp_path.glob("mds.old-*")) and list(tmp_path.glob("mds.tmp-*"))
+
+    assert run_mds([src], tokenizer_dir, out, "--val-fraction", "0") == 2  # no --overwrite: the old output is back
+    assert "recovered" in capsys.readouterr().err and files_of(out) == old
+    assert not list(tmp_path.glob("mds.*-*"))
+    assert run_mds([src], tokenizer_dir, out, "--val-fraction", "0", "--overwrite") == 0
+    assert len(read_split(out, "train")) == 2

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from flexbert.folder_lock import FolderBusyError, hold_folder
 from flexbert.sweep.spec import SweepError, SweepSpec, Variant, render_overrides, render_value
 from flexbert.sweep.state import RESUMABLE, SweepState
 from flexbert.sweep.validate import Validation, launcher_world_size, validate_variant
@@ -213,6 +214,10 @@ def run_one(spec: SweepSpec, run: PlannedRun, state: SweepState, launcher: str, 
 
 def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retry_failed: bool = False) -> SweepState:
     """Validate every variant, then run the unfinished ones in order. Returns the final state."""
+    try:  # one sweep per folder: a second one would launch every variant again beside the first
+        hold_folder(out, "sweep", spec.name)
+    except FolderBusyError as err:
+        raise SweepError(str(err)) from None
     state = SweepState(out, spec.name)
     runs = plan_runs(spec, out)
     check_fingerprints(runs, state)

@@ -98,6 +98,17 @@ def check_data_folder(cfg: RunConfig, key: str) -> None:
         raise RunConfigError(f"{key}: split '{split}' not found in '{folder}' (it has: {', '.join(existing) or 'no splits'})")
 
 
+def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
+    """Local shards carry the identity of the tokenizer that made them (manifest.json); refuse another one."""
+    from flexbert.tokenizer_identity import shards_tokenizer_mismatch
+
+    dataset = cfg.loader(key).dataset
+    if dataset.local and not dataset.remote:
+        problem = shards_tokenizer_mismatch(dataset.local, tokenizer, str(cfg.tokenizer()))
+        if problem:
+            raise RunConfigError(f"{key}: {problem}")
+
+
 def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int):
     from flexbert.data.loader import DATA_LOADERS
 

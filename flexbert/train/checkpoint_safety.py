@@ -67,6 +67,26 @@ def describe_latest(folder: str | os.PathLike) -> str:
     return f"'{link}' -> {target}"
 
 
+def _write_failure(err: BaseException, folder: str) -> Optional[str]:
+    """Why writing failed, when `err` is a failed write: an OSError (ENOSPC, EACCES, EROFS, EFBIG, ...), or the
+    RuntimeError torch's zip writer raises after one (`[enforce fail at inline_container.cc] unexpected pos ...` /
+    `PytorchStreamWriter failed writing file`), which carries the OSError as its context when Python raised it."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return f"{seen.strerror or seen}{f' (errno {seen.errno})' if seen.errno else ''}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if isinstance(err, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text):
+        with contextlib.suppress(OSError):
+            import shutil
+
+            free = shutil.disk_usage(folder).free
+            return f"the file system refused the write ({free / 2**20:.0f} MiB free on it; full disk, quota or limit?)"
+        return "the file system refused the write (full disk, quota or limit?)"
+    return None
+
+
 def atomic_write(write, state_dict: dict[str, Any], filename: str) -> None:
     """`write(state_dict, path)` into a partial file next to `filename`, then rename it onto `filename`."""
     folder, name = os.path.split(os.path.abspath(filename))
@@ -78,10 +98,10 @@ def atomic_write(write, state_dict: dict[str, Any], filename: str) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(partial)
-        if isinstance(err, OSError):
+        reason = _write_failure(err, folder)
+        if reason is not None:
             raise CheckpointSaveError(
-                f"could not write checkpoint '{filename}': {err.strerror or err}"
-                f"{f' (errno {err.errno})' if err.errno else ''}; nothing was replaced, the earlier checkpoints are "
+                f"could not write checkpoint '{filename}': {reason}; nothing was replaced, the earlier checkpoints are "
                 f"intact ({describe_latest(folder)}). Free space or fix the folder, then rerun with autoresume=true."
             ) from err
         raise
@@ -105,13 +125,23 @@ def install_atomic_checkpoint_writes() -> None:
     checkpoint._write_checkpoint_file = _write_checkpoint_file
 
 
-def is_complete(path: str | os.PathLike) -> bool:
-    """A torch zip checkpoint whose central directory (written last) is present: a truncated file fails this."""
+def damaged_member(path: str | os.PathLike) -> Optional[str]:
+    """Why a torch zip checkpoint cannot be trusted, or None when it is whole: no central directory (written last,
+    so a truncated file has none), or a member whose bytes fail the CRC-32 torch wrote for it (corrupted tensor
+    data, which torch itself would load without complaint). Reads the whole file once."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return bool(archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+            if not archive.namelist():
+                return "an empty archive"
+            bad = archive.testzip()
+            return None if bad is None else f"member '{bad}' fails its CRC check (corrupted data)"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
+        return f"not a complete zip archive ({err})"
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A torch zip checkpoint that is complete and whose every member matches its checksum."""
+    return damaged_member(path) is None
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
@@ -133,8 +163,10 @@ def find_resume_checkpoint(folder: str | os.PathLike | None) -> Optional[Path]:
     if link.exists() and is_complete(link):
         return link
     for _, _, path in reversed(_checkpoints(folder)):
-        if is_complete(path):
+        problem = damaged_member(path)
+        if problem is None:
             return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
     return None
 
 

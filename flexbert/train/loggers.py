@@ -1,8 +1,15 @@
 """Logger destinations: Composer's console and Weights & Biases, plus `metrics.jsonl` for scripts and sweeps.
 
 `metrics.jsonl` holds one JSON object per logged step: `{"batch": N, "token": T, "sample": S, <metric>: value}`.
-Train and eval metrics of a step share its line. A resumed run first drops the lines of batches after the checkpoint it resumed from, so the file continues
-without duplicated steps. Lines are flushed as written: a crash loses at most the line being written.
+Train and eval metrics of a step share its line. Lines are flushed as written: a crash loses at most the line being
+written.
+
+Every step appears exactly once after any kill and resume. Composer writes a checkpoint (a non-logger callback) before
+loggers see the same event, so a kill can land after checkpoint N is on disk but before step N's line is: the line
+therefore travels in the checkpoint (this logger's `state_dict` is the record of the step being saved, evaluation
+included). A resumed run drops the lines of batches after the checkpoint it resumed from (the killed attempt went
+further than its last checkpoint) and writes the checkpoint's own line when the file lacks it -- at fit start, or at
+close when the checkpoint was already the last step and nothing trains.
 """
 
 from __future__ import annotations
@@ -29,20 +36,43 @@ class MetricsJsonl(LoggerDestination):
         self._state: Optional[State] = None
         self._pending: dict[str, Any] = {}
         self._last: Optional[tuple[int, dict]] = None  # (file offset, record) of the last line written
+        self._checkpoint_record: Optional[dict] = None  # the line of the step a loaded checkpoint was saved at
+        self._repaired = False
 
     def init(self, state: State, logger: Logger) -> None:
         self._state = state
 
-    def fit_start(self, state: State, logger: Logger) -> None:
-        if dist.get_global_rank() != 0:
-            return
+    def state_dict(self) -> dict[str, Any]:
+        """The line of the step being checkpointed, as `_flush` is about to write it (see the module docstring)."""
+        if self._state is None:
+            return {}
+        ts = self._state.timestamp
+        record = {"batch": int(ts.batch), "token": int(ts.token), "sample": int(ts.sample)}
+        if self._last is not None and self._last[1]["batch"] == record["batch"]:
+            record = {**self._last[1], **record}
+        return {"step_record": {**record, **self._pending}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._checkpoint_record = state.get("step_record")
+
+    def _repair(self, resumed_at: int) -> None:
+        """Keep the lines up to the resumed step and add that step's line from the checkpoint if it was lost."""
+        self._repaired = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        resumed_at = int(state.timestamp.batch)
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _batch_of(line) is not None and _batch_of(line) <= resumed_at]
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if _batch_of(line) is not None and _batch_of(line) <= resumed_at]
+        record = self._checkpoint_record
+        if record is not None and record.get("batch") == resumed_at and resumed_at not in map(_batch_of, kept):
+            kept.append(json.dumps(record))
+        if kept != lines:
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        self._repair(int(state.timestamp.batch))
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
@@ -80,6 +110,8 @@ class MetricsJsonl(LoggerDestination):
         self._flush()
 
     def close(self, state: State, logger: Logger) -> None:
+        if self._file is None and not self._repaired and self._checkpoint_record and dist.get_global_rank() == 0:
+            self._repair(int(state.timestamp.batch))  # resumed at max_duration: fit never started
         self._flush()
         if self._file is not None:
             self._file.close()

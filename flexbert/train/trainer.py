@@ -38,19 +38,25 @@ def build_trainer(cfg: RunConfig):
 
     from flexbert.checkpoint import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
     from flexbert.data.loader import LoaderStateCallback
+    from flexbert.folder_lock import hold_folder
     from flexbert.optim.restart import RestartOverride
     from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import build_algorithms, build_loader, build_model, build_optimization
     from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
-    from flexbert.train.checkpoint_safety import install_atomic_checkpoint_writes, repair_latest
+    from flexbert.train.checkpoint_safety import find_resume_checkpoint, install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
+    from flexbert.train.resume_checks import check_resume
+    from flexbert.train.rng_resume import ResumeRngStates
     from flexbert.train.validate import eval_sizes, validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
     install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoint_safety)
+    save_folder = cfg.resolved_save_folder()
+    if save_folder and "://" not in save_folder and _global_rank() == 0:  # rank 0 alone writes the folder
+        hold_folder(save_folder, "training run", cfg.run_name)  # a second run into it fails naming this one
     if cfg.autoresume and _global_rank() == 0:
-        repair_latest(cfg.resolved_save_folder())  # a kill while `latest` was re-pointed must not restart at 0
+        repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
     plan = validate_run(cfg, _world_size(), _global_rank())
 
     # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
@@ -59,6 +65,9 @@ def build_trainer(cfg: RunConfig):
     composer_model = build_model(cfg, plan.tokenizer, plan.checkpoint_config)
     if plan.phase_start:  # list every missing / unexpected / mis-shaped key before Composer loads
         check_checkpoint_fits(plan.load_path, composer_model, strict=cfg.load_strict_model_weights)
+    if plan.resuming:  # the run's own checkpoint: every mismatch listed; say which changed run-file values it overrides
+        check_resume(str(find_resume_checkpoint(plan.save_folder)), composer_model,
+                     {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay}, _global_rank() == 0)
     if cfg.model.pretrained_checkpoint and not plan.resuming:
         load_pretrained_checkpoint(cfg.model.pretrained_checkpoint, composer_model.model)
     if cfg.init_from_checkpoint is not None and not plan.resuming:
@@ -84,6 +93,8 @@ def build_trainer(cfg: RunConfig):
         callbacks.append(NonFiniteLossGuard(max_skips=cfg.max_nonfinite_skips))
     if cfg.restart_override and plan.phase_start:
         callbacks.append(RestartOverride(optimizer))
+    resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
+    callbacks.append(resume_rng)
     metrics_path = Path(plan.save_folder) / "metrics.jsonl" if plan.save_folder else None
     loggers = build_loggers(cfg.loggers, metrics_path)
 
@@ -127,6 +138,7 @@ def build_trainer(cfg: RunConfig):
         dist_timeout=cfg.dist_timeout,
         python_log_level=cfg.python_log_level,
     )
+    resume_rng.take_from(trainer)
     reset_time = cfg.reset_time and plan.phase_start
     return trainer, reset_time
 
@@ -193,12 +205,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--dry-run"]
     from flexbert.checkpoint import CheckpointError
     from flexbert.errors import DataError
+    from flexbert.folder_lock import FolderBusyError
     from flexbert.schema import ConfigError
     from flexbert.train.checkpoint_safety import CheckpointSaveError
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
     # one clear line. Errors during fit keep their traceback, except the ones that already say what happened.
-    setup_errors = (ConfigError, CheckpointError, FileNotFoundError, KeyError, ValueError, TypeError)
+    setup_errors = (ConfigError, CheckpointError, FolderBusyError, FileNotFoundError, KeyError, ValueError, TypeError)
     try:
         cfg = load_run_config(argv[0], argv[1:])
         if cfg.python_log_level:

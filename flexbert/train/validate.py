@@ -100,9 +100,9 @@ def resolve_precision(cfg: RunConfig) -> str:
     return precision
 
 
-def _check_loaders(cfg: RunConfig, device_train: int, device_eval: int) -> None:
+def _check_loaders(cfg: RunConfig, tokenizer, device_train: int, device_eval: int) -> None:
     from flexbert.data.warmup import BatchSizeWarmup
-    from flexbert.train.builders import check_data_folder
+    from flexbert.train.builders import check_data_folder, check_shards_tokenizer
 
     micro = cfg.device_train_microbatch_size
     for key in ("train_loader", "eval_loader"):
@@ -113,6 +113,7 @@ def _check_loaders(cfg: RunConfig, device_train: int, device_eval: int) -> None:
             raise RunConfigError(f"`{key}.dataset.max_seq_len` ({section.dataset.max_seq_len}) differs from "
                                  f"max_seq_len ({cfg.max_seq_len})")
         check_data_folder(cfg, key)
+        check_shards_tokenizer(cfg, tokenizer, key)
     try:
         BatchSizeWarmup.from_config(cfg.train_loader.batch_size_warmup_min_size,
                                     cfg.train_loader.batch_size_warmup_tokens,
@@ -173,6 +174,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     from flexbert.train.callbacks import build_callbacks
     from flexbert.train.checkpoint_safety import find_resume_checkpoint
     from flexbert.train.loggers import build_loggers
+    from flexbert.train.resume_checks import check_intact, check_training_state
 
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",
             "device_train_microbatch_size")
@@ -191,13 +193,18 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     composer_model = _meta_model(cfg, tokenizer, checkpoint_config)
     params = sum(p.numel() for p in composer_model.model.parameters())
     if phase_start:
+        local_file = "://" not in load_path and Path(load_path).is_file()
+        if local_file:
+            check_intact(load_path)
         check_checkpoint_fits(load_path, composer_model, strict=cfg.load_strict_model_weights)
+        if local_file and not cfg.load_weights_only:
+            check_training_state(load_path)  # optimizer / scheduler entries torch will read
     if cfg.model.pretrained_checkpoint:
         check_pretrained_checkpoint(cfg.model.pretrained_checkpoint, composer_model.model)
     if cfg.init_from_checkpoint is not None:
         check_init_from_checkpoint(cfg.init_from_checkpoint, composer_model.model.config.pad_token_id,
                                    str(Path(cfg.source).parent))
-    _check_loaders(cfg, device_train, device_eval)
+    _check_loaders(cfg, tokenizer, device_train, device_eval)
     build_scheduler(cfg.scheduler, warn_unused=rank == 0)
     build_callbacks(cfg.callbacks)
     build_algorithms(cfg.algorithms)

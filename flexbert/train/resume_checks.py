@@ -1,0 +1,111 @@
+"""What is checked about a checkpoint before Composer loads the training state from it.
+
+Composer loads the model, optimizer and scheduler state inside `Trainer()`; a checkpoint that does not fit fails
+there with torch's first `size mismatch` (a page of traceback) or a bare `KeyError: 'lr_lambdas'`. These checks read
+the same file first (memory-mapped, through the safe loader) and say what is wrong in one message:
+- `check_intact`: a `load_path` file whose bytes fail their checksums is refused (autoresume skips such a file and
+  takes the previous checkpoint: `checkpoint_safety.find_resume_checkpoint`);
+- `check_resume_fits`: the checkpoint autoresume found in the save folder must fit the model the run file describes
+  (every missing, unexpected and mis-shaped tensor listed, as for `load_path`);
+- `check_training_state`: the optimizer and scheduler states have the entries torch's `load_state_dict` reads;
+- `resumed_hyperparameter_notes`: autoresume continues the run as it was saved -- the checkpoint's learning rate and
+  weight decay win over values changed in the run file since; one line says so for each changed value.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from typing import Any, Mapping
+
+import torch
+
+from flexbert.checkpoint import CheckpointError, load_checkpoint_file, mismatch_message
+
+MODEL_PREFIX = "model."
+
+
+def _required_keys() -> dict[str, set[str]]:
+    """The entries torch's own optimizer / LambdaLR (what Composer compiles every schedule to) state dicts hold."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return {"optimizer": set(optimizer.state_dict()), "LambdaLR": set(scheduler.state_dict())}
+
+
+def check_resume_fits(path: str, composer_model: torch.nn.Module) -> None:
+    from flexbert.checkpoint_keys import state_dict_mismatches
+
+    state = load_checkpoint_file(path)["state"]["model"]
+    missing, unexpected, misshaped = state_dict_mismatches(composer_model, state)
+    if missing or unexpected or misshaped:
+        hint = ("the save folder holds a run of another architecture: autoresume continues a run as it was saved, so "
+                "restore the model_config it was trained with, or choose another save_folder (load_path starts a new "
+                "phase from it)")
+        raise CheckpointError(mismatch_message(f"autoresume from {path}", missing, unexpected, misshaped, hint))
+
+
+def check_intact(path: str) -> None:
+    """Every member of the file matches its CRC-32 (torch loads flipped tensor bytes without complaint)."""
+    from flexbert.train.checkpoint_safety import damaged_member
+
+    problem = damaged_member(path) if zipfile.is_zipfile(path) else None
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint: {problem}; use an earlier checkpoint of the run")
+
+
+def check_training_state(path: str) -> None:
+    state = load_checkpoint_file(path)["state"]
+    required = _required_keys()
+    for section, kind in (("optimizers", "optimizer"), ("schedulers", None)):
+        entries = state.get(section) or {}
+        if not isinstance(entries, Mapping):
+            raise CheckpointError(f"{path}: state.{section} is a {type(entries).__name__}, not a mapping: the "
+                                  "checkpoint is damaged; set load_weights_only: true to take its weights alone")
+        for name, value in entries.items():
+            needed = required.get(kind or name, set())
+            missing = sorted(needed - set(value)) if isinstance(value, Mapping) else sorted(needed)
+            if missing:
+                raise CheckpointError(
+                    f"{path}: state.{section}.{name} lacks {', '.join(missing)}: the {kind or 'scheduler'} state is "
+                    "damaged or was written by other code; set load_weights_only: true to take the weights alone "
+                    "(the schedule and optimizer moments then start fresh)")
+
+
+def _saved_hyperparameters(state: Mapping[str, Any]) -> dict[str, float]:
+    saved: dict[str, float] = {}
+    lrs = [lr for s in (state.get("schedulers") or {}).values() if isinstance(s, Mapping) for lr in s.get("base_lrs", [])]
+    groups = [g for o in (state.get("optimizers") or {}).values() if isinstance(o, Mapping)
+              for g in o.get("param_groups", []) if isinstance(g, Mapping)]
+    lrs = lrs or [g["initial_lr"] for g in groups if "initial_lr" in g]
+    if lrs:
+        saved["lr"] = float(max(lrs))
+    decays = [float(g["weight_decay"]) for g in groups if "weight_decay" in g]
+    if decays:
+        saved["weight_decay"] = max(decays)
+    return saved
+
+
+def resumed_hyperparameter_notes(path: str, optimizer_cfg: Mapping[str, Any] | None) -> list[str]:
+    saved = _saved_hyperparameters(load_checkpoint_file(path)["state"])
+    notes = []
+    for key, value in saved.items():
+        given = (optimizer_cfg or {}).get(key)
+        if isinstance(given, (int, float)) and not math.isclose(float(given), value, rel_tol=1e-9, abs_tol=0.0):
+            notes.append(
+                f"optimizer.{key} is {given} in the run file but the checkpoint autoresume continues from was trained "
+                f"with {value}: the checkpoint's value is used (autoresume continues a run as it was saved; to change "
+                f"it, start a new phase with load_path: {path} and restart_override: true)")
+    return notes
+
+
+def check_resume(path: str, composer_model: torch.nn.Module, optimizer_cfg: Mapping[str, Any] | None,
+                 announce: bool) -> None:
+    """All of the above for the checkpoint autoresume will load; `announce` (rank 0) prints the notes."""
+    import sys
+
+    check_resume_fits(path, composer_model)
+    check_training_state(path)
+    if announce:
+        for note in resumed_hyperparameter_notes(path, optimizer_cfg):
+            print(f"note: {note}", file=sys.stderr)

@@ -1,0 +1,165 @@
+"""Damaged or mismatched artifacts end a run with one line naming the problem (or a note saying what was chosen),
+never a traceback; a damaged newest checkpoint falls back to the previous one."""
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import fault_injection as fi
+from flexbert.train.checkpoint_safety import LATEST
+from flexbert.train.trainer import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 6, 2
+
+
+def _argv(data, folder, steps=STEPS, **extra):
+    return [str(ROOT / "yamls/demo.yaml"), *fi.run_overrides(data, folder, steps, EVERY, **extra)]
+
+
+def _one_error(err: str) -> str:
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    return err[err.index("error: "):]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clear_errors") / "reference"
+    assert main(_argv(tiny_corpus, folder)) == 0
+    return folder
+
+
+def _copy(reference, tmp_path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder, symlinks=True)
+    return folder
+
+
+def _edit_checkpoint(path: Path, edit) -> None:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    edit(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def test_scheduler_state_without_lr_lambdas_is_named(tiny_corpus, reference, tmp_path, capsys):
+    folder = _copy(reference, tmp_path)
+    _edit_checkpoint(folder / f"ep0-ba{STEPS}-rank0.pt", lambda c: c["state"]["schedulers"]["LambdaLR"].pop("lr_lambdas"))
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2)) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert "state.schedulers.LambdaLR lacks lr_lambdas" in message and "load_weights_only" in message
+
+
+def test_autoresume_into_another_architecture_lists_the_mismatches(tiny_corpus, reference, tmp_path, capsys):
+    folder = _copy(reference, tmp_path)
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2, **{"model.model_config.hidden_size": 128})) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert "autoresume from" in message and "mis-shaped" in message
+    assert "model.bert.embeddings.tok_embeddings.weight: checkpoint (512, 64) vs model (512, 128)" in message
+
+
+def _corrupt_largest_tensor(path: Path) -> None:
+    """Flip bytes inside the largest tensor's data, keeping the file's size and zip structure."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as file:
+        file.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(file.read(2), "little") for _ in range(2))
+        start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        file.seek(start)
+        data = file.read(64)
+        file.seek(start)
+        file.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_corrupted_tensor_data_falls_back_to_the_previous_checkpoint(tiny_corpus, reference, tmp_path):
+    folder = _copy(reference, tmp_path)
+    newest = folder / f"ep0-ba{STEPS}-rank0.pt"
+    _corrupt_largest_tensor(newest)
+    assert zipfile.ZipFile(newest).namelist()  # still a complete archive: only its data is damaged
+    assert main(_argv(tiny_corpus, folder)) == 0  # resumes from ba4, retrains 5..6
+    a, b = fi.final_model_state(reference), fi.final_model_state(folder)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
+
+
+def test_corrupted_checkpoint_as_load_path_is_refused(tiny_corpus, reference, tmp_path, capsys):
+    path = tmp_path / "damaged.pt"
+    shutil.copy(reference / f"ep0-ba{STEPS}-rank0.pt", path)
+    _corrupt_largest_tensor(path)
+    assert main(_argv(tiny_corpus, tmp_path / "run", load_path=str(path))) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert str(path) in message and "CRC" in message
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo should never run",))
+
+
+def test_unpickler_refusal_names_the_blocked_global(tiny_corpus, reference, tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    shutil.copy(reference / f"ep0-ba{STEPS}-rank0.pt", path)
+    _edit_checkpoint(path, lambda c: c["state"]["metadata"].update(payload=_RunsCode()))
+    assert main(_argv(tiny_corpus, tmp_path / "run", load_path=str(path))) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"`{os.system.__module__}.system`" in message, message
+
+
+def test_changed_lr_before_autoresume_says_the_checkpoints_value_wins(tiny_corpus, reference, tmp_path, capsys):
+    folder = _copy(reference, tmp_path)
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 1, **{"optimizer.lr": 0.01})) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note: optimizer.lr")]
+    assert len(notes) == 1 and "0.01" in notes[0] and "0.003" in notes[0] and "checkpoint's value is used" in notes[0]
+    lr = torch.load(folder / LATEST, weights_only=False)["state"]["schedulers"]["LambdaLR"]["base_lrs"]
+    assert lr == [0.003, 0.003]  # and it is: the schedule continued with the saved base lr
+
+
+def _with_file_size_limit(limit: int):
+    """preexec_fn: writes past `limit` bytes per file fail with EFBIG, as on a full disk (root ignores permissions,
+    so a read-only folder cannot be simulated here; both reach the code as an OSError from a write)."""
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _run_limited(args, limit):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, preexec_fn=_with_file_size_limit(limit))
+
+
+def test_failed_checkpoint_write_in_torchs_zip_writer_is_one_line(tiny_corpus, tmp_path):
+    folder = tmp_path / "run"
+    proc = _run_limited(["main.py", *_argv(tiny_corpus, folder, steps=4)], 200_000)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    message = _one_error(proc.stderr)
+    assert "could not write checkpoint" in message and "ep0-ba2-rank0.pt" in message and "File too large" in message
+    assert not [p for p in os.listdir(folder) if p.startswith(".partial-") or p.endswith(".pt")]
+
+
+@pytest.mark.parametrize("tool", ["tokenize_to_mds", "train_tokenizer"])
+def test_failed_write_in_data_preparation_is_one_line(tiny_corpus, tmp_path, tool):
+    out = tmp_path / "out"
+    args = {"tokenize_to_mds": ["--input", tiny_corpus / "corpus", "--tokenizer", tiny_corpus / "tokenizer",
+                                "--max-seq-len", "64"],
+            "train_tokenizer": ["--input", tiny_corpus / "corpus" / "train.jsonl", "--vocab-size", "512"]}[tool]
+    proc = _run_limited([f"data_prep/{tool}.py", *args, "--out", out, "--quiet"], 5_000)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert len(lines) == 1 and "File too large" in lines[0], proc.stderr[-3000:]
+    assert not out.exists() and not list(tmp_path.glob("out.*"))

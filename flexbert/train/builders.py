@@ -99,24 +99,11 @@ def check_data_folder(section: Mapping[str, Any], key: str) -> None:
         raise RunConfigError(f"{key}: split '{split}' not found in '{folder}' (it has: {', '.join(existing) or 'no splits'})")
 
 
-def check_shards_tokenizer(section: Mapping[str, Any], tokenizer, cfg: Mapping[str, Any], key: str) -> None:
-    """Local shards carry the identity of the tokenizer that made them (manifest.json); refuse another one."""
-    from flexbert.tokenizer_identity import shards_tokenizer_mismatch
-
-    local = (section.get("dataset") or {}).get("local")
-    if local and not (section.get("dataset") or {}).get("remote"):
-        name = cfg.get("tokenizer_name") or (cfg.get("model") or {}).get("tokenizer_name")
-        problem = shards_tokenizer_mismatch(local, tokenizer, str(name))
-        if problem:
-            raise RunConfigError(f"{key}: {problem}")
-
-
 def build_loader(cfg: Mapping[str, Any], tokenizer, key: str, device_batch: int, microbatch: int):
     from flexbert.data.loader import build_packed_dataloader
 
     section = _loader_section(cfg, key)
     check_data_folder(section, key)
-    check_shards_tokenizer(section, tokenizer, cfg, key)
     mode = "train" if key == "train_loader" else "eval"
     mlm = cfg.get("mlm_probability") if mode == "train" else None
     return build_packed_dataloader(

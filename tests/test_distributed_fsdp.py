@@ -57,3 +57,54 @@ def test_grad_norm_under_fsdp_is_the_full_norm_on_every_rank(gloo_ranks):
         assert per_param.keys() == expected.keys()
         for name, value in expected.items():
             assert abs(per_param[name] - value) <= 1e-5 * max(value, 1e-6), name
+
+
+def _composer_like_state(model_state):
+    """What Composer puts in a sharded checkpoint besides the weights: non-tensor values of every kind it saves."""
+    from composer.core import Timestamp
+    from composer.utils import reproducibility
+    from torch.torch_version import TorchVersion
+
+    return {"state": {"model": model_state, "timestamp": Timestamp(batch=6, token=1234).state_dict(), "run_name": "r",
+                      "metadata": {"torch_version": TorchVersion(torch.__version__)},
+                      "callbacks": {"LoaderStateCallback": {"ranks": [{"epoch": 0, "open_rows": [[1, 0, 5]]}]}}},
+            "rng": reproducibility.get_rng_state()}
+
+
+def _sharded_round_trip(rank, folder):
+    import torch.distributed.checkpoint as dist_cp
+    from composer.utils.checkpoint import FileSystemReaderWithValidation, dist_cp_load
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, StateDictType
+
+    from flexbert.safe_unpickle import install_composer_guard
+
+    install_composer_guard()  # what build_trainer does: every checkpoint Composer opens is validated first
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(_fsdp(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))))
+    saved, loaded = models
+    with FSDP.state_dict_type(saved, StateDictType.SHARDED_STATE_DICT):
+        dist_cp.save(_composer_like_state(saved.state_dict()), storage_writer=dist_cp.FileSystemWriter(folder),
+                     planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))  # as Composer saves
+    with FSDP.state_dict_type(loaded, StateDictType.SHARDED_STATE_DICT):
+        target = _composer_like_state(loaded.state_dict())
+        target["state"]["timestamp"] = {k: None for k in target["state"]["timestamp"]}
+        target["state"]["callbacks"]["LoaderStateCallback"]["ranks"] = [{"epoch": None, "open_rows": None}]
+        dist_cp_load(target, FileSystemReaderWithValidation(folder))  # Composer's reader and its validation hook
+        loaded.load_state_dict(target["state"]["model"])
+    with FSDP.summon_full_params(saved), FSDP.summon_full_params(loaded):
+        same = all(torch.equal(a, b) for a, b in zip(saved.parameters(), loaded.parameters()))
+    return same, target["state"]["timestamp"]["batch"], target["state"]["callbacks"]
+
+
+def test_sharded_checkpoint_round_trip_through_composers_validated_reader(gloo_ranks, tmp_path):
+    from composer.core import Timestamp
+
+    results = gloo_ranks.run(_sharded_round_trip, str(tmp_path / "ep0-ba6"))
+    assert sorted(p.name for p in (tmp_path / "ep0-ba6").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    for same, batch, callbacks in results:
+        assert same  # the second model's weights became the first's, shard by shard
+        assert batch == Timestamp(batch=6).state_dict()["batch"]
+        assert callbacks == {"LoaderStateCallback": {"ranks": [{"epoch": 0, "open_rows": [[1, 0, 5]]}]}}

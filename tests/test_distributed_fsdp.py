@@ -108,3 +108,34 @@ def test_sharded_checkpoint_round_trip_through_composers_validated_reader(gloo_r
         assert same  # the second model's weights became the first's, shard by shard
         assert batch == Timestamp(batch=6).state_dict()["batch"]
         assert callbacks == {"LoaderStateCallback": {"ranks": [{"epoch": 0, "open_rows": [[1, 0, 5]]}]}}
+
+
+def _flops_under_fsdp(rank):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from flexbert import FlexBertConfig
+    from flexbert.model.flops import training_flops
+    from flexbert.model.modeling import FlexBertForMaskedLM
+    from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+
+    torch.manual_seed(0)
+    model = FlexBertForMaskedLM(FlexBertConfig(**TINY_MODERNBERT))
+    ids, mask = mixed_length_batch(3, 40, 128, [40, 17, 29])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask == 1, ids, -100)}
+    alone = training_flops(model, batch)
+    layer_class = type(model.bert.encoder.layers[0])
+    # as Composer wraps it: one unit per encoder layer inside the root unit, the original parameters kept
+    wrapped = FSDP(model, use_orig_params=True, device_id=torch.device("cpu"), auto_wrap_policy=ModuleWrapPolicy({layer_class}))
+    return alone, training_flops(wrapped, batch), sum(p.numel() for p in wrapped.parameters())
+
+
+def test_flop_count_under_fsdp_is_the_whole_models(gloo_ranks):
+    from flexbert import FlexBertConfig
+    from flexbert.model.modeling import FlexBertForMaskedLM
+    from tests.conftest import TINY_MODERNBERT
+
+    full = sum(p.numel() for p in FlexBertForMaskedLM(FlexBertConfig(**TINY_MODERNBERT)).parameters())
+    for alone, under_fsdp, local_params in gloo_ranks.run(_flops_under_fsdp):
+        assert local_params < full  # the rank really holds only a shard
+        assert under_fsdp == alone

@@ -126,8 +126,11 @@ MOOT_KEYS = {
     "use_sdpa_attn_mask": "attention masks are never materialized",
 }
 
-# Keys that transformers' own PretrainedConfig machinery reads and writes (checkpoint configs carry them).
-_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "torch_dtype", "attn_implementation", "cls_token_id"}
+# Keys that transformers' own PretrainedConfig machinery reads and writes (checkpoint configs carry them). The
+# special-token ids are listed by name: transformers 4.x declares them on PretrainedConfig, 5.x on each model's config.
+_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {
+    "model_type", "transformers_version", "torch_dtype", "attn_implementation",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id"}
 
 
 def _is_hf_key(key: str) -> bool:

@@ -26,13 +26,25 @@ references: the full unpickler then calls exactly those allowed functions. Why t
   patching of Composer and no rewritten copy of a multi-GB file;
 - the check is cheap: with `mmap=True` torch maps the tensor data instead of reading it, so validating a
   checkpoint costs about one parse of its pickle, not a second copy of its tensors.
-A validation function the user had set already is kept and called after ours. Not covered: sharded (FSDP)
-checkpoints, which torch.distributed.checkpoint reads itself, and a file replaced between the check and the load.
+A validation function the user had set already is kept and called after ours. Not covered: a file replaced
+between the check and the load.
+
+Sharded (FSDP `state_dict_type: sharded`) checkpoints are folders written by torch.distributed.checkpoint: a
+`.metadata` pickle (the index) and one `__<rank>_0.distcp` per rank. Composer reads them through
+`FileSystemReaderWithValidation`, which calls the same validation function on `.metadata` (torch then opens it with
+a full `pickle.load`) and on each `.distcp` file with the byte ranges it will read. In a `.distcp`, tensors are
+`torch.load`ed by torch with `weights_only=True`; every other value (timestamps, RNG states, loader states, ...)
+is a `torch.save`d blob that torch opens with `weights_only=False`. So:
+- `.metadata` must pass a restricted unpickler that knows only the checkpoint index classes of
+  torch.distributed.checkpoint, torch sizes / dtypes / layouts and posix paths;
+- each non-tensor blob of a `.distcp` that will be read (located through the validated `.metadata`) must pass
+  `safe_torch_load`, like a monolithic checkpoint.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import pickle
 import re
@@ -74,22 +86,30 @@ def allowed_globals() -> list[Any]:
     return allowed
 
 
-def safe_torch_load(path, map_location: str = "cpu", mmap: bool = False) -> Any:
+def safe_torch_load(path, map_location: str = "cpu", mmap: bool = False, *, name: Optional[str] = None) -> Any:
     """`torch.load` with `weights_only=True` and the allow-list; refusals become UnsafeCheckpointError.
 
-    mmap=True maps tensor data lazily (zip-format files only; older formats are read normally)."""
+    `path` is a file name or a binary file object (then `name` says what it is in messages). mmap=True maps tensor
+    data lazily (zip-format files only; older formats are read normally)."""
+    is_file = not isinstance(path, (str, os.PathLike))
+    name = name or str(path)
     is_zip = zipfile.is_zipfile(path)
-    if not is_zip:
+    if is_file:
+        path.seek(0)
+        first = path.read(1)
+        path.seek(0)
+    else:
         with open(path, "rb") as file:
-            if file.read(1) != b"\x80":  # PROTO opcode: how every pickle since protocol 2 starts
-                raise UnreadableCheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle)")
-    mmap = mmap and is_zip
+            first = file.read(1)
+    if not is_zip and first != b"\x80":  # PROTO opcode: how every pickle since protocol 2 starts
+        raise UnreadableCheckpointError(f"{name}: not a torch checkpoint (neither a zip archive nor a pickle)")
+    mmap = mmap and is_zip and not is_file
     with torch.serialization.safe_globals(allowed_globals()):
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
-                f"{path}: refused by the safe loader: {_refusal_reason(str(err))} (Composer checkpoints need only "
+                f"{name}: refused by the safe loader: {_refusal_reason(str(err))} (Composer checkpoints need only "
                 f"tensors, numpy arrays, timedelta and TorchVersion; this file names something else)"
             ) from None
 
@@ -106,12 +126,64 @@ def _refusal_reason(text: str) -> str:
     return reason.split(" Please use `torch.serialization")[0]
 
 
+# What the `.metadata` index of a torch.distributed.checkpoint folder may name (torch 2.4-2.7 write these).
+_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+_METADATA_GLOBALS = {
+    *((_METADATA_MODULE, name) for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                            "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                                            "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # layout by name: torch.strided, ...
+    ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),  # the checkpoint id (the folder it was written to)
+    ("collections", "OrderedDict"),
+}
+METADATA_FILENAME = ".metadata"
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in _METADATA_GLOBALS or is_dtype:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"`{module}.{name}` is not a torch.distributed.checkpoint index class")
+
+
+def load_sharded_metadata(path) -> Any:
+    """The `.metadata` index of a sharded checkpoint, through the restricted unpickler above."""
+    try:
+        with open(path, "rb") as file:
+            return _MetadataUnpickler(file).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
+        kind = UnsafeCheckpointError if "not a torch.distributed.checkpoint" in str(err) else UnreadableCheckpointError
+        raise kind(f"{path}: refused by the safe loader: {err}") from None
+
+
+def _validate_sharded_blobs(path, specs: Sequence[tuple[int, int]]) -> None:
+    """Every non-tensor value that will be read from the `.distcp` file `path` passes `safe_torch_load`."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    metadata = load_sharded_metadata(os.path.join(os.path.dirname(path), METADATA_FILENAME))
+    blobs = {(info.offset, info.length) for index, info in metadata.storage_data.items()
+             if info.relative_path == os.path.basename(path)
+             and isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata)}
+    with open(path, "rb") as file:
+        for offset, length in specs:
+            if (offset, length) not in blobs:
+                continue  # a tensor: torch reads those with weights_only=True itself
+            file.seek(offset)
+            safe_torch_load(io.BytesIO(file.read(length)), name=f"{path} (bytes {offset}..{offset + length})")
+
+
 def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = None) -> bool:
     """Composer's `CHECKPOINT_VALIDATION_FUNCTION`: True when the file passes the restricted unpickler.
 
-    `specs` (byte ranges) is given only for sharded `.distcp` files, which torch.distributed.checkpoint reads
-    itself; those are passed through unchanged."""
-    if specs is None and os.path.isfile(path):
+    `specs` (byte ranges) is given for the `.distcp` files of sharded checkpoints, `.metadata` is their index."""
+    if specs is not None:
+        _validate_sharded_blobs(path, specs)
+    elif os.path.basename(path) == METADATA_FILENAME:
+        load_sharded_metadata(path)
+    elif os.path.isfile(path):
         from flexbert.train.checkpoint_safety import damaged_member
 
         problem = damaged_member(path) if zipfile.is_zipfile(path) else None

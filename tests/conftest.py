@@ -107,3 +107,13 @@ def tiny_run_overrides(root, save_folder, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def gloo_ranks():
+    """Two CPU processes in one gloo process group, started once per session (see tests/gloo_ranks.py)."""
+    from tests.gloo_ranks import GlooRanks
+
+    ranks = GlooRanks(world_size=2)
+    yield ranks
+    ranks.close()

@@ -5,6 +5,7 @@ mask built from Python loops. flash-attn is absent on CPU, so the adapter is dri
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -151,6 +152,98 @@ def fa3_standin(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                          softmax_scale=softmax_scale, causal=causal, window_size=window_size)
 
 
+def _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size=(-1, -1), dropout_p=0.0, seqused=(None, None)):
+    assert cu_seqlens_q.dtype == torch.int32 and isinstance(max_seqlen_q, int) and max_seqlen_q >= 1
+    assert seqused == (None, None)  # we never limit the tokens used per document
+    return fa.reference_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_q, max_seqlen_q, max_seqlen_q,
+                                         dropout_p, window_size=window_size)
+
+
+# The varlen function of each published flash-attn release, parameter for parameter (bodies compute with the
+# reference); FA3 comes from flash-attn's hopper/ folder at the tag named.
+def fa2_standin(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+                causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                return_attn_probs=False, block_table=None):  # flash-attn 2.6-2.8
+    return _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size, dropout_p)
+
+
+def fa3_v2_6(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False):
+    return _reference(q, k, v, cu_seqlens_q, max_seqlen_q), None
+
+
+def fa3_v2_7_0(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False,
+               window_size=(-1, -1), deterministic=False, seqused_q=None, seqused_k=None, block_table=None):
+    return _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size, seqused=(seqused_q, seqused_k)), None
+
+
+def fa3_v2_7_3(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k, max_seqlen_q, max_seqlen_k,
+               softmax_scale=None, causal=False, q_descale=None, k_descale=None, v_descale=None, window_size=(-1, -1),
+               sink_token_length=0, softcap=0.0, num_splits=1, pack_gqa=None, deterministic=False, sm_margin=0):
+    return _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size, seqused=(seqused_q, seqused_k)), None
+
+
+def fa3_v2_8(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q=None, seqused_k=None,
+             softmax_scale=None, causal=False, qv=None, q_descale=None, k_descale=None, v_descale=None,
+             window_size=(-1, -1), attention_chunk=0, softcap=0.0, num_splits=1, pack_gqa=None, deterministic=False,
+             sm_margin=0, return_attn_probs=False):
+    return _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size, seqused=(seqused_q, seqused_k))
+
+
+@pytest.mark.parametrize("version,func", [(2, fa2_standin), (3, fa3_v2_6), (3, fa3_v2_7_0), (3, fa3_v2_7_3),
+                                          (3, fa3_v2_8)])
+@pytest.mark.parametrize("window", [None, 8])
+def test_flash_adapter_calls_every_published_signature_correctly(version, func, window):
+    q, k, v = random_qkv(LENGTHS, seed=7, dtype=torch.bfloat16)
+    adapter = fa.FlashAttnAdapter(version, varlen_func=func).resolved()
+    if window is not None and func is fa3_v2_6:  # that release has no sliding window: refused, never ignored
+        with pytest.raises(ValueError, match="has no `window_size` argument"):
+            adapter(q, k, v, cu_of(LENGTHS), 150, window)
+        return
+    out = adapter(q, k, v, cu_of(LENGTHS).long(), 150, window)
+    torch.testing.assert_close(out.double(), reference(*[x.double() for x in (q, k, v)], LENGTHS, window),
+                               atol=2e-2, rtol=2e-2)
+    if version == 3:
+        with pytest.raises(ValueError, match="no attention dropout"):
+            adapter(q, k, v, cu_of(LENGTHS), 150, window, 0.1)
+
+
+def test_flash_adapter_hands_half_precision_views_over_without_copies():
+    qkv = torch.randn(sum(LENGTHS), 3, H, D, dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(1)  # views of a fused projection: last dim contiguous, the rest strided
+    rec = Recorder()
+    fa.FlashAttnAdapter(2, varlen_func=rec)(q, k, v, cu_of(LENGTHS), 150, None)
+    (args, _), = rec.calls
+    assert [x.data_ptr() for x in args[:3]] == [x.data_ptr() for x in (q, k, v)]
+
+
+def test_flash_attn_that_fails_to_import_is_reported_once(monkeypatch):
+    def broken_import(name):
+        raise ImportError(f"{name}_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDevice")
+
+    monkeypatch.setattr(fa.importlib, "import_module", broken_import)
+    monkeypatch.setattr(fa, "_IMPORT_FAILURES", {})
+    fa._import_varlen_func.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="flash-attn 2 .* is installed but does not import "
+                                                "\\(ImportError: .*undefined symbol"):
+            assert not fa.flash_attn_available(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not fa.flash_attn_available(2)  # once
+        with pytest.raises(RuntimeError, match="installed but does not import \\(ImportError"):
+            fa.FlashAttnAdapter(2)(*random_qkv([4]), cu_of([4]), 4, None)
+
+        def absent(name):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+        monkeypatch.setattr(fa.importlib, "import_module", absent)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # not installed at all: the normal CPU case, no warning
+            assert not fa.flash_attn_available(3)
+    finally:
+        fa._import_varlen_func.cache_clear()
+
+
 @pytest.mark.parametrize("window", [None, 8, 64])
 @pytest.mark.parametrize("in_dtype,compute_dtype,expect_dtype", [
     (torch.float32, torch.bfloat16, torch.bfloat16),
@@ -166,13 +259,13 @@ def test_flash_adapter_calling_convention(window, in_dtype, compute_dtype, expec
     adapter = fa.FlashAttnAdapter(2, varlen_func=rec, compute_dtype=compute_dtype, deterministic=True)
     out = adapter(q, k, v, cu, 150, window, 0.0)
     (args, kwargs), = rec.calls
-    assert len(args) == 8  # q, k, v, cu_q, cu_k, max_q, max_k, dropout_p
-    for x in args[:3]:
-        assert x.dtype == expect_dtype and x.is_contiguous() and x.shape == (sum(lengths), H, D)
-    for cu_arg in args[3:5]:
-        assert cu_arg.dtype == torch.int32 and cu_arg.tolist() == cu.tolist()
-    assert args[5] == args[6] == 150 and type(args[5]) is int and args[7] == 0.0
-    assert kwargs == {"softmax_scale": None, "causal": False,
+    assert len(args) == 3  # q, k, v; everything else by keyword (the published signatures differ in order)
+    for x in args:
+        assert x.dtype == expect_dtype and x.stride(-1) == 1 and x.shape == (sum(lengths), H, D)
+    for name in ("cu_seqlens_q", "cu_seqlens_k"):
+        assert kwargs.pop(name).dtype == torch.int32
+    assert kwargs.pop("max_seqlen_q") == kwargs.pop("max_seqlen_k") == 150
+    assert kwargs == {"dropout_p": 0.0, "softmax_scale": None, "causal": False,
                       "window_size": (-1, -1) if window is None else (window, window), "deterministic": True}
     assert out.dtype == in_dtype and out.shape == q.shape
     rounded = [x.detach().to(expect_dtype).double() for x in (q, k, v)]
@@ -186,7 +279,7 @@ def test_flash_adapter_passes_dropout_and_fa3_convention():
     cu = cu_of(LENGTHS)
     rec = Recorder()
     fa.FlashAttnAdapter(2, varlen_func=rec)(q, k, v, cu, 150, 64, 0.1)
-    assert rec.calls[0][0][7] == 0.1
+    assert rec.calls[0][1]["dropout_p"] == 0.1
     # FA3: no dropout argument; releases returning (out, lse) are unwrapped; dropout > 0 is refused
     fa3 = fa.FlashAttnAdapter(3, varlen_func=fa3_standin)
     out = fa3(q, k, v, cu, 150, None, 0.0)
@@ -201,7 +294,7 @@ def test_flash_adapter_passes_dropout_and_fa3_convention():
 def test_flash_adapter_missing_package_names_it(monkeypatch):
     monkeypatch.setattr(fa, "_import_varlen_func", lambda version: None)
     q, k, v = random_qkv([4])
-    with pytest.raises(RuntimeError, match="`flash_attn` package"):
+    with pytest.raises(RuntimeError, match="`flash_attn` is not installed"):
         fa.FlashAttnAdapter(2)(q, k, v, cu_of([4]), 4, None)
 
 
@@ -228,9 +321,9 @@ def test_attention_flops_brute_force(lengths, window):
 # ------------------------------------------------------------------------------------ selection
 @pytest.fixture
 def fake_machine(monkeypatch):
-    """Pretend which flash-attn versions import and whether the GPU is Hopper."""
+    """Pretend which flash-attn versions import (the stand-in below) and whether the GPU is Hopper."""
     state = {"fa2": False, "fa3": False, "hopper": False}
-    monkeypatch.setattr(ak, "flash_attn_available", lambda version: state[f"fa{version}"])
+    monkeypatch.setattr(fa, "_import_varlen_func", lambda version: fa2_standin if state[f"fa{version}"] else None)
     monkeypatch.setattr(ak, "_is_hopper", lambda device: state["hopper"])
 
     def pretend(**settings):
@@ -242,34 +335,46 @@ def fake_machine(monkeypatch):
     ak._select.cache_clear()
 
 
+def kind(kernel):
+    """The registry name of a selected kernel (flash-attn adapters come back bound to the imported function)."""
+    if isinstance(kernel, fa.FlashAttnAdapter):
+        assert kernel.varlen_func is fa2_standin and kernel.keywords is not None  # resolved at selection
+        return f"flash_attn{kernel.version}"
+    return next(name for name in ATTENTION_KERNELS.names() if ATTENTION_KERNELS.get(name) is kernel)
+
+
 def test_select_on_cpu_and_by_name(fake_machine):
     for name in (None, "auto"):
-        assert select_kernel(name, "cpu", torch.float32, None) is ATTENTION_KERNELS.get("sdpa")
-        assert select_kernel(name, "cpu", torch.bfloat16, 64) is ATTENTION_KERNELS.get("sliding_window")
+        assert kind(select_kernel(name, "cpu", torch.float32, None)) == "sdpa"
+        assert kind(select_kernel(name, "cpu", torch.bfloat16, 64)) == "sliding_window"
     fake_machine(fa2=True)  # installed but the tensors are on the CPU
-    assert select_kernel("auto", "cpu", torch.bfloat16, 64) is ATTENTION_KERNELS.get("sliding_window")
-    for name in ("eager", "sdpa", "sliding_window", "flash_attn2", "flash_attn3"):
-        assert select_kernel(name, "cpu", torch.float32, 64) is ATTENTION_KERNELS.get(name)
+    assert kind(select_kernel("auto", "cpu", torch.bfloat16, 64)) == "sliding_window"
+    for name in ("eager", "sdpa", "sliding_window", "flash_attn2"):
+        assert kind(select_kernel(name, "cpu", torch.float32, 64)) == name
+    # an explicit flash-attn kernel that does not import is an error, not a silent fallback
+    with pytest.raises(RuntimeError, match="attn_kernel: flash_attn3 needs flash-attn 3, but `flash_attn_interface` "
+                                           "is not installed"):
+        select_kernel("flash_attn3", "cpu", torch.float32, 64)
     with pytest.raises(KeyError, match="did you mean 'sliding_window'"):
         select_kernel("sliding_windw", "cpu", torch.float32, 64)
 
 
 def test_select_auto_on_cuda(fake_machine):
-    fa2, fa3 = ATTENTION_KERNELS.get("flash_attn2"), ATTENTION_KERNELS.get("flash_attn3")
-    sdpa, sw = ATTENTION_KERNELS.get("sdpa"), ATTENTION_KERNELS.get("sliding_window")
     cuda, bf16 = torch.device("cuda", 0), torch.bfloat16
-    assert select_kernel(None, cuda, bf16, None) is sdpa and select_kernel(None, cuda, bf16, 64) is sw
+    assert kind(select_kernel(None, cuda, bf16, None)) == "sdpa" and kind(select_kernel(None, cuda, bf16, 64)) == "sliding_window"
     fake_machine(fa2=True)
-    assert select_kernel(None, cuda, bf16, None) is fa2 and select_kernel(None, cuda, torch.float16, 64) is fa2
-    assert select_kernel(None, cuda, torch.float32, 64) is sw  # fp32 runs are not silently cast to bf16
+    assert kind(select_kernel(None, cuda, bf16, None)) == "flash_attn2"
+    assert kind(select_kernel(None, cuda, torch.float16, 64)) == "flash_attn2"
+    assert kind(select_kernel(None, cuda, torch.float32, 64)) == "sliding_window"  # fp32 runs are not cast to bf16
     fake_machine(fa3=True, hopper=True)
-    assert select_kernel(None, cuda, bf16, None) is fa3
-    assert select_kernel(None, cuda, bf16, 64) is fa2  # local layers stay on FA2
-    assert select_kernel(None, cuda, bf16, None, dropout_p=0.1) is fa2  # FA3 has no dropout
+    assert kind(select_kernel(None, cuda, bf16, None)) == "flash_attn3"
+    assert kind(select_kernel(None, cuda, bf16, 64)) == "flash_attn2"  # local layers stay on FA2
+    assert kind(select_kernel(None, cuda, bf16, None, dropout_p=0.1)) == "flash_attn2"  # FA3 has no dropout
     fake_machine(fa2=False)
-    assert select_kernel(None, cuda, bf16, None) is fa3 and select_kernel(None, cuda, bf16, 64) is sw
+    assert kind(select_kernel(None, cuda, bf16, None)) == "flash_attn3"
+    assert kind(select_kernel(None, cuda, bf16, 64)) == "sliding_window"
     det = select_kernel(None, cuda, bf16, None, deterministic=True)
-    assert isinstance(det, fa.FlashAttnAdapter) and det.version == 3 and det.deterministic and not fa3.deterministic
+    assert kind(det) == "flash_attn3" and det.deterministic and not ATTENTION_KERNELS.get("flash_attn3").deterministic
 
 
 def test_packed_index_checks():

@@ -102,3 +102,21 @@ def test_flexbert_format_round_trip(tmp_path):
     assert loaded.config.model_config_dict() == model.config.model_config_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_tied_weights_are_declared_as_transformers_5_requires_and_tie_under_4():
+    """transformers 5 ties `{tied parameter: source parameter}` from `_tied_weights_keys` and calls `.keys()` /
+    `.values()` on it (a list fails in `post_init`); transformers 4 iterates it as names. Checked against the model's
+    real parameters: each pair names two parameters, and they are one tensor."""
+    from collections.abc import Mapping
+
+    model = _model()
+    declared = type(model)._tied_weights_keys
+    assert isinstance(declared, Mapping) and declared
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for tied, source in declared.items():
+        assert tied in params and source in params, (tied, source)
+        assert params[tied] is params[source]
+    untied = _model(tie_word_embeddings=False)
+    assert untied.decoder.weight is not untied.bert.embeddings.tok_embeddings.weight
+

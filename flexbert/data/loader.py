@@ -253,7 +253,10 @@ class _Producer:
 
     def next_batch(self) -> tuple[dict, dict] | None:
         """(batch, state right after it), or None when an eval pass is over."""
-        want = self.s.warmup.rows_at(self.tokens * self.s.world_size)
+        # The warmup clock is the global slot count, not this rank's token count (which depends on the documents
+        # it happened to read): every rank takes the same number of rows at every step, so `slots` is the same on
+        # every rank and so is every decision -- without any communication, resumably (slots are in the state).
+        want = self.s.warmup.rows_at(self.slots * self.s.world_size)
         while len(self.ready) < want and not self.exhausted:
             self._step()
         if not self.ready or (len(self.ready) < want and self.s.drop_last):
@@ -400,11 +403,14 @@ class PackedLoader:
         return self._consume(producer.next_batch, self._generation)
 
     def _consume(self, next_item: Callable[[], Any], generation: int) -> Iterator[dict]:
+        agree = not self.settings.endless and self.settings.world_size > 1
         try:
             while True:
                 if generation != self._generation:
                     raise RuntimeError("this loader iterator was superseded by a newer iter() or load_state_dict()")
                 item = next_item()
+                if agree and not every_rank_has_a_batch(item is not None):
+                    return
                 if item is None:
                     return
                 batch, self._state = item
@@ -412,6 +418,22 @@ class PackedLoader:
         finally:  # iterator finished, failed or dropped: stop its prefetch thread
             if generation == self._generation:
                 self._close()
+
+
+def every_rank_has_a_batch(have_one: bool) -> bool:
+    """An eval pass ends for all ranks when the first rank runs out: ranks read different documents, so their
+    passes differ in length, and a rank that stops early would leave the others waiting in a collective of the
+    forward pass (FSDP gathers weights per layer) or of the metric sync. One all-reduce of one integer per eval
+    batch; without a process group (a single process) there is no one to agree with."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return have_one
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([int(have_one)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 # --------------------------------------------------------------------------- Composer integration

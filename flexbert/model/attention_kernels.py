@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from flexbert.model.flash_attn_adapter import FlashAttnAdapter, flash_attn_available
+from flexbert.model.flash_attn_adapter import FlashAttnAdapter, flash_attn_available, unavailable_reason
 from flexbert.registry import Registry
 
 ATTENTION_KERNELS = Registry("attention kernel", "model_config.attn_kernel")
@@ -268,8 +268,13 @@ def _select(name, device: torch.device, dtype: torch.dtype, is_global: bool, dro
             kernel = sdpa_attention if is_global else sliding_window_attention
     else:
         kernel = sdpa_attention if is_global else sliding_window_attention
-    if deterministic and isinstance(kernel, FlashAttnAdapter):
-        kernel = dataclasses.replace(kernel, deterministic=True)
+    if isinstance(kernel, FlashAttnAdapter):
+        if not flash_attn_available(kernel.version):
+            raise RuntimeError(
+                f"model_config.attn_kernel: {name} needs flash-attn {kernel.version}, but "
+                f"{unavailable_reason(kernel.version)}; install it (CUDA only) or set attn_kernel to 'auto' or 'sdpa'")
+        # imported and inspected here, once, not in every (possibly compiled) forward
+        kernel = dataclasses.replace(kernel.resolved(), deterministic=kernel.deterministic or deterministic)
     return kernel
 
 

@@ -18,7 +18,8 @@ from flexbert.model.attention_kernels import attention_flops
 
 
 def _linear_params(module: torch.nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+    # From the layer's declared shape, not `weight.numel()`: under FSDP a rank's weight is its shard (or empty).
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
 def document_lengths(batch: Mapping[str, torch.Tensor]) -> list[int]:
@@ -49,7 +50,7 @@ def training_flops(model, batch: Mapping[str, torch.Tensor], head_on_labelled_on
         head_on_labelled_only = config.masked_prediction
     if head_on_labelled_only and "labels" in batch:
         head_tokens = int((batch["labels"] != -100).sum())
-    head = _linear_params(model.head) + model.decoder.weight.numel()
+    head = _linear_params(model.head) + _linear_params(model.decoder)
     forward = 2 * encoder * tokens + 2 * head * head_tokens
     for layer in range(config.num_hidden_layers):
         window = None if config.is_global_layer(layer) else config.local_window

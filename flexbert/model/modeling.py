@@ -116,7 +116,8 @@ class FlexBertModel(FlexBertPreTrainedModel):
 
 
 class FlexBertForMaskedLM(FlexBertPreTrainedModel):
-    _tied_weights_keys = ["decoder.weight"]
+    # transformers 5 reads {tied parameter: its source}; transformers 4 iterates the names (a dict's keys).
+    _tied_weights_keys = {"decoder.weight": "bert.embeddings.tok_embeddings.weight"}
 
     def __init__(self, config: FlexBertConfig):
         _check_config_ready(config)

@@ -30,20 +30,21 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def grad_norms(grads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each tensor, as one fp32 vector [len(grads)] on the first tensor's device. No host sync."""
-    if not grads:
-        return torch.zeros(0)
+def grad_norms(grads: Sequence[torch.Tensor | None], device: torch.device | None = None) -> torch.Tensor:
+    """L2 norm of each tensor, as one fp32 vector [len(grads)] on `device` (default: the first tensor's). No host
+    sync. A None entry (a parameter this rank holds no gradient for) has norm 0."""
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if device is None:
+        device = grads[present[0]].device if present else torch.device("cpu")
+    norms = torch.zeros(len(grads), dtype=torch.float32, device=device)  # [n]
     buckets: dict[tuple, list[int]] = defaultdict(list)
-    for i, g in enumerate(grads):
-        buckets[(g.device, g.dtype)].append(i)
-    out_device = grads[0].device
-    norms = torch.empty(len(grads), dtype=torch.float32, device=out_device)  # [n]
+    for i in present:
+        buckets[(grads[i].device, grads[i].dtype)].append(i)
     for (_, dtype), idx in buckets.items():
         # accumulate bf16/fp16 norms in fp32: a bf16 sum of squares is off in the third digit
         acc = torch.float32 if dtype.itemsize < 4 else None
         bucket = torch._foreach_norm([_local(grads[i]) for i in idx], 2, dtype=acc)  # n_bucket 0-d tensors
-        norms[torch.tensor(idx, device=out_device)] = torch.stack(bucket).to(out_device, torch.float32)
+        norms[torch.tensor(idx, device=device)] = torch.stack(bucket).to(device, torch.float32)
     return norms
 
 
@@ -70,15 +71,23 @@ class LogGradNorm(Callback):
     def after_train_batch(self, state: State, logger: Logger) -> None:
         if state.timestamp.batch.value % self.batch_log_interval != 0:
             return
-        named = [(n, p.grad) for n, p in state.model.named_parameters() if p.grad is not None]
-        if not named:
-            return
-        norms = grad_norms([g for _, g in named])  # [n]
         if state.fsdp_enabled:
-            # each rank holds a shard of every gradient: sum the squared shard norms over ranks
-            squares = norms.square()
+            # Each rank holds a shard of every gradient -- with `use_orig_params` an empty one, `grad` None, for a
+            # parameter outside its shard. The vector covers every trainable parameter on every rank (zero where
+            # this rank holds nothing), so the all-reduce has the same shape everywhere; the sum of the squared
+            # shard norms over ranks is each parameter's squared norm.
+            named = [(n, p.grad) for n, p in state.model.named_parameters() if p.requires_grad]
+            if not named:
+                return
+            device = next(state.model.parameters()).device
+            squares = grad_norms([g for _, g in named], device=device).square()
             dist.all_reduce(squares, reduce_operation="SUM")
             norms = squares.sqrt()
+        else:
+            named = [(n, p.grad) for n, p in state.model.named_parameters() if p.grad is not None]
+            if not named:
+                return
+            norms = grad_norms([g for _, g in named])  # [n]
         total = torch.linalg.vector_norm(norms)
         if not self.per_layer:
             logger.log_metrics({"grad_norm/total": total.item()})

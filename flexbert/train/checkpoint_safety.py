@@ -17,8 +17,10 @@ What this module adds (installed by `build_trainer`):
   the partial file is removed and `CheckpointSaveError` says which file, why (e.g. "No space left on device")
   and which checkpoint `latest` still names.
 - `find_resume_checkpoint(folder)` / `repair_latest(folder)`: what autoresume will load -- `latest-rank0.pt` when
-  it names a complete file, else the newest complete `ep*-ba*-rank0.pt` (the kill-between-remove-and-symlink
-  case). `repair_latest` (rank 0, before the Trainer reads the link) re-points the link atomically (temporary
+  it names a complete checkpoint, else the newest complete `ep*-ba*-rank0.pt` file or, with FSDP sharded
+  checkpoints (`fsdp_config.state_dict_type: sharded`), `ep*-ba*` folder (the kill-between-remove-and-symlink
+  case). A sharded folder is complete when its `.metadata` index reads: torch.distributed.checkpoint writes it
+  last, after every rank's `.distcp` file, and Composer points `latest-rank0.pt` at the folder. `repair_latest` (rank 0, before the Trainer reads the link) re-points the link atomically (temporary
   link + `os.replace`) and deletes partial files left by killed writers.
 """
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest-rank0.pt"  # Composer's default `save_latest_filename` for rank 0
 CHECKPOINT_NAME = re.compile(r"^ep(\d+)-ba(\d+)-rank0\.pt$")  # Composer's default `save_filename` for rank 0
+SHARDED_CHECKPOINT_NAME = re.compile(r"^ep(\d+)-ba(\d+)$")  # Composer's default `fsdp_config.sharded_ckpt_prefix_dir`
 PARTIAL_PREFIX = ".partial-"
 _MARK = "_flexbert_atomic"
 
@@ -129,6 +132,14 @@ def damaged_member(path: str | os.PathLike) -> Optional[str]:
     """Why a torch zip checkpoint cannot be trusted, or None when it is whole: no central directory (written last,
     so a truncated file has none), or a member whose bytes fail the CRC-32 torch wrote for it (corrupted tensor
     data, which torch itself would load without complaint). Reads the whole file once."""
+    if os.path.isdir(path):  # a sharded checkpoint folder: its `.metadata` index is written last
+        from flexbert.safe_unpickle import METADATA_FILENAME, UnreadableCheckpointError, load_sharded_metadata
+
+        try:
+            load_sharded_metadata(os.path.join(path, METADATA_FILENAME))
+            return None
+        except (OSError, UnreadableCheckpointError) as err:
+            return f"its {METADATA_FILENAME} index does not read ({err})"
     try:
         with zipfile.ZipFile(path) as archive:
             if not archive.namelist():
@@ -140,22 +151,25 @@ def damaged_member(path: str | os.PathLike) -> Optional[str]:
 
 
 def is_complete(path: str | os.PathLike) -> bool:
-    """A torch zip checkpoint that is complete and whose every member matches its checksum."""
+    """A torch zip checkpoint that is complete and whose every member matches its checksum, or a sharded checkpoint
+    folder whose `.metadata` index (written last) reads."""
     return damaged_member(path) is None
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
     found = []
     for entry in os.listdir(folder):
-        match = CHECKPOINT_NAME.match(entry)
-        if match and (folder / entry).is_file():
+        match = CHECKPOINT_NAME.match(entry) if (folder / entry).is_file() else None
+        match = match or (SHARDED_CHECKPOINT_NAME.match(entry) if (folder / entry).is_dir() else None)
+        if match:
             found.append((int(match.group(1)), int(match.group(2)), folder / entry))
     return sorted(found)
 
 
 def find_resume_checkpoint(folder: str | os.PathLike | None) -> Optional[Path]:
-    """The checkpoint autoresume should continue from: `latest` when it names a complete file, otherwise the newest
-    complete `ep*-ba*-rank0.pt`; None when there is none (a fresh run). Reads only; same answer on every rank."""
+    """The checkpoint autoresume should continue from: `latest` when it names a complete checkpoint, otherwise the
+    newest complete `ep*-ba*-rank0.pt` file or `ep*-ba*` sharded folder; None when there is none (a fresh run).
+    Reads only; same answer on every rank."""
     if not folder or not Path(folder).is_dir():
         return None
     folder = Path(folder)

@@ -118,7 +118,9 @@ LEGACY_KEYS = {
 }
 
 # Keys that transformers' own PretrainedConfig machinery reads and writes (checkpoint configs carry them).
-_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "torch_dtype", "attn_implementation", "cls_token_id"}
+# `num_labels` is a property there (derived from id2label), so to_dict() does not list it.
+_HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"model_type", "transformers_version", "torch_dtype", "attn_implementation",
+                                                     "cls_token_id", "num_labels"}
 
 
 def _is_hf_key(key: str) -> bool:

@@ -120,7 +120,7 @@ class EvalSpec:
 
 
 def _unknown(where: str, key: str, valid: Sequence[str]) -> EvalConfigError:
-    if where in WHY_NOT or f"{where}" in WHY_NOT:
+    if where in WHY_NOT:
         return EvalConfigError(f"`{where}` is not supported here: {WHY_NOT[where]}")
     return EvalConfigError(f"unknown key `{where}`{closest(key, valid)}; valid keys: {', '.join(valid)}")
 
@@ -140,8 +140,10 @@ def _referenced(raw) -> set[str]:
     return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
 
 
-def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None) -> EvalSpec:
-    """Merge defaults <- file <- `key.sub=value` overrides, then check every key."""
+def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None,
+                   require_start: bool = True) -> EvalSpec:
+    """Merge defaults <- file <- `key.sub=value` overrides, then check every key. `require_start=False`: the
+    starting checkpoint does not exist yet (a sweep checks its `eval:` section before pretraining)."""
     path = Path(path)
     if not path.is_file():
         raise EvalConfigError(f"{path}: no such evaluation file")
@@ -162,10 +164,10 @@ def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Opt
         if key not in TOP_LEVEL and key not in free:
             raise _unknown(str(key), str(key), list(TOP_LEVEL))
     cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
-    return _build(cfg, str(path), out_dir)
+    return _build(cfg, str(path), out_dir, require_start)
 
 
-def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str]) -> EvalSpec:
+def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_start: bool = True) -> EvalSpec:
     if not cfg["base_run_name"]:
         raise EvalConfigError(f"{source}: `base_run_name` is required (it names the output folder and the runs)")
     model = cfg["model"] or {}
@@ -177,9 +179,9 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str]) -> EvalSpec
         start = model["pretrained_model_name"]  # the reference's way to start from a Hugging Face model
     if start and cfg["local_pretrain_checkpoint_folder"] and not Path(start).is_absolute():
         start = str(Path(cfg["local_pretrain_checkpoint_folder"]) / start)
-    if start and "://" not in start and not Path(start).exists():
+    if require_start and start and "://" not in start and not Path(start).exists():
         raise EvalConfigError(f"`starting_checkpoint_load_path`: '{start}' does not exist")
-    if not start and not (model.get("model_config") or {}):
+    if require_start and not start and not (model.get("model_config") or {}):
         raise EvalConfigError(f"{source}: give `starting_checkpoint_load_path` (a pretrained model) or a full "
                               "`model.model_config` (random initialization)")
     for section in ("callbacks", "loggers", "algorithms", "optimizer", "scheduler", "trainer_kwargs"):

@@ -161,3 +161,17 @@ def test_glue_task_through_the_datasets_library(tmp_path, start):
                      trainer_kwargs={"max_duration": "2ba", "global_train_batch_size": 8})
     assert main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert set(json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["mrpc"]) == {"accuracy", "f1"}
+
+
+def test_parallel_runs_each_task_in_its_own_process(tmp_path, start, task_files, capsys):
+    train, validation = task_files
+    data = {"train": str(train), "validation": str(validation)}
+    tasks = {"one": {"seeds": [1], "data": data}, "two": {"seeds": [2], "data": data}}
+    path = eval_file(tmp_path, start["checkpoint"], tasks, trainer_kwargs={"max_duration": "1ba", "global_train_batch_size": 8},
+                     parallel=True)
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.count("started ") == 2
+    for name, seed in (("one", 1), ("two", 2)):
+        result = json.loads((tmp_path / "out" / "runs" / name / f"seed{seed}" / "result.json").read_text())
+        assert result["steps"] == 1
+    assert set(json.loads((tmp_path / "out" / "results.json").read_text())["summary"]) == {"one", "two"}

@@ -40,7 +40,15 @@ def check_tasks(tasks) -> None:
         build_metrics(task.metrics, task.data["problem_type"], data.num_labels, f"task {task.name}")
 
 
+def _is_rank_zero() -> bool:
+    from composer.utils import dist
+
+    return dist.get_global_rank() == 0
+
+
 def run_tasks(spec, tasks, log_line=print) -> None:
+    """Every unfinished (task, seed), one after another. Under a multi-process launcher every process trains
+    (data-parallel) and the first one writes the results."""
     from flexbert.eval.finetune import finetune
 
     todo = pending(spec, tasks)
@@ -51,7 +59,8 @@ def run_tasks(spec, tasks, log_line=print) -> None:
         log_line(f"fine-tuning {task.name} seed {seed}")
         result = finetune(spec, task, seed, spec.out_dir / "runs" / task.name / f"seed{seed}")
         result["fingerprint"] = task.fingerprint(spec)
-        write_result(spec.out_dir, result)
+        if _is_rank_zero():
+            write_result(spec.out_dir, result)
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         log_line(f"  {task.name} seed {seed}: {scores} ({result['steps']} steps, {result['wall_s']}s)")
 
@@ -104,7 +113,7 @@ def run(spec, eval_file: str, overrides: Sequence[str] = (), only: Optional[str]
         failed = run_parallel(spec, tasks, eval_file, overrides, log_line)
     else:
         run_tasks(spec, tasks, log_line)
-    if write_report:
+    if write_report and _is_rank_zero():
         report(spec)
         log_line(f"results: {spec.out_dir}/results.md")
     if failed:

@@ -2,7 +2,8 @@
 
 from flexbert.config import FlexBertConfig, FlexBertConfigError
 
-__all__ = ["FlexBertConfig", "FlexBertConfigError", "FlexBertModel", "FlexBertForMaskedLM"]
+__all__ = ["FlexBertConfig", "FlexBertConfigError", "FlexBertModel", "FlexBertForMaskedLM",
+           "FlexBertForSequenceClassification", "FlexBertForTokenClassification"]
 
 
 def __getattr__(name):  # the model pulls in torch-heavy modules; import them only when asked for
@@ -10,4 +11,8 @@ def __getattr__(name):  # the model pulls in torch-heavy modules; import them on
         from flexbert.model import modeling
 
         return getattr(modeling, name)
+    if name in ("FlexBertForSequenceClassification", "FlexBertForTokenClassification"):
+        from flexbert.model import classification
+
+        return getattr(classification, name)
     raise AttributeError(name)

@@ -130,7 +130,8 @@ MOOT_KEYS = {
 # special-token ids are listed by name: transformers 4.x declares them on PretrainedConfig, 5.x on each model's config.
 _HF_BASE_KEYS = set(PretrainedConfig().to_dict()) | {
     "model_type", "transformers_version", "torch_dtype", "attn_implementation",
-    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id"}
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id",
+    "num_labels"}  # a property there (derived from id2label), so to_dict() does not list it
 
 
 def _is_hf_key(key: str) -> bool:

@@ -1,6 +1,7 @@
 """`make demo`: the whole pipeline on one CPU machine in a few minutes.
 
-1. data (cached under demo_data/): demo corpus from the Python standard library -> BPE tokenizer -> MDS shards;
+1. data (cached under demo_data/): demo corpus from the Python standard library -> BPE tokenizer -> MDS shards,
+   and the two fine-tuning tasks of yamls/eval/demo.yaml (demo_data/tasks/);
 2. pretrain `yamls/demo.yaml` (30% masking, packing, StableAdamW, warmup-stable-decay), evaluating at 15%;
 3. the Composer checkpoint is written to demo_runs/demo/, then exported as a Hugging Face ModernBERT folder;
 4. transformers' own `fill-mask` pipeline runs on the exported folder.
@@ -24,7 +25,7 @@ def _step(message: str) -> None:
 
 
 def prepare_data() -> None:
-    from data_prep import build_demo_corpus, tokenize_to_mds, train_tokenizer
+    from data_prep import build_demo_corpus, build_demo_tasks, tokenize_to_mds, train_tokenizer
 
     corpus, tokenizer, mds = DATA / "corpus", DATA / "tokenizer", DATA / "mds"
     if not corpus.is_dir():
@@ -36,6 +37,9 @@ def prepare_data() -> None:
     if not mds.is_dir():
         _step("tokenizing into MDS shards (max_seq_len 128)")
         _check(tokenize_to_mds.main(["--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(mds), "--max-seq-len", "128"]))
+    if not (DATA / "tasks").is_dir():
+        _step("building the fine-tuning tasks of yamls/eval/demo.yaml")
+        _check(build_demo_tasks.main(["--corpus", str(corpus), "--out", str(DATA / "tasks")]))
     print(f"data ready in {DATA}/ (delete it to rebuild)")
 
 

@@ -51,8 +51,11 @@ def _require(condition: bool, field: str, why: str) -> None:
         raise NotExpressibleError(f"cannot export to Hugging Face ModernBERT: model_config.{field} {why}")
 
 
-def modernbert_config_dict(config: FlexBertConfig) -> dict[str, Any]:
-    """The ModernBertConfig keyword arguments equivalent to `config`, or NotExpressibleError naming the field."""
+def modernbert_config_dict(config: FlexBertConfig, classifier: bool = False) -> dict[str, Any]:
+    """The ModernBertConfig keyword arguments equivalent to `config`, or NotExpressibleError naming the field.
+
+    ModernBERT has one head configuration (`classifier_*`): an MLM model exports its `head_pred_*` keys there, a
+    classification model (`classifier=True`) its `head_class_*` keys, with its labels and pooling."""
     for layer in range(config.num_hidden_layers):
         bert_layer, attention_layer, mlp_layer = config.layer_blocks(layer)
         _require(bert_layer == "prenorm", "bert_layer", f"is '{bert_layer}'; ModernBERT is 'prenorm'")
@@ -121,11 +124,30 @@ def modernbert_config_dict(config: FlexBertConfig) -> dict[str, Any]:
     for key in _TOKEN_KEYS:
         if getattr(config, key, None) is not None:
             out[key] = getattr(config, key)
+    if classifier:
+        out.update(_classifier_config_dict(config))
     return out
 
 
-def flexbert_config_from_modernbert(hf: dict[str, Any], **overrides: Any) -> FlexBertConfig:
-    """A ModernBERT config.json (4.x or 5.x keys) as the equivalent FlexBERT config."""
+def _classifier_config_dict(config: FlexBertConfig) -> dict[str, Any]:
+    _require(bool(config.head_class_norm), "head_class_norm", "is false; ModernBERT's classification head always has a norm")
+    _require(config.pooling_type in ("cls", "mean"), "pooling_type", f"is '{config.pooling_type}'; ModernBERT pools 'cls' or 'mean'")
+    out = {
+        "classifier_activation": config.head_class_act,
+        "classifier_bias": config.head_class_bias,
+        "classifier_dropout": config.head_class_dropout,
+        "classifier_pooling": config.pooling_type,
+        "id2label": {int(k): v for k, v in config.id2label.items()},
+        "label2id": dict(config.label2id),
+    }
+    if config.problem_type is not None:
+        out["problem_type"] = config.problem_type
+    return out
+
+
+def flexbert_config_from_modernbert(hf: dict[str, Any], classifier: bool = False, **overrides: Any) -> FlexBertConfig:
+    """A ModernBERT config.json (4.x or 5.x keys) as the equivalent FlexBERT config (`classifier`: its
+    `classifier_*` keys and labels also configure the classification head)."""
     every_n = hf.get("global_attn_every_n_layers", 3)
     window = hf.get("local_attention", 128)
     if "layer_types" in hf and "global_attn_every_n_layers" not in hf:
@@ -179,6 +201,17 @@ def flexbert_config_from_modernbert(hf: dict[str, Any], **overrides: Any) -> Fle
     for key in _TOKEN_KEYS:
         if hf.get(key) is not None:
             values[key] = hf[key]
+    if classifier:
+        values.update(
+            head_class_act=hf.get("classifier_activation", "gelu"),
+            head_class_bias=hf.get("classifier_bias", False),
+            head_class_norm=True,
+            head_class_dropout=hf.get("classifier_dropout", 0.0),
+        )
+        if hf.get("id2label"):
+            values["id2label"] = {int(k): v for k, v in hf["id2label"].items()}
+        if hf.get("problem_type"):
+            values["problem_type"] = hf["problem_type"]
     values.update(overrides)
     return FlexBertConfig(**values)
 
@@ -226,33 +259,46 @@ def _read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_modernbert_folder(path, **config_overrides: Any):
-    """A Hugging Face ModernBERT folder (config.json + safetensors) as a FlexBertForMaskedLM."""
+def load_modernbert_folder(path, model_class=None, **config_overrides: Any):
+    """A Hugging Face ModernBERT folder (config.json + safetensors) as a FlexBertForMaskedLM, or as `model_class`
+    (a FlexBERT classification model). A classification model loaded from an MLM folder keeps the MLM head as its
+    `head` (same parameters) and a freshly initialized `classifier`, as transformers does; the decoder is dropped."""
     from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.checkpoint_keys import load_state_dict_checked
 
+    model_class = model_class or FlexBertForMaskedLM
+    classifier = model_class is not FlexBertForMaskedLM
     folder = Path(path)
     hf_config = json.loads((folder / "config.json").read_text())
     config_overrides.pop("torch_dtype", None)
-    config = flexbert_config_from_modernbert(hf_config, **config_overrides)
-    model = FlexBertForMaskedLM(config)
+    config = flexbert_config_from_modernbert(hf_config, classifier=classifier, **config_overrides)
+    model = model_class(config)
     state = {hf_to_flexbert_name(k): v for k, v in _read_safetensors_folder(folder).items()}
-    if config.tie_word_embeddings:
+    allow_missing: tuple[str, ...] = ()
+    if not classifier and config.tie_word_embeddings:
         state.pop("decoder.weight", None)
-    load_state_dict_checked(model, state, source=str(folder), allow_missing=("decoder.weight",) if config.tie_word_embeddings else ())
+        allow_missing = ("decoder.weight",)
+    if classifier and "classifier.weight" not in state:
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+        allow_missing = ("classifier.weight", "classifier.bias")
+    load_state_dict_checked(model, state, source=str(folder), allow_missing=allow_missing)
     model.tie_weights()
     return model.eval()
 
 
 def save_modernbert_folder(model, save_directory, tokenizer=None, **unused: Any) -> None:
-    """Write `model` as a Hugging Face ModernBERT folder (safetensors + config, tokenizer files when given)."""
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+    """Write `model` as a Hugging Face ModernBERT folder (safetensors + config, tokenizer files when given):
+    an MLM model as `ModernBertForMaskedLM`, a classification model as its `hf_architecture`."""
+    import transformers
+    from transformers import ModernBertConfig
 
-    hf_config = ModernBertConfig(**modernbert_config_dict(model.config))
-    hf_config.architectures = ["ModernBertForMaskedLM"]
+    architecture = getattr(model, "hf_architecture", "ModernBertForMaskedLM")
+    hf_class = getattr(transformers, architecture)
+    hf_config = ModernBertConfig(**modernbert_config_dict(model.config, classifier=architecture != "ModernBertForMaskedLM"))
+    hf_config.architectures = [architecture]
     state = {flexbert_to_hf_name(k): v.detach() for k, v in model.state_dict().items()}
     with torch.device("meta"):
-        hf_model = ModernBertForMaskedLM(hf_config)
+        hf_model = hf_class(hf_config)
     hf_model.load_state_dict(state, strict=True, assign=True)
     hf_model.tie_weights()
     target = Path(save_directory)

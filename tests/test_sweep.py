@@ -295,3 +295,56 @@ def test_demo_sweep_end_to_end_skips_finished_runs_and_reports_failures(tmp_path
     write_sweep(sweep, body)
     code, text = run_cli(sweep, "--out", out)
     assert code == 2 and "baseline: started with" in text and "different overrides" in text
+
+
+# ---------------------------------------------------------------------------------------------- downstream evaluation
+
+
+def test_mean_ranks_over_tasks():
+    from flexbert.sweep.evaluation import mean_ranks
+
+    scores = [{"a": 0.9, "b": 0.1}, {"a": 0.5, "b": 0.7}, {"a": 0.5, "b": 0.9}, {"a": 0.2}]
+    # a: 0.9 -> 1, 0.5 and 0.5 share ranks 2 and 3 -> 2.5, 0.2 -> 4; b: 0.9 -> 1, 0.7 -> 2, 0.1 -> 3
+    assert mean_ranks(scores, ["a", "b"]) == [(1 + 3) / 2, (2.5 + 2) / 2, (2.5 + 1) / 2, None]
+
+
+def test_sweep_with_eval_section_scores_and_ranks_each_variant(tmp_path, tiny_data):
+    from tests.eval_fixtures import sentiment_records, write_jsonl
+
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_records(24, 0))
+    validation = write_jsonl(tmp_path / "validation.jsonl", sentiment_records(16, 1))
+    data = {"train": str(train), "validation": str(validation)}
+    evaluation = {"base_run_name": "ignored", "max_seq_len": 32,
+                  "trainer_kwargs": {"max_duration": "2ba", "global_train_batch_size": 8, "device_eval_batch_size": 16},
+                  "tasks": {"sent": {"seeds": [1, 2], "data": data}, "sent2": {"seeds": [3], "metrics": ["f1"], "data": data}}}
+    variants = [{"name": "base"}, {"name": "rms", "overrides": {"model.model_config.normalization": "rmsnorm"}}]
+    body = yaml.safe_load(tiny_sweep(tmp_path, tiny_data, variants).read_text())
+    sweep, out = write_sweep(tmp_path / "tiny.yaml", {**body, "eval": evaluation}), tmp_path / "out"
+
+    bad = write_sweep(tmp_path / "bad.yaml", {**body, "eval": {**evaluation, "tasks": {"x": {"data": {**data, "label_field": "y"}}}}})
+    code, text = run_cli(bad, "--out", tmp_path / "bad_out")
+    assert code == 2 and f"{train}:1: field 'y' is missing" in text and not (tmp_path / "bad_out" / "runs").exists()
+
+    code, text = run_cli(sweep, "--out", out)
+    assert code == 0, text
+    with open(out / "results.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS + ["eval_sent", "eval_sent2", "eval_rank"]
+        rows = {row["variant"]: row for row in reader}
+    scores = {}
+    for name in ("base", "rms"):
+        summary = json.loads((out / "runs" / name / "eval" / "results.json").read_text())["summary"]
+        values = list(summary["sent"]["accuracy"]["values"].values())
+        assert len(values) == 2 and float(rows[name]["eval_sent"]) == pytest.approx(sum(values) / 2)
+        assert float(rows[name]["eval_sent2"]) == pytest.approx(summary["sent2"]["f1"]["mean"])
+        scores[name] = (float(rows[name]["eval_sent"]), float(rows[name]["eval_sent2"]))
+    for name, other in (("base", "rms"), ("rms", "base")):
+        expected = sum(1.0 if a > b else 2.0 if a < b else 1.5 for a, b in zip(scores[name], scores[other])) / 2
+        assert float(rows[name]["eval_rank"]) == pytest.approx(expected)
+    table = (out / "results.md").read_text()
+    assert "| sent | sent2 | downstream rank |" in table
+    state = json.loads((out / "sweep_state.json").read_text())
+    assert {state["runs"][n]["eval_status"] for n in ("base", "rms")} == {"done"}
+
+    code, text = run_cli(sweep, "--out", out)  # everything finished: nothing runs again
+    assert code == 0 and text.count("done earlier, skipped") == 2 and "fine-tuning" not in text

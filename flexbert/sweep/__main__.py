@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     print(markdown_table(spec, rows))
     print(f"\nresults: {out / 'results.md'}, {out / 'results.csv'}, {out / 'loss_curves.png'}")
-    return 0 if all(r["status"] == "done" for r in rows) else 1
+    return 0 if all(r["status"] == "done" and not r["error"] for r in rows) else 1
 
 
 if __name__ == "__main__":

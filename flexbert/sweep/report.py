@@ -90,7 +90,8 @@ def summarize(run: PlannedRun, entry: dict[str, Any]) -> dict[str, Any]:
         "peak_gpu_mem_gb": _peak_gpu(records),
         "wall_s": entry.get("wall_s"),
         "tokens": max((r["token"] for r in records), default=None),
-        "error": error_headline(entry.get("error") or "") if status in ("failed", "invalid") else "",
+        "error": error_headline(entry.get("error") or "") if status in ("failed", "invalid") else
+                 f"eval: {error_headline(entry.get('eval_error') or '')}" if entry.get("eval_status") == "failed" else "",
     }
 
 
@@ -110,26 +111,33 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+
+
+def _eval_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The downstream columns (`eval_<task>` ..., `eval_rank`) when the sweep has an `eval:` section."""
+    return [k for k in (rows[0] if rows else {}) if k.startswith("eval_") and k not in COLUMNS]
 
 
 def markdown_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     shorts = short_keys(spec.varied_keys)
     show_gpu = any(r["peak_gpu_mem_gb"] is not None for r in rows)
+    evals = _eval_keys(rows)
     header = ["variant", "overrides", "params", f"train loss (last {FINAL_STEPS})", "eval loss", "eval masked acc",
-              "tokens/s", "peak RSS (MB)"] + (["peak GPU mem (GB)"] if show_gpu else []) + ["wall (s)", "status"]
+              "tokens/s", "peak RSS (MB)"] + (["peak GPU mem (GB)"] if show_gpu else []) + \
+             [k.removeprefix("eval_") if k != "eval_rank" else "downstream rank" for k in evals] + ["wall (s)", "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for variant, row in zip(spec.variants, rows):
         overrides = ", ".join(f"{shorts.get(k, k)}={render_value(v)}" for k, v in variant.overrides.items()) or "(base)"
         cells = [row["variant"], overrides, _params(row["params"]), _fmt(row["final_train_loss"], 3),
                  _fmt(row["eval_loss"], 3), _fmt(row["eval_masked_accuracy"], 3), _fmt(row["tokens_per_sec"], 0),
                  _fmt(row["peak_rss_mb"], 0)] + ([_fmt(row["peak_gpu_mem_gb"], 2)] if show_gpu else []) + \
-                [_fmt(row["wall_s"], 0), row["status"]]
+                [_fmt(row[k], 2 if k == "eval_rank" else 4) for k in evals] + [_fmt(row["wall_s"], 0), row["status"]]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -146,19 +154,32 @@ def write_markdown(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> N
     described = [v for v in spec.variants if v.description]
     if described:
         parts += ["Variants:", ""] + [f"- `{v.name}`: {v.description.strip()}" for v in described] + [""]
-    failed = [r for r in rows if r["status"] in ("failed", "invalid")]
+    failed = [r for r in rows if r["status"] in ("failed", "invalid") or r["error"]]
     if failed:
         parts += ["Failures:", ""] + [f"- `{r['variant']}` ({r['status']}): {r['error']}" for r in failed] + [""]
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
-def plot_curves(spec: SweepSpec, runs: list[PlannedRun], path: Path) -> None:
+def plot_curves(spec: SweepSpec, runs: list[PlannedRun], path: Path, rows: Optional[list[dict[str, Any]]] = None) -> None:
+    """Loss curves; with downstream scores, a second panel of each task's score per variant."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    tasks = [k for k in _eval_keys(rows or []) if k != "eval_rank"]
+    if tasks:
+        fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 5))
+        width = 0.8 / max(1, len(runs))
+        for i, (run, row) in enumerate(zip(runs, rows)):
+            values = [row[k] if row[k] is not None else float("nan") for k in tasks]
+            bars.bar([t + i * width for t in range(len(tasks))], values, width, color=f"C{i % 10}", label=run.name)
+        bars.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], [k.removeprefix("eval_") for k in tasks])
+        bars.set_ylabel("fine-tuned score (first metric, mean over seeds)")
+        bars.set_title("downstream tasks")
+        bars.legend(fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 5))
     for i, run in enumerate(runs):
         train, evals = curves(read_metrics(run.folder / "metrics.jsonl"))
         if not train and not evals:
@@ -182,11 +203,16 @@ def plot_curves(spec: SweepSpec, runs: list[PlannedRun], path: Path) -> None:
 
 def write_report(spec: SweepSpec, out: Path, state: Optional[SweepState] = None) -> list[dict[str, Any]]:
     """Write OUT/results.csv, OUT/results.md and OUT/loss_curves.png; returns the rows."""
+    from flexbert.sweep.evaluation import add_eval_scores, eval_columns, eval_tasks
+
     state = state or SweepState(out, spec.name)
     runs = plan_runs(spec, out)
     rows = [summarize(run, state.get(run.name)) for run in runs]
+    tasks = eval_tasks(spec, out)
+    if tasks:
+        add_eval_scores(spec, runs, rows, tasks)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "results.csv")
+    write_csv(rows, out / "results.csv", COLUMNS + (eval_columns(tasks) if tasks else []))
     write_markdown(spec, rows, out / "results.md")
-    plot_curves(spec, runs, out / "loss_curves.png")
+    plot_curves(spec, runs, out / "loss_curves.png", rows)
     return rows

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from flexbert.folder_lock import FolderBusyError, hold_folder
+from flexbert.sweep.evaluation import run_eval, validate_eval
 from flexbert.sweep.spec import SweepError, SweepSpec, Variant, render_overrides, render_value
 from flexbert.sweep.state import RESUMABLE, SweepState
 from flexbert.sweep.validate import Validation, launcher_world_size, validate_variant
@@ -223,11 +224,14 @@ def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retr
     check_fingerprints(runs, state)
     todo = [r for r in runs if state.get(r.name).get("status") != "done"]
     validate_runs(spec, todo, launcher)
+    evaluate = bool(validate_eval(spec, out))
     for i, run in enumerate(runs, 1):
         label = f"[{i}/{len(runs)}]"
         status = state.get(run.name).get("status")
         if status == "done":
             print(f"{label} {run.name}: done earlier, skipped")
+            if evaluate and state.get(run.name).get("eval_status") != "done":
+                run_eval(spec, run, state, out, label)
             continue
         if run.validation.error:
             state.update(run.name, status="invalid", overrides=run.fingerprint, error=run.validation.error, params=None)
@@ -236,5 +240,6 @@ def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retr
         if status == "failed" and not retry_failed:
             print(f"{label} {run.name}: failed earlier, skipped (--retry-failed runs it again)")
             continue
-        run_one(spec, run, state, launcher, label)
+        if run_one(spec, run, state, launcher, label) == "done" and evaluate:
+            run_eval(spec, run, state, out, label)
     return state

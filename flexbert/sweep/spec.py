@@ -13,6 +13,8 @@ Spec: issue 7. A sweep file is YAML with these keys (anything else is an error n
       - name: plain_mlp            # optional; default: derived from the overrides
         description: ...           # optional
         overrides: {model.model_config.mlp_layer: mlp}
+    eval: ../eval/demo.yaml        # optional: an evaluation file (flexbert.eval), or its content inline; each
+                                   # variant's final checkpoint is fine-tuned on its tasks (see evaluation.py)
 
 Values are read with OmegaConf's YAML loader, the same one that reads run files and `key=value` overrides,
 so `1e-3`, `60ba`, `[0.9, 0.98]` mean what they mean in a run file. Whether a key exists in the run schema
@@ -32,7 +34,7 @@ from omegaconf import OmegaConf
 
 from flexbert.registry import closest
 
-SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "variants")
+SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "eval")
 VARIANT_KEYS = ("name", "description", "overrides")
 # The sweep owns these: every run gets its own folder and name, and resuming is the sweep's decision.
 RESERVED_KEYS = ("save_folder", "run_name", "autoresume")
@@ -60,6 +62,7 @@ class SweepSpec:
     variants: list[Variant]
     description: str = ""
     varied_keys: list[str] = field(default_factory=list)  # keys any variant sets, in first-seen order
+    eval: Any = None  # the `eval:` section: a path (resolved) or an inline evaluation file
 
 
 # ------------------------------------------------------------------------------------------- values
@@ -218,4 +221,21 @@ def load_sweep(path: str | Path) -> SweepSpec:
         seen[name] = i
         variants.append(Variant(name, overrides, description))
     return SweepSpec(path=path, name=sweep_name, base=base, common=common, variants=variants,
-                     description=str(raw.get("description") or ""), varied_keys=varied)
+                     description=str(raw.get("description") or ""), varied_keys=varied, eval=_eval_section(raw.get("eval"), path))
+
+
+def _eval_section(section: Any, sweep_path: Path) -> Any:
+    if section is None:
+        return None
+    if isinstance(section, str):  # same lookup as `base`: the sweep file's folder, then the current directory
+        tried = [Path(section)] if Path(section).is_absolute() else [sweep_path.parent / section, Path.cwd() / section]
+        for candidate in tried:
+            if candidate.is_file():
+                return candidate.resolve()
+        raise SweepError(f"{sweep_path}: eval file '{section}' not found (tried {', '.join(map(str, tried))})")
+    if not isinstance(section, Mapping):
+        raise SweepError(f"{sweep_path}: `eval` must be an evaluation file's path or its content (a mapping)")
+    if "starting_checkpoint_load_path" in section:
+        raise SweepError(f"{sweep_path}: `eval.starting_checkpoint_load_path` is set by the sweep (each variant's "
+                         "final checkpoint); remove it")
+    return dict(section)

@@ -81,19 +81,24 @@ def _steps(cfg: RunConfig, tokens_per_step: int) -> str:
 
 
 def resolve_precision(cfg: RunConfig) -> str:
-    """The precision the run uses: the file's (checked), amp_bf16 on a GPU, fp32 on CPU. An amp_* precision
+    """The run's precision: see `effective_precision`."""
+    return effective_precision(cfg.precision, cfg.device)
+
+
+def effective_precision(precision: Optional[str], device: Optional[str] = None) -> str:
+    """The precision a run uses: the given one (checked), amp_bf16 on a GPU, fp32 on CPU. An amp_* precision
     on a machine without a GPU runs in fp32, with a warning."""
     from composer.core import Precision
 
     from flexbert.registry import closest
 
     valid = [p.value for p in Precision]
-    if cfg.precision is not None and cfg.precision not in valid:
-        raise RunConfigError(f"`precision`: {cfg.precision!r}{closest(str(cfg.precision), valid)}; valid: {', '.join(valid)}")
-    if cfg.device not in (None, "cpu", "gpu", "mps", "neuron", "tpu"):
-        raise RunConfigError(f"`device`: {cfg.device!r}; valid: cpu, gpu")
-    on_gpu = torch.cuda.is_available() and cfg.device in (None, "gpu")
-    precision = cfg.precision or ("amp_bf16" if on_gpu else "fp32")
+    if precision is not None and precision not in valid:
+        raise RunConfigError(f"`precision`: {precision!r}{closest(str(precision), valid)}; valid: {', '.join(valid)}")
+    if device not in (None, "cpu", "gpu", "mps", "neuron", "tpu"):
+        raise RunConfigError(f"`device`: {device!r}; valid: cpu, gpu")
+    on_gpu = torch.cuda.is_available() and device in (None, "gpu")
+    precision = precision or ("amp_bf16" if on_gpu else "fp32")
     if precision.startswith("amp_") and not on_gpu:
         warnings.warn(f"precision {precision} needs a GPU; running in fp32 on CPU")
         return "fp32"

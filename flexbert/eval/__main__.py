@@ -1,0 +1,54 @@
+"""`python -m flexbert.eval EVAL.yaml [key.sub=value ...] [--out DIR] [--parallel] [--task NAME] [--report]`
+
+Fine-tunes the pretrained model named in EVAL.yaml on each task, for each seed, and writes results.md,
+results.csv and results.json in the output folder. Rerunning the command skips finished (task, seed) pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flexbert.eval", description=__doc__.split("\n\n")[1])
+    parser.add_argument("eval_file")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the evaluation file")
+    parser.add_argument("--out", help="output folder (default: save_finetune_checkpoint_folder, else eval_runs/<base_run_name>)")
+    parser.add_argument("--parallel", action="store_true", default=None, help="each task in its own process (one per GPU)")
+    parser.add_argument("--task", help="run only this task")
+    parser.add_argument("--report", action="store_true", help="only rebuild results.* from the finished runs")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING)
+    from flexbert.checkpoint import CheckpointError
+    from flexbert.config import FlexBertConfigError
+    from flexbert.errors import DataError
+    from flexbert.eval.metrics import MetricError
+    from flexbert.eval.runner import report, run
+    from flexbert.eval.spec import EvalConfigError, load_eval_file
+    from flexbert.train.run_config import RunConfigError
+
+    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, RunConfigError, KeyError)
+    try:
+        spec = load_eval_file(args.eval_file, args.overrides, args.out)
+        if args.report:
+            report(spec)
+            print(f"results: {spec.out_dir}/results.md")
+            return 0
+        return run(spec, args.eval_file, args.overrides, only=args.task, parallel=args.parallel,
+                   write_report=not args.no_report)
+    except user_errors as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

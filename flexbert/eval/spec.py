@@ -1,0 +1,239 @@
+"""The evaluation file: which pretrained model, which tasks, which seeds, how to fine-tune.
+
+Follows the reference framework's evaluation schema where it applies here:
+
+    base_run_name: my-eval                 # names the output folder and each run (<base>-<task>-seed<seed>)
+    default_seed: 19                       # seeds of a task that gives none
+    precision: fp32                        # amp_bf16 on GPU
+    parallel: false                        # true: each task in its own process (one GPU each)
+    tokenizer_name: tok/                   # default: the checkpoint's embedded tokenizer, or the HF folder's
+    max_seq_len: 128
+    starting_checkpoint_load_path: ckpt.pt # a Composer checkpoint (ours or released layout), or a HF ModernBERT folder
+    local_pretrain_checkpoint_folder: runs/   # optional: folder the starting path is relative to
+    save_finetune_checkpoint_folder: evals/my-eval   # output folder (default eval_runs/<base_run_name>)
+    model:
+      name: flex_bert
+      use_pretrained: true                 # false: the same architecture from random initialization
+      model_config: {head_class_act: gelu} # overrides of the checkpoint's model_config
+    optimizer: {...}                       # as in run files; default decoupled_adamw lr 5e-5
+    scheduler: {...}                       # default linear_decay_with_warmup, 6% warmup
+    trainer_kwargs: {...}                  # defaults of every task's trainer_kwargs
+    callbacks: {...}; loggers: {...}; algorithms: {...}
+    tasks:
+      NAME:
+        seeds: [19, 8364]
+        trainer_kwargs: {max_duration: 2ep, global_train_batch_size: 32, ...}
+        model_config: {problem_type: multi_label_classification}
+        data: {train: a.jsonl, validation: b.jsonl, text_field: text, label_field: label, ...}   # or a GLUE name
+
+Unknown keys fail naming the closest valid one; the reference's keys that have no meaning here
+(`model.pretrained_checkpoint`, ...) fail saying why.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
+from flexbert.registry import closest
+
+
+class EvalConfigError(ValueError):
+    """An evaluation-file problem; the message names the key and the fix."""
+
+
+TOP_LEVEL = {
+    "base_run_name": None, "default_seed": 19, "precision": "fp32", "parallel": False, "tokenizer_name": None,
+    "max_seq_len": 128, "starting_checkpoint_load_path": None, "local_pretrain_checkpoint_folder": None,
+    "save_finetune_checkpoint_prefix": None, "save_finetune_checkpoint_folder": None, "model": {},
+    "optimizer": {"name": "decoupled_adamw", "lr": 5.0e-5, "betas": [0.9, 0.98], "eps": 1.0e-6, "weight_decay": 1.0e-5},
+    "scheduler": {"name": "linear_decay_with_warmup", "t_warmup": "0.06dur", "alpha_f": 0.0},
+    "trainer_kwargs": {}, "callbacks": {}, "loggers": {}, "algorithms": {}, "tasks": None,
+}
+MODEL_KEYS = ("name", "use_pretrained", "pretrained_model_name", "tokenizer_name", "model_config")
+TASK_KEYS = ("seeds", "trainer_kwargs", "model_config", "data", "metrics")
+TRAINER_DEFAULTS = {
+    "max_duration": "3ep", "global_train_batch_size": 32, "device_train_microbatch_size": None,
+    "device_eval_batch_size": 64, "eval_interval": "1ep", "max_seq_len": None, "precision": None,
+    "save_num_checkpoints_to_keep": 0, "optimizer": None, "scheduler": None, "console_log_interval": "50ba",
+}
+DATA_KEYS = ("train", "validation", "text_field", "text_pair_field", "label_field", "label_separator", "labels",
+             "problem_type", "dataset")
+PROBLEM_TYPES = (SINGLE, REGRESSION, MULTI)
+WHY_NOT = {
+    "model.pretrained_checkpoint": "use starting_checkpoint_load_path",
+}
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    seeds: list[int]
+    trainer: dict[str, Any]
+    model_config: dict[str, Any]
+    data: dict[str, Any]
+    metrics: Optional[list[str]]
+
+    def fingerprint(self, spec: "EvalSpec") -> str:
+        """Everything that decides a (task, seed) result except the seed: a finished result is reused only if it
+        was computed with the same settings."""
+        payload = {"task": [self.trainer, self.model_config, self.data, self.metrics], "start": spec.starting_point,
+                   "pretrained": spec.use_pretrained, "model_config": spec.model_config, "optimizer": spec.optimizer,
+                   "scheduler": spec.scheduler, "precision": spec.precision, "max_seq_len": spec.max_seq_len,
+                   "tokenizer": spec.tokenizer_name}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EvalSpec:
+    source: str
+    base_run_name: str
+    precision: str
+    parallel: bool
+    tokenizer_name: Optional[str]
+    max_seq_len: int
+    starting_point: Optional[str]
+    use_pretrained: bool
+    model_config: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    callbacks: dict[str, Any]
+    loggers: dict[str, Any]
+    algorithms: dict[str, Any]
+    out_dir: Path
+    tasks: list[TaskSpec] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise EvalConfigError(f"{self.source}: no task '{name}'{closest(name, [t.name for t in self.tasks])}")
+
+
+def _unknown(where: str, key: str, valid: Sequence[str]) -> EvalConfigError:
+    if where in WHY_NOT:
+        return EvalConfigError(f"`{where}` is not supported here: {WHY_NOT[where]}")
+    return EvalConfigError(f"unknown key `{where}`{closest(key, valid)}; valid keys: {', '.join(valid)}")
+
+
+def _check_keys(section: Mapping[str, Any], valid: Sequence[str], prefix: str) -> None:
+    if not isinstance(section, Mapping):
+        raise EvalConfigError(f"`{prefix.rstrip('.')}` must be a mapping, got {section!r}")
+    for key in section:
+        if key not in valid:
+            raise _unknown(f"{prefix}{key}", str(key), valid)
+
+
+def _referenced(raw) -> set[str]:
+    import re
+
+    text = OmegaConf.to_yaml(raw, resolve=False)
+    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
+
+
+def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None,
+                   require_start: bool = True) -> EvalSpec:
+    """Merge defaults <- file <- `key.sub=value` overrides, then check every key. `require_start=False`: the
+    starting checkpoint does not exist yet (a sweep checks its `eval:` section before pretraining)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalConfigError(f"{path}: no such evaluation file")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:
+        raise EvalConfigError(f"{path}: cannot parse YAML: {err}") from None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise EvalConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
+    try:
+        merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+        free = _referenced(merged)
+        values = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        raise EvalConfigError(f"{path}: {err}") from None
+    for key in values:
+        if key not in TOP_LEVEL and key not in free:
+            raise _unknown(str(key), str(key), list(TOP_LEVEL))
+    cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
+    return _build(cfg, str(path), out_dir, require_start)
+
+
+def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_start: bool = True) -> EvalSpec:
+    if not cfg["base_run_name"]:
+        raise EvalConfigError(f"{source}: `base_run_name` is required (it names the output folder and the runs)")
+    model = cfg["model"] or {}
+    _check_keys(model, MODEL_KEYS, "model.")
+    if model.get("name", "flex_bert") != "flex_bert":
+        raise EvalConfigError(f"`model.name: {model['name']}` is not supported here: only flex_bert models are built")
+    start = cfg["starting_checkpoint_load_path"]
+    if model.get("pretrained_model_name") and model.get("use_pretrained") and not start:
+        start = model["pretrained_model_name"]  # the reference's way to start from a Hugging Face model
+    if start and cfg["local_pretrain_checkpoint_folder"] and not Path(start).is_absolute():
+        start = str(Path(cfg["local_pretrain_checkpoint_folder"]) / start)
+    if require_start and start and "://" not in start and not Path(start).exists():
+        raise EvalConfigError(f"`starting_checkpoint_load_path`: '{start}' does not exist")
+    if require_start and not start and not (model.get("model_config") or {}):
+        raise EvalConfigError(f"{source}: give `starting_checkpoint_load_path` (a pretrained model) or a full "
+                              "`model.model_config` (random initialization)")
+    for section in ("callbacks", "loggers", "algorithms", "optimizer", "scheduler", "trainer_kwargs"):
+        if not isinstance(cfg[section] or {}, Mapping):
+            raise EvalConfigError(f"`{section}` must be a mapping")
+    _check_keys(cfg["trainer_kwargs"] or {}, list(TRAINER_DEFAULTS), "trainer_kwargs.")
+    tasks = cfg["tasks"]
+    if not tasks or not isinstance(tasks, Mapping):
+        raise EvalConfigError(f"{source}: `tasks` is required: a mapping of task name -> settings")
+    out = Path(out_dir or cfg["save_finetune_checkpoint_folder"] or Path("eval_runs") / cfg["base_run_name"])
+    spec = EvalSpec(
+        source=source, base_run_name=str(cfg["base_run_name"]), precision=str(cfg["precision"]),
+        parallel=bool(cfg["parallel"]), tokenizer_name=cfg["tokenizer_name"] or model.get("tokenizer_name"),
+        max_seq_len=int(cfg["max_seq_len"]), starting_point=start, use_pretrained=bool(model.get("use_pretrained", True)),
+        model_config=dict(model.get("model_config") or {}), optimizer=dict(cfg["optimizer"]),
+        scheduler=dict(cfg["scheduler"]), callbacks=dict(cfg["callbacks"] or {}), loggers=dict(cfg["loggers"] or {}),
+        algorithms=dict(cfg["algorithms"] or {}), out_dir=out, raw=cfg,
+    )
+    for name, task in tasks.items():
+        spec.tasks.append(_task(str(name), task or {}, cfg, spec))
+    return spec
+
+
+def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: EvalSpec) -> TaskSpec:
+    from flexbert.eval.glue_tasks import GLUE_TASKS, UNSUPPORTED
+
+    prefix = f"tasks.{name}."
+    _check_keys(task, TASK_KEYS, prefix)
+    seeds = task.get("seeds", [cfg["default_seed"]])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise EvalConfigError(f"`{prefix}seeds` must be a non-empty list of integers, got {seeds!r}")
+    trainer = {**TRAINER_DEFAULTS, **(cfg["trainer_kwargs"] or {})}
+    _check_keys(task.get("trainer_kwargs") or {}, list(TRAINER_DEFAULTS), f"{prefix}trainer_kwargs.")
+    trainer.update(task.get("trainer_kwargs") or {})
+    data = dict(task.get("data") or {})
+    _check_keys(data, DATA_KEYS, f"{prefix}data.")
+    model_config = dict(task.get("model_config") or {})
+    if name in UNSUPPORTED:
+        raise EvalConfigError(f"task `{name}` is not supported: {UNSUPPORTED[name]}, not sequence classification")
+    if not data.get("train") and name not in GLUE_TASKS:
+        known = ", ".join(GLUE_TASKS)
+        raise EvalConfigError(f"`{prefix}data` needs `train` and `validation` files (or name the task after a "
+                              f"GLUE/SuperGLUE task: {known}){closest(name, GLUE_TASKS)}")
+    if data.get("train") and not data.get("validation"):
+        raise EvalConfigError(f"`{prefix}data.validation` is required: the file the task is scored on")
+    glue = GLUE_TASKS.get(name) if not data.get("train") else None
+    problem = data.get("problem_type") or model_config.get("problem_type") or (glue.problem_type if glue else SINGLE)
+    if problem not in PROBLEM_TYPES:
+        raise EvalConfigError(f"`{prefix}data.problem_type`: '{problem}'{closest(problem, PROBLEM_TYPES)}; "
+                              f"choose one of: {', '.join(PROBLEM_TYPES)}")
+    data["problem_type"] = problem
+    metrics = task.get("metrics") or (list(glue.metrics) if glue else DEFAULT_METRICS[problem])
+    if not isinstance(metrics, list):
+        raise EvalConfigError(f"`{prefix}metrics` must be a list of metric names")
+    return TaskSpec(name, seeds, trainer, model_config, data, list(metrics))

@@ -98,19 +98,12 @@ def hashed_split(doc_index: int, seed: int, val_fraction: float) -> str:
 
 def load_tokenizer(name_or_dir: str):
     """Load a fast Hugging Face tokenizer that has [CLS]/[SEP]; problems become DataError."""
-    path = Path(name_or_dir).expanduser()
-    looks_like_path = name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1
-    if not path.exists() and looks_like_path:
-        raise DataError(f"tokenizer folder not found: {name_or_dir} (train one with data_prep/train_tokenizer.py)")
-    if path.exists() and not path.is_dir():
-        raise DataError(f"--tokenizer must be a folder or a Hugging Face name, got a file: {name_or_dir}")
-    from transformers import AutoTokenizer
+    from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else name_or_dir)
-    except Exception as err:  # transformers raises OSError, ValueError or hub errors for a bad name
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load tokenizer '{name_or_dir}': {first_line}") from None
+        tokenizer = load_tokenizer(name_or_dir)
+    except TokenizerSourceError as err:
+        raise DataError(str(err)) from None
     if not tokenizer.is_fast:
         raise DataError(f"tokenizer '{name_or_dir}' has no fast (Rust) version; tokenize_to_mds needs one")
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:

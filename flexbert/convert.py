@@ -39,13 +39,12 @@ class ConvertError(ValueError):
 
 
 def _load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as err:
-        hint = "" if Path(name).is_dir() else " (not a local folder; Hub names need network access)"
-        raise ConvertError(f"--tokenizer '{name}' cannot be loaded{hint}: {str(err).splitlines()[0]}") from None
+        return load_tokenizer(name)
+    except TokenizerSourceError as err:
+        raise ConvertError(f"--tokenizer: {err}") from None
 
 
 def _embedded_tokenizer(checkpoint, folder: str, source: str):

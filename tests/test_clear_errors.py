@@ -163,3 +163,47 @@ def test_failed_write_in_data_preparation_is_one_line(tiny_corpus, tmp_path, too
     lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{tool}: error: ")]
     assert len(lines) == 1 and "File too large" in lines[0], proc.stderr[-3000:]
     assert not out.exists() and not list(tmp_path.glob("out.*"))
+
+
+def test_empty_tokenizer_folder_is_named(tiny_corpus, tmp_path, capsys):
+    (tmp_path / "tok").mkdir()
+    assert main(_argv(tiny_corpus, tmp_path / "run", tokenizer_name=str(tmp_path / "tok"))) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"tokenizer folder '{tmp_path / 'tok'}' holds no tokenizer" in message
+    from data_prep import tokenize_to_mds
+
+    argv = ["--input", str(tiny_corpus / "corpus"), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "o")]
+    assert tokenize_to_mds.main(argv) == 2
+    assert "holds no tokenizer" in capsys.readouterr().err
+
+
+TIME_BUILD_TOKENIZER = """
+import sys, time
+from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
+start = time.monotonic()
+try:
+    load_tokenizer(sys.argv[1])
+except TokenizerSourceError as err:
+    print(f"{time.monotonic() - start:.1f}", err)
+"""
+
+
+@pytest.mark.parametrize("offline_by", ["setting", "network"])
+def test_hub_tokenizer_name_offline_fails_at_once(tmp_path, offline_by):
+    """Not cached and no Hub: an error within seconds (transformers alone retries for about a minute)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(PYTHONPATH=str(ROOT), HF_HOME=str(tmp_path / "hf_home"))  # an empty cache
+    if offline_by == "setting":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: the Hub is unreachable
+    name = "answerdotai/ModernBERT-base"
+    proc = subprocess.run([sys.executable, "-c", TIME_BUILD_TOKENIZER, name], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    seconds, _, message = proc.stdout.strip().partition(" ")
+    assert message, proc.stdout + proc.stderr[-3000:]
+    assert float(seconds) < 10 and f"'{name}' is not a local folder" in message
+    assert ("HF_HUB_OFFLINE" if offline_by == "setting" else "cannot be reached") in message

@@ -294,11 +294,11 @@ def test_undecodable_bytes_and_unknown_tokenizer_fail_cleanly(tmp_path, tokenize
     assert f"{src}:2:" in capsys.readouterr().err and no_leftovers(out)
     good = write_jsonl(tmp_path / "docs.jsonl", ["hello"])
     assert run_mds([good], tmp_path / "no_such_tokenizer", out) == 2
-    assert "tokenizer folder not found" in capsys.readouterr().err
+    assert f"tokenizer folder '{tmp_path / 'no_such_tokenizer'}' does not exist" in capsys.readouterr().err
     empty_dir = tmp_path / "empty_tok"
     empty_dir.mkdir()
     assert run_mds([good], empty_dir, out) == 2
-    assert "cannot load tokenizer" in capsys.readouterr().err and no_leftovers(out)
+    assert f"tokenizer folder '{empty_dir}' holds no tokenizer" in capsys.readouterr().err and no_leftovers(out)
 
 
 def test_skip_bad_counts_bad_records(tmp_path, tokenizer_dir, hf_tok, capsys):

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(spec, scratch: Path):
     """The eval file's tokenizer, else the one the starting checkpoint carries, else the HF folder's."""
-    from transformers import AutoTokenizer
+    from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
 
     if spec.tokenizer_name:
         name = spec.tokenizer_name
@@ -42,9 +42,9 @@ def load_tokenizer(spec, scratch: Path):
     else:
         raise CheckpointError("`tokenizer_name` is required when there is no starting checkpoint")
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as err:
-        raise CheckpointError(f"tokenizer '{name}' cannot be loaded: {str(err).splitlines()[0]}") from None
+        return load_tokenizer(name)
+    except TokenizerSourceError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def pretrained_weights(spec, pad_token_id: int) -> tuple[Optional[dict[str, torch.Tensor]], dict[str, Any]]:

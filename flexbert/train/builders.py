@@ -6,7 +6,6 @@ them into Composer's Trainer. Nothing here knows about distribution or precision
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -20,16 +19,15 @@ VOCAB_MULTIPLE = 8  # the embedding is padded to a multiple of 8 rows, as FlexBE
 
 
 def build_tokenizer(cfg: RunConfig):
-    from transformers import AutoTokenizer
+    from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
 
     name = cfg.tokenizer()
     if not name:
         raise RunConfigError(f"{cfg.source}: `tokenizer_name` is required (a local folder or a Hub name)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except Exception as err:
-        hint = "" if os.path.isdir(str(name)) else " (not a local folder; Hub names need network access)"
-        raise RunConfigError(f"tokenizer_name '{name}' cannot be loaded{hint}: {err}") from None
+        tokenizer = load_tokenizer(name)
+    except TokenizerSourceError as err:
+        raise RunConfigError(f"tokenizer_name: {err}") from None
     for token in ("pad_token_id", "mask_token_id"):
         if getattr(tokenizer, token) is None:
             raise RunConfigError(f"tokenizer '{name}' has no {token.replace('_id', '')}: MLM pretraining needs one")

@@ -5,8 +5,14 @@ The schema's `attention_layer` names parse into two orthogonal settings (`Attent
 - `fused_input`: Wqkv is part of the layer's fused `Wqkvff` projection (parallel layers).
 Whether a layer is global or local (sliding window) and its RoPE theta come from the layer index
 (`FlexBertConfig.is_global_layer`, `rope_theta`). The kernel (flash-attn varlen, SDPA, pure-PyTorch sliding
-window, ...) is looked up in `attention_kernels` once per call from the config's `attn_kernel`, the device and
+window, ...) is looked up in `attention_kernels` from the config's `attn_kernel`, the device, the compute dtype and
 the window, so the same weights run anywhere.
+
+`prepare(packed, device, dtype)` runs eagerly before the layers of every forward (the encoder calls it): it decides
+the kernel and puts everything `forward` reads from the batch into the batch's cache -- RoPE tables, the kernel's
+packed index and masks. `forward` itself then only reads: under torch.compile the kernel choice (imports, a
+cached lookup) is never traced, and a layer recomputed by activation checkpointing sees exactly what its first run
+saw, so it traces the same graph (a cache filled by the first run would change it).
 
 Parameters: `Wqkv` [3H, H] laid out [Q | K | V], each head-major; `Wo` [H, H].
 """
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from flexbert.model.attention_kernels import PackedIndex, select_kernel
+from flexbert.model.attention_kernels import PackedIndex, prepare_kernel_cache, select_kernel
 from flexbert.model.norms import normed_linear
 from flexbert.model.packed import PackedSequences
 from flexbert.model.registries import ATTENTION
@@ -55,6 +61,32 @@ class FlexBertAttention(nn.Module):
             self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attn_qkv_bias)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attn_out_bias)
         self.out_drop = nn.Dropout(config.attn_out_dropout_prob) if config.attn_out_dropout_prob > 0 else nn.Identity()
+        self._prepared: tuple | None = None  # (device, dtype, dropout on, kernel) decided by `prepare`
+
+    def prepare(self, packed: PackedSequences, device: torch.device, dtype: torch.dtype) -> None:
+        """Eager, before the layer runs on this batch: the kernel for (device, dtype, dropout) and the batch's cache
+        entries `forward` will read. `dtype` is what q and k will be (the autocast dtype under autocast)."""
+        dropout_on = self.training and self.probs_dropout > 0.0
+        if self._prepared is None or self._prepared[:3] != (device, dtype, dropout_on):
+            kernel = select_kernel(self.kernel_name, device, dtype, self.window,
+                                   dropout_p=self.probs_dropout if dropout_on else 0.0, deterministic=self.deterministic)
+            self._prepared = (device, dtype, dropout_on, kernel)
+        kernel = self._prepared[3]
+        if self.spec.rope:
+            self._rope_tables(packed, dtype)
+            if self.rope_scale_base is not None:
+                self._xpos_scale(packed, dtype)
+        if getattr(kernel, "uses_packed_index", True):
+            prepare_kernel_cache(kernel, self._index(packed), self.window)
+
+    def _index(self, packed: PackedSequences) -> PackedIndex:
+        return packed.cached("attn_index", lambda: PackedIndex.from_cu_seqlens(packed.cu_seqlens, packed.max_seqlen))
+
+    def _xpos_scale(self, packed: PackedSequences, dtype: torch.dtype) -> torch.Tensor:
+        return packed.cached(
+            ("xpos", self.rope_dim, self.rope_scale_base, dtype),
+            lambda: xpos_scale(packed.position_ids, self.rope_dim, self.rope_scale_base, dtype),
+        )
 
     def _rope_tables(self, packed: PackedSequences, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (T, rope_dim/2), once per batch for each (rope_dim, theta)."""
@@ -66,10 +98,7 @@ class FlexBertAttention(nn.Module):
         cos, sin = self._rope_tables(packed, qk.dtype)
         if self.rope_scale_base is None:
             return apply_rope(qk, cos, sin, self.rope_interleaved).unbind(1)  # queries and keys in one op
-        scale = packed.cached(
-            ("xpos", self.rope_dim, self.rope_scale_base, qk.dtype),
-            lambda: xpos_scale(packed.position_ids, self.rope_dim, self.rope_scale_base, qk.dtype),
-        )
+        scale = self._xpos_scale(packed, qk.dtype)
         q, k = qk.unbind(1)
         return (
             apply_rope(q, cos, sin, self.rope_interleaved, scale),
@@ -97,11 +126,13 @@ class FlexBertAttention(nn.Module):
             q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)
             v = v.squeeze(1)
         dropout_p = self.probs_dropout if self.training else 0.0
-        kernel = select_kernel(
-            self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic
-        )
-        index = None
-        if getattr(kernel, "uses_packed_index", True):
-            index = packed.cached("attn_index", lambda: PackedIndex.from_cu_seqlens(packed.cu_seqlens, packed.max_seqlen))
+        prepared = self._prepared
+        if prepared is not None and prepared[:3] == (q.device, q.dtype, dropout_p > 0.0):
+            kernel = prepared[3]
+        else:  # called without `prepare` (a layer on its own): decide here
+            kernel = select_kernel(
+                self.kernel_name, q.device, q.dtype, self.window, dropout_p=dropout_p, deterministic=self.deterministic
+            )
+        index = self._index(packed) if getattr(kernel, "uses_packed_index", True) else None
         out = kernel(q, k, v, packed.cu_seqlens, packed.max_seqlen, self.window, dropout_p, index=index)  # (T, heads, head_dim)
         return self.out_drop(self.Wo(out.reshape(out.shape[0], -1)))

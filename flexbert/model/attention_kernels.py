@@ -166,16 +166,24 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, in
     _check_window(window)
     index = _index_for(index, cu_seqlens, max_seqlen)
     T, H, D = q.shape
-    B, S = index.batch_size, index.max_seqlen
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # sizes from tensor shapes, which the compiler keeps symbolic (Python ints it specializes on)
+        B = index.cu_seqlens.shape[0] - 1
+        S = index.gather_index.shape[0] // max(B, 1)
+    else:
+        B, S = index.batch_size, index.max_seqlen
     if window is not None and window >= S - 1:
         window = None  # the band covers every document: global attention, without the S x S mask
     if B == 0:
         return torch.zeros_like(q)
     if window is None:
-        runs = index.cached("runs", lambda: _equal_length_runs(index.lengths))
-        if len(runs) <= MAX_SDPA_CALLS:
+        runs = None if compiling else index.cached("runs", lambda: _equal_length_runs(index.lengths))
+        if runs is not None and len(runs) <= MAX_SDPA_CALLS:
             return _sdpa_by_runs(q, k, v, runs, dropout_p)
-        mask = index.key_padding_mask  # many short documents: one padded call
+        # Many short documents, or under torch.compile: one padded call. The run list is Python data the compiler
+        # would specialize on -- a new graph for every new mix of lengths -- while the padded call's sizes come
+        # from tensor shapes.
+        mask = index.key_padding_mask
     else:
         mask = index.cached(("band", window), lambda: _band_mask(index, window))
 
@@ -250,16 +258,33 @@ flash_attn2 = ATTENTION_KERNELS.add("flash_attn2", FlashAttnAdapter(2), "flash-a
 flash_attn3 = ATTENTION_KERNELS.add("flash_attn3", FlashAttnAdapter(3), "flash-attn 3 varlen (Hopper; no dropout)")
 
 
+def prepare_kernel_cache(kernel: Callable, index: PackedIndex, window: Optional[int]) -> None:
+    """Build, eagerly, the per-batch masks `kernel` will read from `index` for `window` -- the same cache entries,
+    by the same rules, as the kernel itself -- so a compiled or recomputed layer only reads them."""
+    if kernel is sliding_window_attention and window is not None and window < index.max_seqlen - 1:
+        block = default_block_size(window)
+        index.cached(("sliding", window, block), lambda: _sliding_mask(index, window, block))
+    elif kernel in (sdpa_attention, sliding_window_attention) and index.batch_size:
+        if window is not None and window < index.max_seqlen - 1:
+            index.cached(("band", window), lambda: _band_mask(index, window))
+        else:
+            index.cached("runs", lambda: _equal_length_runs(index.lengths))
+
+
 # --------------------------------------------------------------------------------------------- selection
 def _is_hopper(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def _has_gpu_kernels(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 @functools.lru_cache(maxsize=None)
 def _select(name, device: torch.device, dtype: torch.dtype, is_global: bool, dropout: bool, deterministic: bool):
     if name not in (None, "auto"):
         kernel = ATTENTION_KERNELS.get(name)
-    elif device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+    elif _has_gpu_kernels(device) and dtype in (torch.float16, torch.bfloat16):
         if is_global and not dropout and _is_hopper(device) and flash_attn_available(3):
             kernel = flash_attn3
         elif flash_attn_available(2):

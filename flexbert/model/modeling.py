@@ -25,6 +25,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 from flexbert.config import FlexBertConfig
 from flexbert.model.activations import build_activation
+from flexbert.model.attention import FlexBertAttention
 from flexbert.model.init import initialize
 from flexbert.model.layers import build_layer
 from flexbert.model.loss import build_loss
@@ -43,6 +44,12 @@ class FlexBertEncoder(nn.Module):
         self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()`
 
     def forward(self, hidden: torch.Tensor, packed: PackedSequences) -> torch.Tensor:
+        # Eager, before the layers (which may be compiled and checkpointed): kernels and per-batch tables.
+        device = hidden.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        for module in self.layers.modules():  # reaches the attention modules through FSDP / checkpoint wrappers
+            if isinstance(module, FlexBertAttention):
+                module.prepare(packed, device, dtype)
         # Checkpointed layers keep only their input and recompute the rest in the backward pass (same RNG state,
         # so dropout masks agree); parameter names are unchanged.
         checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()

@@ -33,13 +33,24 @@ def mark_fsdp_units(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def compile_layers(model: nn.Module) -> bool:
-    """Compile each encoder layer (CUDA only); returns whether it did."""
+def compile_layers(model: nn.Module, backend: str = "inductor") -> bool:
+    """Compile each encoder layer (CUDA only); returns whether it did.
+
+    All layers share one forward, so the compiler keeps one graph per kind of layer (global / local window, with
+    or without the first layer's skipped pre-norm) and per mode it runs in: training with gradients, the first pass
+    of reentrant activation checkpointing (no gradients), evaluation. torch's default limit of 8 graphs per
+    function is below that for ModernBERT (3 kinds x 3 modes), and past it a layer silently falls back to eager
+    mode; the limit is raised to 4 graphs per kind."""
     if not torch.cuda.is_available():
         warnings.warn("model_config.compile_model is ignored on CPU (inductor's CPU path is not reliable here)")
         return False
-    for layer in model.bert.encoder.layers:
-        layer.compile(dynamic=True)
+    from torch._dynamo import config as dynamo_config
+
+    layers = list(model.bert.encoder.layers)
+    kinds = {(layer.attn.window is None, tuple(type(child).__name__ for child in layer.children())) for layer in layers}
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * len(kinds))
+    for layer in layers:
+        layer.compile(dynamic=True, backend=backend)
     return True
 
 

@@ -78,9 +78,9 @@ def tokenizer_source_kwargs(name: str) -> dict[str, Any]:
 
 def load_tokenizer(name: str):
     """`AutoTokenizer.from_pretrained(name)` after `tokenizer_source_kwargs`'s checks; never runs remote code."""
+    kwargs = tokenizer_source_kwargs(name)  # before importing AutoTokenizer (seconds): a refusal comes at once
     from transformers import AutoTokenizer
 
-    kwargs = tokenizer_source_kwargs(name)
     path = Path(str(name)).expanduser()
     try:
         return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name), trust_remote_code=False, **kwargs)

@@ -179,6 +179,7 @@ def test_empty_tokenizer_folder_is_named(tiny_corpus, tmp_path, capsys):
 
 TIME_BUILD_TOKENIZER = """
 import sys, time
+from transformers.utils import cached_file  # imported before the clock starts: the refusal is timed, not imports
 from flexbert.tokenizer_source import TokenizerSourceError, load_tokenizer
 start = time.monotonic()
 try:
@@ -207,3 +208,11 @@ def test_hub_tokenizer_name_offline_fails_at_once(tmp_path, offline_by):
     assert message, proc.stdout + proc.stderr[-3000:]
     assert float(seconds) < 10 and f"'{name}' is not a local folder" in message
     assert ("HF_HUB_OFFLINE" if offline_by == "setting" else "cannot be reached") in message
+
+
+def test_evaluation_without_a_batch_says_why_its_metrics_are_nan(tiny_corpus, tmp_path, recwarn):
+    """Two evaluations of zero batches, one warning."""
+    argv = _argv(tiny_corpus, tmp_path / "run", steps=2, eval_subset_num_batches=0, eval_interval="1ba")
+    assert main(argv) == 0
+    said = [w for w in recwarn if "evaluation 'eval' saw no batch, so its metrics are NaN" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in recwarn]

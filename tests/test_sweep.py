@@ -348,3 +348,12 @@ def test_sweep_with_eval_section_scores_and_ranks_each_variant(tmp_path, tiny_da
 
     code, text = run_cli(sweep, "--out", out)  # everything finished: nothing runs again
     assert code == 0 and text.count("done earlier, skipped") == 2 and "fine-tuning" not in text
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"runs": [1]}'])
+def test_damaged_sweep_state_is_named_with_the_fix(tmp_path, content):
+    from flexbert.sweep.state import SweepState
+
+    (tmp_path / "sweep_state.json").write_text(content)
+    with pytest.raises(SweepError, match=r"sweep_state.json: damaged sweep state .*restore it, or delete it"):
+        SweepState(tmp_path, "demo")

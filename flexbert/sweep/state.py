@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flexbert.sweep.spec import SweepError
+
 STATE_FILE = "sweep_state.json"
 FINISHED = ("done", "failed", "invalid")
 RESUMABLE = ("running", "interrupted", "failed")  # a re-run of these passes autoresume=true
@@ -25,8 +27,13 @@ class SweepState:
         self.path = Path(out) / STATE_FILE
         self.data: dict[str, Any] = {"sweep": sweep_name, "runs": {}}
         if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
-            self.data.setdefault("runs", {})
+            try:
+                self.data = json.loads(self.path.read_text())
+                if not isinstance(self.data, dict) or not isinstance(self.data.setdefault("runs", {}), dict):
+                    raise ValueError("not a mapping with a `runs` mapping")
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                raise SweepError(f"{self.path}: damaged sweep state ({err}); restore it, or delete it (with the "
+                                 f"runs/ folder) to start the sweep over") from None
 
     @property
     def runs(self) -> dict[str, dict[str, Any]]:

@@ -7,9 +7,9 @@ typo fails before training with the closest valid argument.
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import math
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -80,6 +80,23 @@ class PackingEfficiency(Callback):
         if state.timestamp.batch.value % self.log_interval == 0 and self._slots:
             logger.log_metrics({"packing_efficiency": self._real / self._slots})
             self._real = self._slots = 0
+
+
+class EmptyEvalWarning(Callback):
+    """An evaluation that saw no batch reports NaN metrics; say why, once per evaluator, instead of logging NaN
+    without a word."""
+
+    def __init__(self):
+        self._warned: set[str] = set()
+
+    def eval_end(self, state, logger):
+        label = state.dataloader_label or "eval"
+        if int(state.eval_timestamp.batch) == 0 and label not in self._warned:
+            self._warned.add(label)
+            warnings.warn(
+                f"evaluation '{label}' saw no batch, so its metrics are NaN: its split holds fewer rows than one "
+                f"eval batch (device_eval_batch_size), or eval_subset_num_batches is 0; lower device_eval_batch_size "
+                f"or set eval_loader.drop_last: false")
 
 
 class NonFiniteLossGuard(Callback):

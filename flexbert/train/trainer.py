@@ -42,7 +42,7 @@ def build_trainer(cfg: RunConfig):
     from flexbert.optim.restart import RestartOverride
     from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import build_algorithms, build_loader, build_model, build_optimization
-    from flexbert.train.callbacks import NonFiniteLossGuard, build_callbacks
+    from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard, build_callbacks
     from flexbert.train.checkpoint_safety import find_resume_checkpoint, install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
@@ -83,6 +83,8 @@ def build_trainer(cfg: RunConfig):
         evaluators.append(Evaluator(label="eval", dataloader=eval_spec, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
     callbacks = build_callbacks(cfg.callbacks)
+    if evaluators:
+        callbacks.append(EmptyEvalWarning())
     if cfg.optimizer.log_grad_norm and "log_grad_norm" not in cfg.callbacks:
         from flexbert.optim.grad_norm import LogGradNorm
 

@@ -13,20 +13,13 @@ The default run (fp32, 2 threads, forward + backward) takes about a minute and a
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from flexbert.model.attention_kernels import (  # noqa: E402
-    ATTENTION_KERNELS,
-    PackedIndex,
-    attention_flops,
-    flash_attn_available,
-)
+from flexbert.model.attention_kernels import ATTENTION_KERNELS, PackedIndex, flash_attn_available
+from flexbert.model.flops import attention_flops
 
 
 def parse_args(argv=None) -> argparse.Namespace:

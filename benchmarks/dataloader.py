@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
 from flexbert.data import ArraySource, BatchSizeWarmup, LoaderSettings, MaskingSpec, PackedLoader
 
 VOCAB, CLS, SEP, PAD, MASK = 50368, 50281, 50282, 50283, 50284

@@ -1,7 +1,7 @@
 """Kill a training run at random moments, resume it with autoresume each time, compare with an uninterrupted run.
 
 Each attempt runs the SAME command (`python main.py ...` or `composer -n 2 main.py ...`, `autoresume=true`) on the
-tiny test setup (tests/conftest.py `tiny_run_overrides`) with dropout on in every block (`--dropout`, default 0.1)
+tiny setup (benchmarks/tiny_setup.py `tiny_run_overrides`) with dropout on in every block (`--dropout`, default 0.1)
 and batch-size warmup on (the rows per step grow over the first ~`--warmup-tokens`), checkpoints every
 `--save-interval` batches (default 3, so checkpoints fall inside and after the warmup, not on its steps).
 An attempt that is to be killed is waited on until it has written a checkpoint beyond the one it resumed from; then
@@ -38,17 +38,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST  # noqa: E402
+from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
 
 LOSS_KEY = "loss/train/total"
 
 
 def build_tiny_corpus(root: Path) -> Path:
-    """The corpus of tests/conftest.py `tiny_corpus`, built under `root`."""
-    from tests.conftest import build_tiny_corpus as build
+    """The tiny corpus of benchmarks/tiny_setup.py, built under `root`."""
+    from benchmarks.tiny_setup import build_tiny_corpus as build
 
     return build(root)
 
@@ -64,7 +62,7 @@ def dropout_overrides(p: float) -> dict[str, float]:
 
 def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: int, **extra) -> list[str]:
     """Tiny settings, checkpoints every `save_interval` batches, autoresume on (harmless on an empty folder)."""
-    from tests.conftest import tiny_run_overrides
+    from benchmarks.tiny_setup import tiny_run_overrides
 
     values = dict(max_duration=f"{max_duration}ba", save_interval=f"{save_interval}ba",
                   eval_interval=f"{max_duration}ba", loggers="{}", autoresume="true", log_to_console="false")

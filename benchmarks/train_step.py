@@ -31,20 +31,18 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from benchmarks import common  # noqa: E402
-from flexbert import FlexBertConfig  # noqa: E402
-from flexbert.hf_interop import flexbert_to_hf_name, modernbert_config_dict  # noqa: E402
-from flexbert.model.flops import training_flops  # noqa: E402
-from flexbert.model.modeling import FlexBertForMaskedLM  # noqa: E402
-from flexbert.optim.builders import build_optimizer  # noqa: E402
+from benchmarks import common
+from flexbert import FlexBertConfig
+from flexbert.hf_interop import flexbert_to_hf_name, modernbert_config_dict
+from flexbert.model.flops import training_flops
+from flexbert.model.modeling import FlexBertForMaskedLM
+from flexbert.optim.builders import build_optimizer
 
 CASES = ("varlen", "fixed1024", "long8192")
 MAX_LEN = 1024

@@ -31,19 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from flexbert.errors import DataError  # noqa: F401 -- the tools raise and catch this one
+
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-class DataError(Exception):
-    """A problem with the user's input or arguments; `str()` is the full one-line message."""
-
-    def __init__(self, message: str, path: Optional[os.PathLike] = None, line: Optional[int] = None):
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(where + message)
-        self.path = None if path is None else str(path)
-        self.line = line
 
 
 def _file_system_failure(err: BaseException) -> Optional[str]:

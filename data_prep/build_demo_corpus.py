@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from data_prep._io import argument_parser, atomic_output_dir, folder_size, human_bytes, progress, run_main
 
 PROG = "build_demo_corpus"

@@ -19,9 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from data_prep._io import argument_parser, atomic_output_dir, run_main
 
 PROG = "build_demo_tasks"

@@ -27,9 +27,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from data_prep._io import (
     BadRecords,
     DataError,

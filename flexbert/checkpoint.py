@@ -31,16 +31,13 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from flexbert import schema
+from flexbert.checkpoint_keys import CheckpointError, mismatch_message
 from flexbert.config import MODEL_CONFIG_DEFAULTS
 from flexbert.registry import closest
 
 log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."  # Composer's HuggingFaceModel keeps the FlexBERT module as `.model`
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not fit the model; the message says which."""
 
 
 # ------------------------------------------------------------------------------------------------ reading files
@@ -171,20 +168,6 @@ def merge_checkpoint_model_config(given: Mapping[str, Any], from_checkpoint: Map
 # ------------------------------------------------------------------------------------------------ fitting the model
 
 
-def _listing(title: str, items: list[str], limit: int = 12) -> str:
-    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:limit]) + more
-
-
-def mismatch_message(source: str, missing: list[str], unexpected: list[str], misshaped: list[str], hint: str) -> str:
-    parts = [f"{source}: the checkpoint's tensors do not fit the model"]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if items:
-            parts.append(_listing(title, items))
-    parts.append(f"  {hint}")
-    return "\n".join(parts)
-
-
 def check_checkpoint_fits(path: str, composer_model: torch.nn.Module, strict: bool = True) -> None:
     """Compare `state.model` of the file with the model Composer will load it into (keys `model.bert...`).
 
@@ -275,13 +258,14 @@ def _config_from_cfg(checkpoint_cfg: Union[str, Mapping], run_dir: Optional[str]
 def read_model_weights(path: str, pad_token_id: Optional[int] = None) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
     """FlexBERT-named weights and (if known) model_config from a Composer checkpoint or a HF ModernBERT folder."""
     from flexbert.hf_interop import is_modernbert_folder, load_modernbert_folder
+    from flexbert.model.modeling import FlexBertForMaskedLM
 
     if Path(path).is_dir():
         if not is_modernbert_folder(path):
             raise CheckpointError(f"{path}: a folder, but not a Hugging Face ModernBERT folder (no config.json with model_type modernbert)")
         hf = json.loads((Path(path) / "config.json").read_text())
         overrides = {"pad_token_id": pad_token_id} if hf.get("pad_token_id") is None else {}
-        model = load_modernbert_folder(path, **overrides)
+        model = load_modernbert_folder(path, FlexBertForMaskedLM, **overrides)
         return dict(model.state_dict()), model.config.model_config_dict()
     checkpoint = load_checkpoint_file(path)
     return model_state(checkpoint), embedded_model_config(checkpoint)

@@ -11,14 +11,23 @@ from typing import Iterable, Mapping
 import torch
 
 
-class CheckpointMismatchError(ValueError):
-    pass
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model; the message says which."""
 
 
 def _listing(title: str, items: list[str], limit: int = 12) -> str:
-    shown = items[:limit]
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in shown) + more
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:limit]) + more
+
+
+def mismatch_message(source: str, missing: list[str], unexpected: list[str], misshaped: list[str], hint: str) -> str:
+    """`source: the checkpoint's tensors do not fit the model`, then each non-empty list, then the hint."""
+    parts = [f"{source}: the checkpoint's tensors do not fit the model"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            parts.append(_listing(title, items))
+    parts.append(f"  {hint}")
+    return "\n".join(parts)
 
 
 def state_dict_mismatches(
@@ -41,10 +50,6 @@ def load_state_dict_checked(
 ) -> None:
     missing, unexpected, misshaped = state_dict_mismatches(model, state, allow_missing)
     if missing or unexpected or misshaped:
-        parts = [f"{source}: the checkpoint's tensors do not fit the model"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                parts.append(_listing(title, items))
-        parts.append("  check that model_config matches the checkpoint's architecture")
-        raise CheckpointMismatchError("\n".join(parts))
+        raise CheckpointError(mismatch_message(source, missing, unexpected, misshaped,
+                                               "check that model_config matches the checkpoint's architecture"))
     model.load_state_dict(state, strict=False)

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from transformers import PretrainedConfig
 
 from flexbert.registry import closest
-from flexbert.schema import ConfigError
+from flexbert.schema import ConfigError, check_keys
 
 # key -> default. The defaults are the reference FlexBERT's; ModernBERT's values live in yamls/.
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -138,16 +138,34 @@ def _is_hf_key(key: str) -> bool:
     # transformers passes private bookkeeping keys (`_commit_hash`, `_name_or_path`, ...) through from_pretrained
     return key in _HF_BASE_KEYS or key.startswith("_")
 
+# The label of a position that produces no loss (masked-out, padding): PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
+
+# The keys `loss_kwargs` may hold (the loss blocks read them).
+LOSS_KWARGS = ("ignore_index", "label_smoothing", "lse_square_scale", "reduction", "inplace_backward")
+
+# Keys whose value names a registered block, and the registry it is looked up in (checked when a model is built).
+BLOCK_KEYS = (
+    ("embedding_layer", "embedding"),
+    ("attention_layer", "attention"),
+    ("bert_layer", "layer"),
+    ("mlp_layer", "mlp"),
+    ("normalization", "norm"),
+    ("init_method", "init"),
+    ("loss_function", "loss"),
+    ("hidden_act", "activation"),
+    ("head_pred_act", "activation"),
+    ("head_class_act", "activation"),
+    ("initial_attention_layer", "attention"),
+    ("initial_bert_layer", "layer"),
+    ("initial_mlp_layer", "mlp"),
+    ("attn_kernel", "attention_kernel"),
+)
+
 _CHOICES = {
     "padding": ("unpadded", "padded"),
     "pooling_type": ("cls", "mean", "max"),
 }
-
-
-def _registry_choices(kind: str) -> list[str]:
-    from flexbert.model import registries  # imported late: model modules import this module
-
-    return registries.names(kind)
 
 
 class FlexBertConfigError(ConfigError):
@@ -235,7 +253,8 @@ class FlexBertConfig(PretrainedConfig):
     def _fail(self, key: str, message: str) -> None:
         raise FlexBertConfigError(f"model_config.{key}: {message}")
 
-    def _check_choice(self, key: str, value: Any, choices) -> None:
+    def check_choice(self, key: str, value: Any, choices) -> None:
+        """`value` of `key` is one of `choices`, else a FlexBertConfigError naming the closest."""
         if value not in choices:
             self._fail(key, f"unknown value '{value}'{closest(value, choices)}; choose one of: {', '.join(choices)}")
 
@@ -251,28 +270,7 @@ class FlexBertConfig(PretrainedConfig):
                 f"pick a divisor such as {self._divisor_hint()}",
             )
         for key, choices in _CHOICES.items():
-            self._check_choice(key, getattr(self, key), choices)
-        for key, kind in (
-            ("embedding_layer", "embedding"),
-            ("attention_layer", "attention"),
-            ("bert_layer", "layer"),
-            ("mlp_layer", "mlp"),
-            ("normalization", "norm"),
-            ("init_method", "init"),
-            ("loss_function", "loss"),
-            ("hidden_act", "activation"),
-            ("head_pred_act", "activation"),
-            ("head_class_act", "activation"),
-        ):
-            self._check_choice(key, getattr(self, key), _registry_choices(kind))
-        for key, kind in (
-            ("initial_attention_layer", "attention"),
-            ("initial_bert_layer", "layer"),
-            ("initial_mlp_layer", "mlp"),
-        ):
-            if getattr(self, key) is not None:
-                self._check_choice(key, getattr(self, key), _registry_choices(kind))
-        self._check_choice("attn_kernel", self.attn_kernel, ["auto"] + _registry_choices("attention_kernel"))
+            self.check_choice(key, getattr(self, key), choices)
         if not isinstance(self.sliding_window, int) or (self.sliding_window != -1 and self.sliding_window <= 0):
             self._fail("sliding_window", f"must be -1 (off) or a positive even integer, got {self.sliding_window!r}")
         if self.sliding_window > 0 and self.sliding_window % 2:
@@ -314,25 +312,13 @@ class FlexBertConfig(PretrainedConfig):
             self._fail("norm_kwargs", f"accepts only `eps` and `bias`, got {bad}")
         if not isinstance(self.loss_kwargs, dict):
             self._fail("loss_kwargs", f"must be a mapping, got {self.loss_kwargs!r}")
-        from flexbert.model.loss import LOSS_KWARGS
-
-        for key in self.loss_kwargs:
-            if key not in LOSS_KWARGS:
-                self._fail("loss_kwargs", f"unknown key `{key}`{closest(key, LOSS_KWARGS)}; valid: {', '.join(LOSS_KWARGS)}")
+        check_keys(self.loss_kwargs, LOSS_KWARGS, "model_config.loss_kwargs", FlexBertConfigError)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             self._fail("pad_token_id", f"{self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if not isinstance(self.num_initial_layers, int) or self.num_initial_layers < 0:
             self._fail("num_initial_layers", f"must be a non-negative integer, got {self.num_initial_layers!r}")
         if not (isinstance(self.init_std, (int, float)) and self.init_std > 0 and math.isfinite(self.init_std)):
             self._fail("init_std", f"must be a positive number, got {self.init_std!r}")
-        from flexbert.model import registries
-
-        for layer in range(self.num_hidden_layers):
-            try:
-                registries.check_layer_combination(*self.layer_blocks(layer))
-            except ValueError as err:
-                raise FlexBertConfigError(f"model_config (layer {layer}): {err}") from None
-
     def _divisor_hint(self) -> str:
         divisors = [d for d in range(1, self.hidden_size + 1) if self.hidden_size % d == 0 and self.hidden_size // d in (32, 64, 128)]
         return ", ".join(str(d) for d in divisors) or "a divisor of hidden_size"

@@ -129,6 +129,7 @@ def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
     import torch
 
     from flexbert.hf_interop import is_modernbert_folder, load_modernbert_folder
+    from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.train.composer_model import FlexBertComposerModel
 
     folder = Path(hf_dir)
@@ -148,7 +149,7 @@ def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
             raise ConvertError(f"{folder}: config.json has no pad_token_id and there is no tokenizer; pass --tokenizer")
         overrides["pad_token_id"] = hf_tokenizer.pad_token_id
     try:
-        model = load_modernbert_folder(folder, **overrides)
+        model = load_modernbert_folder(folder, FlexBertForMaskedLM, **overrides)
     except FileNotFoundError as err:
         raise ConvertError(str(err)) from None
     composer_model = FlexBertComposerModel(model, tokenizer=hf_tokenizer)

@@ -61,7 +61,6 @@ def _losses(metrics_file: Path) -> tuple[list[tuple[int, float]], list[tuple[int
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.path.insert(0, str(Path.cwd()))
     prepare_data()
 
     from flexbert.train.run_config import load_run_config

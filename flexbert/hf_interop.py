@@ -259,15 +259,13 @@ def _read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_modernbert_folder(path, model_class=None, **config_overrides: Any):
-    """A Hugging Face ModernBERT folder (config.json + safetensors) as a FlexBertForMaskedLM, or as `model_class`
-    (a FlexBERT classification model). A classification model loaded from an MLM folder keeps the MLM head as its
+def load_modernbert_folder(path, model_class, **config_overrides: Any):
+    """A Hugging Face ModernBERT folder (config.json + safetensors) as `model_class` (FlexBertForMaskedLM or a
+    FlexBERT classification model). A classification model loaded from an MLM folder keeps the MLM head as its
     `head` (same parameters) and a freshly initialized `classifier`, as transformers does; the decoder is dropped."""
-    from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.checkpoint_keys import load_state_dict_checked
 
-    model_class = model_class or FlexBertForMaskedLM
-    classifier = model_class is not FlexBertForMaskedLM
+    classifier = getattr(model_class, "hf_architecture", "ModernBertForMaskedLM") != "ModernBertForMaskedLM"
     folder = Path(path)
     hf_config = json.loads((folder / "config.json").read_text())
     config_overrides.pop("torch_dtype", None)

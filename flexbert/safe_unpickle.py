@@ -175,6 +175,26 @@ def _validate_sharded_blobs(path, specs: Sequence[tuple[int, int]]) -> None:
             safe_torch_load(io.BytesIO(file.read(length)), name=f"{path} (bytes {offset}..{offset + length})")
 
 
+def damaged_member(path: str | os.PathLike) -> Optional[str]:
+    """Why a torch zip checkpoint cannot be trusted, or None when it is whole: no central directory (written last,
+    so a truncated file has none), or a member whose bytes fail the CRC-32 torch wrote for it (corrupted tensor
+    data, which torch itself would load without complaint). Reads the whole file once."""
+    if os.path.isdir(path):  # a sharded checkpoint folder: its `.metadata` index is written last
+        try:
+            load_sharded_metadata(os.path.join(path, METADATA_FILENAME))
+            return None
+        except (OSError, UnreadableCheckpointError) as err:
+            return f"its {METADATA_FILENAME} index does not read ({err})"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not archive.namelist():
+                return "an empty archive"
+            bad = archive.testzip()
+            return None if bad is None else f"member '{bad}' fails its CRC check (corrupted data)"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
+        return f"not a complete zip archive ({err})"
+
+
 def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = None) -> bool:
     """Composer's `CHECKPOINT_VALIDATION_FUNCTION`: True when the file passes the restricted unpickler.
 
@@ -184,8 +204,6 @@ def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = Non
     elif os.path.basename(path) == METADATA_FILENAME:
         load_sharded_metadata(path)
     elif os.path.isfile(path):
-        from flexbert.train.checkpoint_safety import damaged_member
-
         problem = damaged_member(path) if zipfile.is_zipfile(path) else None
         if problem:  # torch would load flipped tensor bytes silently
             raise UnreadableCheckpointError(f"{path}: damaged checkpoint: {problem}")

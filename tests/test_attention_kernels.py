@@ -12,7 +12,9 @@ import torch
 
 from flexbert.model import attention_kernels as ak
 from flexbert.model import flash_attn_adapter as fa
-from flexbert.model.attention_kernels import ATTENTION_KERNELS, PackedIndex, attention_flops, select_kernel
+from tests.varlen_reference import reference_varlen_attention
+from flexbert.model.attention_kernels import ATTENTION_KERNELS, PackedIndex, select_kernel
+from flexbert.model.flops import attention_flops
 
 H, D = 2, 16
 # Documents shorter and longer than the windows, a 1-token one, an empty one (a zero-length cu_seqlens entry).
@@ -142,20 +144,20 @@ class Recorder:
 
     def __call__(self, *args, **kwargs):
         self.calls.append((args, kwargs))
-        out = fa.reference_varlen_attention(*args, **kwargs)
+        out = reference_varlen_attention(*args, **kwargs)
         return (out, None) if self.returns_tuple else out
 
 
 def fa3_standin(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None, causal=False,
                 window_size=(-1, -1), deterministic=False):
-    return fa.reference_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+    return reference_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                          softmax_scale=softmax_scale, causal=causal, window_size=window_size)
 
 
 def _reference(q, k, v, cu_seqlens_q, max_seqlen_q, window_size=(-1, -1), dropout_p=0.0, seqused=(None, None)):
     assert cu_seqlens_q.dtype == torch.int32 and isinstance(max_seqlen_q, int) and max_seqlen_q >= 1
     assert seqused == (None, None)  # we never limit the tokens used per document
-    return fa.reference_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_q, max_seqlen_q, max_seqlen_q,
+    return reference_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_q, max_seqlen_q, max_seqlen_q,
                                          dropout_p, window_size=window_size)
 
 
@@ -302,11 +304,11 @@ def test_flash_adapter_missing_package_names_it(monkeypatch):
 def test_reference_varlen_attention_semantics(window_size, causal):
     q, k, v = random_qkv(LENGTHS, seed=6, dtype=torch.float64)
     cu = cu_of(LENGTHS)
-    out = fa.reference_varlen_attention(q, k, v, cu, cu, 150, 150, 0.0, window_size=window_size, causal=causal)
+    out = reference_varlen_attention(q, k, v, cu, cu, 150, 150, 0.0, window_size=window_size, causal=causal)
     window = None if window_size[0] < 0 else window_size[0]
     torch.testing.assert_close(out, reference(q, k, v, LENGTHS, window, causal=causal))
     with pytest.raises(TypeError, match="int32"):
-        fa.reference_varlen_attention(q, k, v, cu.long(), cu.long(), 150, 150)
+        reference_varlen_attention(q, k, v, cu.long(), cu.long(), 150, 150)
 
 
 # ------------------------------------------------------------------------------------ FLOPs

@@ -28,8 +28,9 @@ from flexbert.safe_unpickle import (
 from flexbert.train.builders import build_model, build_optimization, build_tokenizer
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer, main
-from tests.conftest import TINY_MODERNBERT, tiny_run_overrides
-from tests.released_layout import NUMPY1_PICKLE, pickle_globals, released_checkpoint, write_released_checkpoint
+from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import TINY_MODERNBERT
+from tests.released_layout import NUMPY1_PICKLE, pickle_globals, write_released_checkpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "yamls" / "demo.yaml"
 CALLS = []

@@ -5,7 +5,6 @@ Two attacks: a pickle that calls a global on load (code execution), and an embed
 are paths (`/abs`, `../..`) or code (`.py`) -- Composer's own restore helper writes those names as given."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from flexbert.convert import main as convert_main
 from flexbert.embedded_tokenizer import TOKENIZER_FILE_NAMES, EmbeddedTokenizerError, restore_embedded_tokenizer
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.trainer import main as train_main
-from tests.conftest import TINY_MODERNBERT, tiny_run_overrides
+from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

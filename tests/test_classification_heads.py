@@ -9,13 +9,12 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     ModernBertConfig,
-    ModernBertForMaskedLM,
     ModernBertForSequenceClassification,
 )
 
 from flexbert import FlexBertConfig, FlexBertForMaskedLM, FlexBertForSequenceClassification, FlexBertForTokenClassification
 from flexbert.hf_interop import NotExpressibleError
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 HEAD = dict(head_class_norm=True, head_class_act="gelu", head_class_bias=True)
 

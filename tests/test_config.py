@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from flexbert import FlexBertConfig, FlexBertConfigError, FlexBertForMaskedLM
-from tests.conftest import TINY_MODERNBERT
+from tests.helpers import TINY_MODERNBERT
 
 
 def _config(**overrides):
@@ -13,8 +13,9 @@ def _config(**overrides):
 
 
 def _error(**overrides) -> str:
+    """The message for a config that cannot build a model (values: at construction; block names: at build)."""
     with pytest.raises(FlexBertConfigError) as info:
-        _config(**overrides)
+        FlexBertForMaskedLM(_config(**overrides))
     return str(info.value)
 
 

@@ -17,7 +17,8 @@ from flexbert.convert import main
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer
-from tests.conftest import TINY_MODERNBERT, tiny_run_overrides
+from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

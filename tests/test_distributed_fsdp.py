@@ -117,7 +117,7 @@ def _flops_under_fsdp(rank):
     from flexbert import FlexBertConfig
     from flexbert.model.flops import training_flops
     from flexbert.model.modeling import FlexBertForMaskedLM
-    from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+    from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
     torch.manual_seed(0)
     model = FlexBertForMaskedLM(FlexBertConfig(**TINY_MODERNBERT))
@@ -133,7 +133,7 @@ def _flops_under_fsdp(rank):
 def test_flop_count_under_fsdp_is_the_whole_models(gloo_ranks):
     from flexbert import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
-    from tests.conftest import TINY_MODERNBERT
+    from tests.helpers import TINY_MODERNBERT
 
     full = sum(p.numel() for p in FlexBertForMaskedLM(FlexBertConfig(**TINY_MODERNBERT)).parameters())
     for alone, under_fsdp, local_params in gloo_ranks.run(_flops_under_fsdp):

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flexbert import FlexBertConfig
 from flexbert.model.flops import training_flops
 from flexbert.model.modeling import FlexBertForMaskedLM
-from tests.conftest import TINY_MODERNBERT
+from tests.helpers import TINY_MODERNBERT
 
 LENGTHS = [5, 13, 1, 9, 20]  # sliding_window 8 -> one-sided window 4: documents shorter and longer than it
 PAD_TAIL = 3

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from flexbert import FlexBertConfig
 from flexbert.model.mlp import GLU
 from flexbert.model.norms import RMSNorm, normed_linear
-from tests.conftest import TINY_MODERNBERT
+from tests.helpers import TINY_MODERNBERT
 
 
 def glu_mlp(act: str, bias: bool, dropout: float = 0.0) -> GLU:

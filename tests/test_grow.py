@@ -9,7 +9,7 @@ from flexbert.checkpoint import CheckpointError, init_from_checkpoint
 from flexbert.config import FlexBertConfig
 from flexbert.grow import GrowError, grown_state_dict, place, source_layer
 from flexbert.model.modeling import FlexBertForMaskedLM
-from tests.conftest import TINY_MODERNBERT
+from tests.helpers import TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
 SMALL = dict(TINY_MODERNBERT, hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24)
@@ -152,7 +152,7 @@ def test_trainer_grows_the_model_from_init_from_checkpoint(tiny_corpus, tmp_path
 
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import build_trainer
-    from tests.conftest import tiny_run_overrides
+    from benchmarks.tiny_setup import tiny_run_overrides
 
     small = _model({**SMALL, "vocab_size": 512}, 0)  # the tiny recipe's vocabulary; hidden 32 -> 64, 2 -> 3 layers
     path = write_released_checkpoint(tmp_path / "small.pt", small)

@@ -8,7 +8,7 @@ from transformers import AutoModelForMaskedLM, ModernBertConfig, ModernBertForMa
 
 from flexbert import FlexBertConfig, FlexBertForMaskedLM
 from flexbert.hf_interop import NotExpressibleError, modernbert_config_dict
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 
 def _model(**overrides):

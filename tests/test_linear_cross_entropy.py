@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from flexbert.model.linear_cross_entropy import linear_cross_entropy
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 
 def reference_loss(hidden, weight, bias, labels, ignore_index, label_smoothing, z_scale, reduction):

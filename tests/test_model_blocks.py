@@ -9,7 +9,7 @@ import torch
 from flexbert import FlexBertConfig, FlexBertForMaskedLM
 from flexbert.model import registries
 from flexbert.model.attention_kernels import ATTENTION_KERNELS
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 
 def _valid_combinations():

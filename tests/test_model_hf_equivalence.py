@@ -10,7 +10,7 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 from flexbert import FlexBertConfig, FlexBertForMaskedLM
 from flexbert.hf_interop import flexbert_to_hf_name, modernbert_config_dict
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 CASES = {
     "window_shorter_than_docs_global_every_3": dict(sliding_window=8, global_attn_every_n_layers=3),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from flexbert import FlexBertConfig, FlexBertForMaskedLM
 from flexbert.model.loss import CrossEntropyLoss
 from flexbert.model.rotary import apply_rope, rope_tables
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 
 def _model(**overrides):

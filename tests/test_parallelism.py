@@ -15,7 +15,7 @@ from flexbert import FlexBertConfig
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.parallelism import mark_fsdp_units, prepare_model
 from flexbert.train.run_config import load_run_config
-from tests.conftest import TINY_MODERNBERT, mixed_length_batch
+from tests.helpers import TINY_MODERNBERT, mixed_length_batch
 
 
 def tiny_model(**overrides):
@@ -130,7 +130,7 @@ def test_compiled_layers_trace_without_graph_breaks_and_match_eager():
 @torch.library.custom_op("flexbert_test::varlen_attention", mutates_args=())
 def _varlen_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, left: int,
                right: int) -> torch.Tensor:
-    from flexbert.model.flash_attn_adapter import reference_varlen_attention
+    from tests.varlen_reference import reference_varlen_attention
 
     return reference_varlen_attention(q, k, v, cu_seqlens, cu_seqlens, q.shape[0], q.shape[0], window_size=(left, right))
 

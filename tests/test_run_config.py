@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from flexbert.checkpoint import load_checkpoint_file, model_state
 from flexbert.schema import ConfigError
 from flexbert.train.run_config import RunConfigError, load_run_config, schema_help
 from flexbert.train.trainer import main
-from tests.conftest import tiny_run_overrides
+from benchmarks.tiny_setup import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "yamls" / "demo.yaml"
@@ -377,7 +376,7 @@ def test_recompute_metric_loss_switches_between_token_and_batch_means():
     from flexbert.config import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.train.composer_model import FlexBertComposerModel
-    from tests.conftest import TINY_MODERNBERT
+    from tests.helpers import TINY_MODERNBERT
 
     torch.manual_seed(0)
     model = FlexBertForMaskedLM(FlexBertConfig(**{**TINY_MODERNBERT, "loss_kwargs": {"label_smoothing": 0.2}})).eval()
@@ -408,7 +407,7 @@ def test_recompute_metric_loss_switches_between_token_and_batch_means():
 def test_gradient_checkpointing_gives_the_same_gradients_with_dropout():
     from flexbert.config import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
-    from tests.conftest import TINY_MODERNBERT
+    from tests.helpers import TINY_MODERNBERT
 
     config = FlexBertConfig(**{**TINY_MODERNBERT, "attn_out_dropout_prob": 0.1, "mlp_dropout_prob": 0.1})
     model = FlexBertForMaskedLM(config).train()

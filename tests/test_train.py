@@ -11,7 +11,7 @@ from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.builders import build_optimization, model_config_from
 from flexbert.train.run_config import RunConfigError, check_batch_sizes, load_run_config
 from flexbert.train.trainer import build_trainer, main
-from tests.conftest import tiny_run_overrides
+from benchmarks.tiny_setup import tiny_run_overrides
 
 RECIPES = Path(__file__).resolve().parents[1] / "yamls"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_run_overrides
+from benchmarks.tiny_setup import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 32

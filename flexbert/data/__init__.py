@@ -10,7 +10,8 @@ Spec: issue 3 (second half) and recipe section 7. Modules, one job each:
 
 from flexbert.data.loader import (DATA_LOADERS, DatasetConfig, LoaderConfig, LoaderSettings, LoaderStateCallback,
                                   PackedLoader, build_packed_dataloader, make_data_spec)
-from flexbert.data.masking import IGNORE_INDEX, MaskingSpec, mask_row, row_rng
+from flexbert.config import IGNORE_INDEX
+from flexbert.data.masking import MaskingSpec, mask_row, row_rng
 from flexbert.data.packing import (BestFitPacker, SlotPacker, assemble_row, collate_rows, count_tokens,
                                    split_packed_batch)
 from flexbert.data.sources import (ArraySource, EpochOrder, LocalMDSSource, StreamingMDSSource, open_source)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from flexbert.config import IGNORE_INDEX
 from flexbert.errors import DataError
 
-IGNORE_INDEX = -100
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # the rest (0.1) stays unchanged
 
 

@@ -32,6 +32,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from flexbert.config import IGNORE_INDEX
+
 Segment = tuple[int, int, int]  # (doc_id, start, end): a token range of a source document
 
 DEFAULT_OPEN_ROWS = 8
@@ -177,4 +179,4 @@ def count_tokens(batch: Mapping[str, torch.Tensor], count_padding_tokens: bool =
     else:
         cu = batch["cu_seqlens"]
         total = int(cu.max(dim=-1).values.sum()) if cu.dim() == 2 else int(cu[-1])
-    return {"total": total, "loss_generating": int((batch["labels"] != -100).sum())}
+    return {"total": total, "loss_generating": int((batch["labels"] != IGNORE_INDEX).sum())}

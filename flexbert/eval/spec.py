@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
+from flexbert import schema
 from flexbert.registry import closest
 
 
@@ -119,18 +120,14 @@ class EvalSpec:
         raise EvalConfigError(f"{self.source}: no task '{name}'{closest(name, [t.name for t in self.tasks])}")
 
 
-def _unknown(where: str, key: str, valid: Sequence[str]) -> EvalConfigError:
-    if where in WHY_NOT:
-        return EvalConfigError(f"`{where}` is not supported here: {WHY_NOT[where]}")
-    return EvalConfigError(f"unknown key `{where}`{closest(key, valid)}; valid keys: {', '.join(valid)}")
-
-
 def _check_keys(section: Mapping[str, Any], valid: Sequence[str], prefix: str) -> None:
+    """The project's one unknown-key check, after the keys of reference files that are refused with a reason."""
     if not isinstance(section, Mapping):
         raise EvalConfigError(f"`{prefix.rstrip('.')}` must be a mapping, got {section!r}")
     for key in section:
-        if key not in valid:
-            raise _unknown(f"{prefix}{key}", str(key), valid)
+        if f"{prefix}{key}" in WHY_NOT and key not in valid:
+            raise EvalConfigError(f"`{prefix}{key}` is not supported here: {WHY_NOT[f'{prefix}{key}']}")
+    schema.check_keys(section, valid, prefix.rstrip("."), EvalConfigError)
 
 
 def _referenced(raw) -> set[str]:
@@ -160,9 +157,7 @@ def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Opt
         values = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         raise EvalConfigError(f"{path}: {err}") from None
-    for key in values:
-        if key not in TOP_LEVEL and key not in free:
-            raise _unknown(str(key), str(key), list(TOP_LEVEL))
+    _check_keys({k: v for k, v in values.items() if k not in free}, list(TOP_LEVEL), "")
     cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
     return _build(cfg, str(path), out_dir, require_start)
 

@@ -14,7 +14,6 @@ Kernels: `eager` (naive per-document softmax, the definition of correctness), `s
 call per run of equal-length documents, or a padded batch with a key-padding mask when there are very many; local:
 padded batch with a dense band mask), `sliding_window` (blocked local attention, cost linear in T), `flash_attn2`,
 `flash_attn3` (flash-attn varlen, see `flash_attn_adapter`). `select_kernel` resolves 'auto'.
-`attention_flops` counts the matmul FLOPs the attention really performs (for MFU).
 """
 
 from __future__ import annotations
@@ -22,19 +21,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from flexbert.model.flash_attn_adapter import FlashAttnAdapter, flash_attn_available, unavailable_reason
+from flexbert.model.packed import BatchCache
 from flexbert.registry import Registry
 
 ATTENTION_KERNELS = Registry("attention kernel", "model_config.attn_kernel")
 
 
 @dataclasses.dataclass
-class PackedIndex:
+class PackedIndex(BatchCache):
     """Per-batch layout of packed documents, computed once and passed to every attention layer.
 
     Empty documents (zero length in `cu_seqlens`) are dropped: they hold no tokens, and a padded row
@@ -49,7 +49,7 @@ class PackedIndex:
     scatter_index: torch.Tensor  # (T,) int64 slot of each token in the flat padded batch: doc * S + position
     gather_index: torch.Tensor  # (B*S,) int64 token read into each padded slot (padding repeats its doc's last token)
     key_padding_mask: Optional[torch.Tensor]  # (B, 1, 1, S) bool, True = real key; None when nothing is padded
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+    cache: dict = dataclasses.field(default_factory=dict, repr=False)  # masks shared by the layers of one window
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: Optional[int] = None) -> "PackedIndex":
@@ -86,11 +86,6 @@ class PackedIndex:
     def is_padded(self) -> bool:
         return self.key_padding_mask is not None
 
-    def cached(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A mask built once per batch and reused by every layer with the same window."""
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
 
 
 def _index_for(index: Optional[PackedIndex], cu_seqlens: torch.Tensor, max_seqlen: int) -> PackedIndex:
@@ -319,22 +314,3 @@ def select_kernel(name: Optional[str], device, dtype: torch.dtype, window: Optio
 # --------------------------------------------------------------------------------------------- FLOPs
 def lengths_from_cu_seqlens(cu_seqlens) -> list[int]:
     return torch.diff(torch.as_tensor(cu_seqlens).long()).tolist()
-
-
-def visible_pairs(doc_lengths: Sequence[int] | torch.Tensor, window: Optional[int]) -> int:
-    """Number of (query, key) pairs with both in one document and |i - j| <= window.
-
-    Per document of length L with m = min(window, L - 1): L query-key pairs at distance 0 plus 2 (L - d) at each
-    distance d = 1..m, i.e. L (2m + 1) - m (m + 1); global attention is L^2."""
-    L = torch.as_tensor(doc_lengths, dtype=torch.int64)
-    if window is None:
-        return int((L * L).sum())
-    m = torch.clamp(torch.minimum(L - 1, torch.full_like(L, window)), min=0)
-    return int((L * (2 * m + 1) - m * (m + 1)).sum())
-
-
-def attention_flops(doc_lengths: Sequence[int] | torch.Tensor, num_heads: int, head_dim: int,
-                    window: Optional[int]) -> int:
-    """Forward matmul FLOPs of QK^T and PV in one layer: 2 matmuls x 2 FLOPs (mul + add) x head_dim per visible
-    pair per head. Takes document lengths; use `lengths_from_cu_seqlens` for boundaries. Backward is 2x this."""
-    return 4 * num_heads * head_dim * visible_pairs(doc_lengths, window)

@@ -20,10 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
+from flexbert import hf_interop
+from flexbert.config import IGNORE_INDEX
 from flexbert.model.activations import build_activation
 from flexbert.model.init import initialize
 from flexbert.model.modeling import (
-    IGNORE_INDEX,
     FlexBertBackbone,
     FlexBertPreTrainedModel,
     _check_config_ready,
@@ -111,8 +112,6 @@ class _ClassifierBase(FlexBertPreTrainedModel):
     # save_pretrained writes one that transformers' Auto classes load without remote code.
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        from flexbert import hf_interop
-
         if hf_interop.is_modernbert_folder(pretrained_model_name_or_path):
             return hf_interop.load_modernbert_folder(pretrained_model_name_or_path, model_class=cls, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -120,8 +119,6 @@ class _ClassifierBase(FlexBertPreTrainedModel):
     def save_pretrained(self, save_directory, *args, flexbert_format: bool = False, **kwargs):
         if flexbert_format:
             return super().save_pretrained(save_directory, *args, **kwargs)
-        from flexbert import hf_interop
-
         return hf_interop.save_modernbert_folder(self, save_directory, **kwargs)
 
 

@@ -13,8 +13,6 @@ from flexbert.model.registries import EMBEDDINGS
 
 
 class _Embeddings(nn.Module):
-    uses_positions = False
-
     def __init__(self, config):
         super().__init__()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
@@ -36,8 +34,6 @@ class SansPositionEmbeddings(_Embeddings):
 
 @EMBEDDINGS.register("absolute_pos", "token + learned absolute position embeddings (BERT)")
 class AbsolutePositionEmbeddings(_Embeddings):
-    uses_positions = True
-
     def __init__(self, config):
         super().__init__(config)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)

@@ -4,17 +4,36 @@
 Counted: every matmul (2 FLOPs per multiply-add), forward + backward = 3x forward.
 - dense layers: 2 * (non-embedding weight count) per token (the embedding lookup is not a matmul);
 - attention: QK^T and PV over the pairs actually visible -- per document, and within the window on local
-  layers (`attention_kernels.attention_flops`), so packing and sliding windows are accounted for honestly;
+  layers (`attention_flops`), so packing and sliding windows are accounted for honestly;
 - MLM head and decoder: on the positions the head runs on (all tokens, or masked ones with masked_prediction).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 
-from flexbert.model.attention_kernels import attention_flops
+from flexbert.config import IGNORE_INDEX
+
+
+def visible_pairs(doc_lengths: Sequence[int] | torch.Tensor, window: Optional[int]) -> int:
+    """Number of (query, key) pairs with both in one document and |i - j| <= window.
+
+    Per document of length L with m = min(window, L - 1): L query-key pairs at distance 0 plus 2 (L - d) at each
+    distance d = 1..m, i.e. L (2m + 1) - m (m + 1); global attention is L^2."""
+    L = torch.as_tensor(doc_lengths, dtype=torch.int64)
+    if window is None:
+        return int((L * L).sum())
+    m = torch.clamp(torch.minimum(L - 1, torch.full_like(L, window)), min=0)
+    return int((L * (2 * m + 1) - m * (m + 1)).sum())
+
+
+def attention_flops(doc_lengths: Sequence[int] | torch.Tensor, num_heads: int, head_dim: int,
+                    window: Optional[int]) -> int:
+    """Forward matmul FLOPs of QK^T and PV in one layer: 2 matmuls x 2 FLOPs (mul + add) x head_dim per visible
+    pair per head. Takes document lengths; use `lengths_from_cu_seqlens` for boundaries. Backward is 2x this."""
+    return 4 * num_heads * head_dim * visible_pairs(doc_lengths, window)
 
 
 def _linear_params(module: torch.nn.Module) -> int:
@@ -49,7 +68,7 @@ def training_flops(model, batch: Mapping[str, torch.Tensor], head_on_labelled_on
     if head_on_labelled_only is None:
         head_on_labelled_only = config.masked_prediction
     if head_on_labelled_only and "labels" in batch:
-        head_tokens = int((batch["labels"] != -100).sum())
+        head_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
     head = _linear_params(model.head) + _linear_params(model.decoder)
     forward = 2 * encoder * tokens + 2 * head * head_tokens
     for layer in range(config.num_hidden_layers):

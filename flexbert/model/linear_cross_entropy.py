@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from flexbert.config import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MiB in fp32; 333 rows at vocab 50368
 
 
@@ -105,7 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         labels: torch.Tensor, *, ignore_index: int = -100, label_smoothing: float = 0.0,
+                         labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
                          lse_square_scale: float = 0.0, reduction: str = "mean",
                          chunk_rows: Optional[int] = None) -> torch.Tensor:
     """cross_entropy(F.linear(hidden, weight, bias), labels) [+ z-loss] for hidden (N, H), weight (V, H), labels

@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flexbert.config import IGNORE_INDEX
 from flexbert.model.linear_cross_entropy import linear_cross_entropy
 from flexbert.model.registries import LOSSES
 
-LOSS_KWARGS = ("ignore_index", "label_smoothing", "lse_square_scale", "reduction", "inplace_backward")
 
 
 class CrossEntropyLoss(nn.Module):
-    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, lse_square_scale: float = 0.0,
+    def __init__(self, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0, lse_square_scale: float = 0.0,
                  reduction: str = "mean", inplace_backward: bool = False):
         super().__init__()
         if reduction not in ("mean", "sum"):

@@ -23,7 +23,8 @@ import torch.nn as nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from flexbert.config import FlexBertConfig
+from flexbert import hf_interop
+from flexbert.config import IGNORE_INDEX, FlexBertConfig
 from flexbert.model.activations import build_activation
 from flexbert.model.attention import FlexBertAttention
 from flexbert.model.init import initialize
@@ -31,9 +32,8 @@ from flexbert.model.layers import build_layer
 from flexbert.model.loss import build_loss
 from flexbert.model.norms import build_norm
 from flexbert.model.packed import PackedSequences
-from flexbert.model.registries import EMBEDDINGS
+from flexbert.model.registries import EMBEDDINGS, check_blocks
 
-IGNORE_INDEX = -100
 _IGNORED_KWARGS = {"token_type_ids", "output_attentions", "output_hidden_states", "return_dict", "num_items_in_batch"}
 
 
@@ -99,6 +99,7 @@ class FlexBertPreTrainedModel(PreTrainedModel):
 
 
 def _check_config_ready(config: FlexBertConfig) -> None:
+    check_blocks(config)
     if config.pad_token_id is None:
         raise ValueError(
             "model_config.pad_token_id is not set: give the tokenizer's pad id (the training builders take it from "
@@ -196,10 +197,8 @@ class FlexBertForMaskedLM(FlexBertPreTrainedModel):
     # Hugging Face interop: a ModernBERT folder loads, and save_pretrained writes one (see flexbert.hf_interop).
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        from flexbert import hf_interop
-
         if hf_interop.is_modernbert_folder(pretrained_model_name_or_path):
-            return hf_interop.load_modernbert_folder(pretrained_model_name_or_path, **kwargs)
+            return hf_interop.load_modernbert_folder(pretrained_model_name_or_path, cls, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, flexbert_format: bool = False, **kwargs):
@@ -207,8 +206,6 @@ class FlexBertForMaskedLM(FlexBertPreTrainedModel):
         `flexbert_format=True` writes this class' own config instead."""
         if flexbert_format:
             return super().save_pretrained(save_directory, *args, **kwargs)
-        from flexbert import hf_interop
-
         return hf_interop.save_modernbert_folder(self, save_directory, **kwargs)
 
 

@@ -14,8 +14,20 @@ from typing import Any, Callable, Optional
 import torch
 
 
+class BatchCache:
+    """Values derived from one batch (RoPE tables, masks, gather indices), built on first use and shared by every
+    layer that asks with the same key. The subclass declares `cache: dict`."""
+
+    cache: dict
+
+    def cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+
 @dataclass
-class PackedSequences:
+class PackedSequences(BatchCache):
     cu_seqlens: torch.Tensor  # (B+1,) int32, cu_seqlens[0] = 0, cu_seqlens[-1] = T
     max_seqlen: int
     position_ids: torch.Tensor  # (T,) int64
@@ -76,7 +88,3 @@ class PackedSequences:
         out[self.indices] = x
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
-    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
-        if key not in self.cache:
-            self.cache[key] = compute()
-        return self.cache[key]

@@ -1,13 +1,14 @@
 """The model's block registries, keyed by the `model_config` names of the FlexBERT schema.
 
 Each block module registers its entries on import; `names(kind)` imports them all first so that
-config validation and `python -m flexbert.registry` always see the complete tables.
+`check_blocks` (run whenever a model is built) and `python -m flexbert.registry` always see the complete tables.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from flexbert.config import BLOCK_KEYS, FlexBertConfigError
 from flexbert.registry import Registry
 
 EMBEDDINGS = Registry("embedding", "model_config.embedding_layer")
@@ -66,3 +67,19 @@ def check_layer_combination(bert_layer: str, attention_layer: str, mlp_layer: st
             f"attention_layer '{attention_layer}' / mlp_layer '{mlp_layer}' need bert_layer 'parallel_prenorm' "
             f"(got '{bert_layer}'); for a sequential layer use attention 'base'/'rope' and mlp 'mlp'/'glu'"
         )
+
+
+def check_blocks(config) -> None:
+    """Every block name of `config` is registered and each layer's blocks combine; else FlexBertConfigError naming
+    the key, the closest name and the choices."""
+    for key, kind in BLOCK_KEYS:
+        value = getattr(config, key)
+        if value is None and key.startswith("initial_"):
+            continue  # the first layers use the main blocks
+        choices = (["auto"] if kind == "attention_kernel" else []) + names(kind)
+        config.check_choice(key, value, choices)
+    for layer in range(config.num_hidden_layers):
+        try:
+            check_layer_combination(*config.layer_blocks(layer))
+        except ValueError as err:
+            raise FlexBertConfigError(f"model_config (layer {layer}): {err}") from None

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from flexbert.sweep.report import markdown_table, write_report
-from flexbert.sweep.runner import (DEFAULT_LAUNCHER, INTERRUPTS, command, display_path, plan_runs, run_sweep, should_resume,
+from flexbert.sweep.process import INTERRUPTS
+from flexbert.sweep.runner import (DEFAULT_LAUNCHER, command, display_path, plan_runs, run_sweep, should_resume,
                                    validate_runs)
 from flexbert.sweep.spec import SweepError, load_sweep
 from flexbert.sweep.state import SweepState

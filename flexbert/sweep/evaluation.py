@@ -12,7 +12,6 @@ ranks over the tasks (1 = best score; ties share the mean rank), lower is better
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
+from flexbert.sweep.process import error_headline, error_tail, execute
 from flexbert.sweep.spec import SweepError
 
 EVAL_FILE = "eval.yaml"
@@ -75,8 +75,6 @@ def eval_command(spec, run, out: Path) -> list[str]:
 
 def run_eval(spec, run, state, out: Path, label: str) -> str:
     """Fine-tune and score one pretrained variant; returns the evaluation status (done / failed)."""
-    from flexbert.sweep.runner import _error_from_log, error_headline, execute
-
     log_path = run.folder / "eval_log.txt"
     offset = log_path.stat().st_size if log_path.exists() else 0
     print(f"{label} {run.name}: fine-tuning on the eval tasks (log: {log_path})", flush=True)
@@ -87,7 +85,7 @@ def run_eval(spec, run, state, out: Path, label: str) -> str:
         return "done"
     with open(log_path, encoding="utf-8", errors="replace") as log:
         log.seek(offset)
-        error = _error_from_log(log.read())
+        error = error_tail(log.read())
     state.update(run.name, eval_status="failed", eval_error=error)
     print(f"{label} {run.name}: evaluation FAILED (exit {code}): {error_headline(error)}", flush=True)
     return "failed"

@@ -21,7 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-from flexbert.sweep.runner import PlannedRun, display_path, error_headline, plan_runs
+from flexbert.sweep.process import error_headline
+from flexbert.sweep.runner import PlannedRun, display_path, plan_runs
 from flexbert.sweep.spec import SweepSpec, render_overrides, render_value, short_keys
 from flexbert.sweep.state import SweepState
 
@@ -149,8 +150,8 @@ def write_markdown(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> N
     common = ", ".join(f"`{o}`" for o in render_overrides(spec.common)) or "none"
     parts += [f"Base run: `{display_path(spec.base)}`; common overrides: {common}.", "",
               markdown_table(spec, rows), "",
-              f"Train loss at the run's training masking rate; eval loss and masked accuracy at the eval loader's "
-              f"(15% in the recipes), from the last evaluation. Curves: `loss_curves.png`.", ""]
+              "Train loss at the run's training masking rate; eval loss and masked accuracy at the eval loader's "
+              "(15% in the recipes), from the last evaluation. Curves: `loss_curves.png`.", ""]
     described = [v for v in spec.variants if v.description]
     if described:
         parts += ["Variants:", ""] + [f"- `{v.name}`: {v.description.strip()}" for v in described] + [""]

@@ -14,28 +14,19 @@ it started is an error: its checkpoints and metrics belong to another config.
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from flexbert.folder_lock import FolderBusyError, hold_folder
 from flexbert.sweep.evaluation import run_eval, validate_eval
+from flexbert.sweep.process import INTERRUPTS, error_headline, error_tail, execute
 from flexbert.sweep.spec import SweepError, SweepSpec, Variant, render_overrides, render_value
 from flexbert.sweep.state import RESUMABLE, SweepState
 from flexbert.sweep.validate import Validation, launcher_world_size, validate_variant
 
 DEFAULT_LAUNCHER = "python"
-# Ctrl-C / SIGTERM: Python raises KeyboardInterrupt, but importing composer installs handlers that sys.exit(128 + sig)
-# instead (composer.core.engine), so both mean "the sweep is being stopped".
-INTERRUPTS = (KeyboardInterrupt, SystemExit)
-ERROR_TAIL_LINES = 20
 
 
 @dataclass
@@ -130,59 +121,6 @@ def should_resume(run: PlannedRun, state: SweepState) -> bool:
 # ------------------------------------------------------------------------------------------ execution
 
 
-def _error_from_log(text: str) -> str:
-    """The last lines of a failed run's log, most telling line last (main.py prints `error: ...` last)."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("=== ")]
-    return "\n".join(lines[-ERROR_TAIL_LINES:])
-
-
-def error_headline(error: str) -> str:
-    """One line for tables: the last `error:` / `...Error:` line of a log tail, else its last line."""
-    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:") or re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line):
-            return line
-    return lines[-1] if lines else ""
-
-
-def _max_rss_mb(usage) -> float:
-    # ru_maxrss: kilobytes on Linux, bytes on macOS. For a launcher it is the largest process of its tree.
-    return usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def execute(cmd: list[str], log_path: Path) -> tuple[int, float, float]:
-    """Run `cmd` with output to `log_path` (appended); (return code, wall seconds, peak RSS in MB)."""
-    if cmd[0] in ("python", "python3"):
-        cmd = [sys.executable] + cmd[1:]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
-        log.flush()
-        start = time.time()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        try:
-            # wait4, not wait: it returns this child's own rusage (RUSAGE_CHILDREN would be the max over all runs).
-            _, status, usage = os.wait4(proc.pid, 0)
-        except INTERRUPTS:
-            _stop(proc)
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.time() - start, _max_rss_mb(usage)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The sweep is stopped: so is its run (SIGINT, which it may have had from the terminal already; then SIGKILL)."""
-    try:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
 def run_one(spec: SweepSpec, run: PlannedRun, state: SweepState, launcher: str, label: str) -> str:
     """Run (or resume) one variant; returns its final status."""
     resume = should_resume(run, state)
@@ -207,7 +145,7 @@ def run_one(spec: SweepSpec, run: PlannedRun, state: SweepState, launcher: str, 
         return "done"
     with open(log_path, encoding="utf-8", errors="replace") as log:
         log.seek(offset)
-        error = _error_from_log(log.read())
+        error = error_tail(log.read())
     state.update(run.name, status="failed", returncode=code, wall_s=wall_total, peak_rss_mb=rss, error=error)
     print(f"{label} {run.name}: FAILED (exit {code}): {error_headline(error)}", flush=True)
     return "failed"

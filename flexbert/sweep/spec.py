@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from flexbert.registry import closest
+from flexbert import schema
 
 SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "eval")
 VARIANT_KEYS = ("name", "description", "overrides")
@@ -128,9 +128,10 @@ def derived_name(overrides: Mapping[str, Any], shorts: Mapping[str, str]) -> str
 
 
 def _check_keys(where: str, data: Mapping, valid: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in valid:
-            raise SweepError(f"{where}: unknown key `{key}`{closest(str(key), valid)}; valid keys: {', '.join(valid)}")
+    try:
+        schema.check_keys(data, valid, "", SweepError)
+    except SweepError as err:
+        raise SweepError(f"{where}: {err}") from None
 
 
 def _overrides(where: str, data: Any) -> dict[str, Any]:

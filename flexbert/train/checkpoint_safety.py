@@ -30,9 +30,10 @@ import contextlib
 import logging
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
+
+from flexbert.safe_unpickle import damaged_member
 
 log = logging.getLogger(__name__)
 
@@ -126,28 +127,6 @@ def install_atomic_checkpoint_writes() -> None:
     _write_checkpoint_file.__doc__ = original.__doc__
     # `_save_checkpoint` looks the writer up as a module global at call time, so replacing it here covers it.
     checkpoint._write_checkpoint_file = _write_checkpoint_file
-
-
-def damaged_member(path: str | os.PathLike) -> Optional[str]:
-    """Why a torch zip checkpoint cannot be trusted, or None when it is whole: no central directory (written last,
-    so a truncated file has none), or a member whose bytes fail the CRC-32 torch wrote for it (corrupted tensor
-    data, which torch itself would load without complaint). Reads the whole file once."""
-    if os.path.isdir(path):  # a sharded checkpoint folder: its `.metadata` index is written last
-        from flexbert.safe_unpickle import METADATA_FILENAME, UnreadableCheckpointError, load_sharded_metadata
-
-        try:
-            load_sharded_metadata(os.path.join(path, METADATA_FILENAME))
-            return None
-        except (OSError, UnreadableCheckpointError) as err:
-            return f"its {METADATA_FILENAME} index does not read ({err})"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not archive.namelist():
-                return "an empty archive"
-            bad = archive.testzip()
-            return None if bad is None else f"member '{bad}' fails its CRC check (corrupted data)"
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as err:
-        return f"not a complete zip archive ({err})"
 
 
 def is_complete(path: str | os.PathLike) -> bool:

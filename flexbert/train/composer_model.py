@@ -18,9 +18,9 @@ from composer.models import HuggingFaceModel
 from composer.models import huggingface as composer_huggingface
 from torchmetrics import Metric
 
+from flexbert.config import IGNORE_INDEX
 from flexbert.model.flops import training_flops
 
-IGNORE_INDEX = -100
 
 
 class MeanBatchLoss(Metric):

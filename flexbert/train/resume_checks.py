@@ -47,7 +47,7 @@ def check_resume_fits(path: str, composer_model: torch.nn.Module) -> None:
 
 def check_intact(path: str) -> None:
     """Every member of the file matches its CRC-32 (torch loads flipped tensor bytes without complaint)."""
-    from flexbert.train.checkpoint_safety import damaged_member
+    from flexbert.safe_unpickle import damaged_member
 
     problem = damaged_member(path) if zipfile.is_zipfile(path) else None
     if problem:

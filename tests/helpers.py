@@ -1,0 +1,46 @@
+"""Helpers the tests import: a tiny ModernBERT-shaped config and padded batches (fixtures are in conftest.py)."""
+
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A ModernBERT-shaped model small enough for many CPU forward passes.
+TINY_MODERNBERT = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=96,
+    pad_token_id=0,
+    embedding_layer="sans_pos",
+    attention_layer="rope",
+    bert_layer="prenorm",
+    mlp_layer="glu",
+    normalization="layernorm",
+    norm_kwargs={"eps": 1e-5, "bias": False},
+    hidden_act="gelu",
+    head_pred_act="gelu",
+    sliding_window=8,
+    global_attn_every_n_layers=3,
+    rotary_emb_base=10000.0,
+    local_attn_rotary_emb_base=-1,
+    embed_norm=True,
+    final_norm=True,
+    skip_first_prenorm=True,
+    init_method="full_megatron",
+    tie_word_embeddings=True,
+)
+
+
+
+def mixed_length_batch(batch: int, seq: int, vocab: int, lengths, seed: int = 0):
+    """Right-padded random ids (special ids 0..4 avoided) and the attention mask for the given lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq), generator=gen)
+    mask = torch.zeros(batch, seq, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    ids = ids.masked_fill(mask == 0, 0)
+    return ids, mask

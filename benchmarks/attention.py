@@ -1,4 +1,4 @@
-"""Time each attention kernel alone on one packed sequence per length (issue 8, attention benchmark).
+"""Time each attention kernel alone on one packed sequence per length.
 
 Global layers: `sdpa` (plus flash-attn when installed on CUDA). Local layers (|i - j| <= window): the blocked
 `sliding_window` kernel against `sdpa` with a dense band mask. Prints ms and ms/token per length (local cost

@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks: timing, matmul throughput, process memory, subprocess workers, tables, JSON.
 
-Spec: issue 8 (performance). Memory on CPU: torch's CPU allocations are invisible to tracemalloc, so peak memory is
+Memory on CPU: torch's CPU allocations are invisible to tracemalloc, so peak memory is
 measured on the process's resident set, in a fresh subprocess per measurement with glibc told to return freed
 memory at once (`EXACT_RSS_ENV`): the kernel's high-water mark (VmHWM) reset right before the measured work by
 writing 5 to /proc/self/clear_refs (Linux >= 4.0), cross-checked by the peak of the anonymous RSS sampled by a

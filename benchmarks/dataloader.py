@@ -1,6 +1,6 @@
 """Packing + masking throughput of the training loader on one CPU core.
 
-Spec: issue 3 -- synthetic log-normal document lengths (mean ~ max_seq_len / 3) at max_seq_len 1024,
+Synthetic log-normal document lengths (mean ~ max_seq_len / 3) at max_seq_len 1024,
 microbatch 96 (rows of 98,304 slots), documents held in memory so only packing, row assembly, masking
 and collation into torch tensors are timed. Target: >= 2M tokens/s on one core.
 

@@ -1,8 +1,8 @@
 """Training-step throughput and peak memory: FlexBERT vs transformers' ModernBertForMaskedLM, side by side.
 
-Spec: issue 8. Same config (ModernBERT-base widths: hidden 768, 12 heads, GLU 1152, vocab 50368, window 128, a
-global layer every 3; the layer count reducible), same weights, same documents, same masked labels (30%, the
-recipe's rate); a step is forward + backward + StableAdamW step (the recipe's decoupled settings); fp32 on
+Same config (ModernBERT-base widths: hidden 768, 12 heads, GLU 1152, vocab 50368, window 128, a
+global layer every 3; the layer count reducible), same weights, same documents, same masked labels (30%,
+ModernBERT's rate); a step is forward + backward + StableAdamW step (ModernBERT's decoupled settings); fp32 on
 CPU, bf16 autocast on CUDA.
 - FlexBERT: its packed path (one packed row + cu_seqlens), the head on masked tokens only, and the loss computed
   without materializing the logits (`return_logits=False`, what the trainer does when no training metric needs them;
@@ -49,7 +49,7 @@ MAX_LEN = 1024
 PAD, MASK, FIRST_SPECIAL = 50283, 50284, 50277  # ModernBERT tokenizer: specials live at the top of the vocab
 MLM_PROBABILITY = 0.3
 OPTIMIZER = {"name": "decoupled_stableadamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5,
-             "filter_bias_norm_wd": True}  # recipe section 5
+             "filter_bias_norm_wd": True}  # ModernBERT's optimizer settings
 # Dense bf16 / fp32 (non-tensor-core) peaks in FLOP/s, for MFU on GPUs; matched by name.
 GPU_PEAKS = {"H100": (989e12, 67e12), "H200": (989e12, 67e12), "A100": (312e12, 19.5e12)}
 

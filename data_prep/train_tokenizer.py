@@ -2,7 +2,7 @@
 
     python data_prep/train_tokenizer.py --input demo_data/corpus/train.jsonl --vocab-size 4096 --out demo_data/tokenizer
 
-Follows the ModernBERT tokenizer layout (modernbert-recipe.md section 1), scaled down:
+Follows the ModernBERT tokenizer layout, scaled down:
 - byte-level BPE (`tokenizers`), no normalizer and no prefix space, so decoding returns the input
   text byte for byte;
 - special tokens [CLS] [SEP] [PAD] [MASK] [UNK] with ids 0..4 (ModernBERT puts its specials after

@@ -1,7 +1,7 @@
 """Composer checkpoints as `load_path` and `init_from_checkpoint`: reading them safely, checking that they fit,
 the model config they embed, and growing a larger model from a smaller one's weights.
 
-Layout (recipe section 3; Composer 0.24 wrote the released ones, Composer 0.32 writes ours, the same way):
+Layout (Composer 0.24 wrote the released ones, Composer 0.32 writes ours, the same way):
 `{"state": {"model": {"model.bert...": tensor}, "optimizers": {"StableAdamW": {"state": {FQN: {...}},
 "param_groups": [...]}}, "schedulers": {...}, "timestamp": {...}, "integrations": {"huggingface": {"model":
 {"config": {"content": {...}}}, "tokenizer": {...}}}, ...}, "rng": [...]}`.

@@ -1,7 +1,7 @@
 """`FlexBertConfig`: the `model.model_config` section of the FlexBERT YAML schema, typed and validated once.
 
-Every key of the schema (`shared/reference/flexbert-yaml-schema.md`) is accepted with the reference's meaning and
-default. Unlike the reference, which subclassed `BertConfig` and silently dropped what it did not know:
+Every key of the FlexBERT schema is accepted with the reference framework's meaning and default. Unlike the
+reference framework, which subclassed `BertConfig` and silently dropped what it did not know:
 - an unknown key fails with the closest valid name;
 - a bad value (unknown block name, heads not dividing hidden, odd window, ...) fails naming the allowed choices;
 - legacy keys are accepted with a warning and have no effect;

@@ -1,6 +1,6 @@
 """Growing a model from a smaller one: tile the small model's weights into the larger shapes.
 
-ModernBERT-large was initialised from ModernBERT-base this way (recipe section 4; run-file key
+ModernBERT-large was initialised from ModernBERT-base this way (run-file key
 `init_from_checkpoint: {checkpoint_cfg, checkpoint_load_path, mode}`, see `flexbert.checkpoint`).
 
 Layers. New layer i takes old layer `round(i * L_old / L_new)` (Python's round, halves to even), clamped to

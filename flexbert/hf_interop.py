@@ -1,6 +1,6 @@
 """Hugging Face ModernBERT <-> FlexBERT: configs, parameter names, folders.
 
-Same tensors, other names (recipe section 2): FlexBERT `bert.X` is ModernBERT `model.X`, and
+Same tensors, other names: FlexBERT `bert.X` is ModernBERT `model.X`, and
 `bert.encoder.layers.` is `model.layers.`; `head.*` and `decoder.*` keep their names.
 
 Export writes a folder that `transformers.AutoModelForMaskedLM` loads without remote code, with both the

@@ -1,7 +1,7 @@
 """Opening Composer checkpoints without letting them run code: `torch.load(weights_only=True)` plus an allow-list.
 
-What a Composer checkpoint pickles besides tensors (recipe section 3 for the released Composer 0.24 / torch 2.4 /
-numpy 1.26 files; checked opcode by opcode against a checkpoint Composer 0.32 writes here):
+What a Composer checkpoint pickles besides tensors (the released files were written by Composer 0.24 / torch 2.4 /
+numpy 1.26; checked opcode by opcode against a checkpoint Composer 0.32 writes here):
 - numpy arrays and dtypes: the numpy RNG state in `rng` (`np.random.get_state()`), metric values Composer
   0.16+ stored as arrays. An array pickles as `_reconstruct(ndarray, ...)` + `dtype(...)`; numpy 1.x names the
   function `numpy.core.multiarray._reconstruct`, numpy 2.x `numpy._core.multiarray._reconstruct`. torch matches

@@ -1,6 +1,6 @@
 """A checkpoint in exactly the layout of the released ModernBERT checkpoints, from a tiny model.
 
-Released files (`answerdotai/ModernBERT-*-training-checkpoints`, recipe section 3) were written by Composer 0.24,
+Released files (`answerdotai/ModernBERT-*-training-checkpoints`) were written by Composer 0.24,
 torch 2.4, numpy 1.26 and an optimi 0.2 StableAdamW. What this reproduces, independently of Composer 0.32's writer:
 - `state.model`: `model.`-prefixed FlexBERT names, the tied `model.decoder.weight` included;
 - `state.optimizers.StableAdamW`: torch 2.4's `get_optimizer_state_dict` form, keyed by parameter name

@@ -218,7 +218,7 @@ def test_full_resume_continues_with_the_saved_moments(released_run, tmp_path):
             assert torch.equal(optimizer.state[param][key], released_run["moments"][name][key]), (name, key)
     assert [int(g["step"]) for g in optimizer.param_groups] == released_run["steps"]
 
-    # The next step continues from those moments: recipe section 5 with t = saved step + 1.
+    # The next step continues from those moments: the StableAdamW update with t = saved step + 1.
     b1, b2 = released_run["betas"]
     t = released_run["steps"][0] + 1
     b1t, b2t = b1 * (1 - b1 ** (t - 1)) / (1 - b1 ** t), b2 * (1 - b2 ** (t - 1)) / (1 - b2 ** t)

@@ -1,5 +1,5 @@
 """Every schedule's value at warmup start, mid-warmup, plateau, decay start, mid-decay and end, against the
-recipe's formulas (section 6) written out here, in token and batch units, on a real composer State."""
+schedules' formulas written out here, in token and batch units, on a real composer State."""
 
 import math
 import warnings

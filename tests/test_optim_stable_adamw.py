@@ -1,4 +1,4 @@
-"""StableAdamW vs an independent implementation of recipe section 5; param groups; optimizer builders; grad norms."""
+"""StableAdamW vs an independent implementation of its update rule; param groups; optimizer builders; grad norms."""
 
 import copy
 import math
@@ -24,7 +24,7 @@ SHAPES = [(), (1,), (7,), (5, 3), (2, 3, 4), (16, 8)]
 
 
 def recipe_step(p, g, m, v, t, lr, b1, b2, eps, wd, decouple, max_lr):
-    """Recipe section 5, line by line, on one tensor (float64). Returns (p, m, v, clipped)."""
+    """The StableAdamW update, line by line, on one tensor (float64). Returns (p, m, v, clipped)."""
     b1t = b1 * (1 - b1 ** (t - 1)) / (1 - b1**t)
     b2t = b2 * (1 - b2 ** (t - 1)) / (1 - b2**t)
     m = b1t * m + (1 - b1t) * g

@@ -1,4 +1,4 @@
-"""Issue 9: a run killed anywhere resumes exactly; failed saves, non-finite losses and bad input end the run with
+"""Reliability: a run killed anywhere resumes exactly; failed saves, non-finite losses and bad input end the run with
 one clear line, never a hang, never a damaged checkpoint.
 
 The reference for every resume is an uninterrupted run of the same settings; equality is torch.equal on every

@@ -1,6 +1,6 @@
 """Training data: MDS documents -> best-fit sequence packing -> MLM masking -> resumable batches.
 
-Spec: issue 3 (second half) and recipe section 7. Modules, one job each:
+Modules, one job each:
   sources.py  document sources over MDS folders (local / streaming / in memory) and the epoch order
   packing.py  greedy best-fit packer, packed row and batch format, split into microbatches
   masking.py  MLM masking of a packed row (numpy, per-row random streams)

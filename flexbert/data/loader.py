@@ -1,6 +1,6 @@
 """The resumable packed MLM loader, its typed config, its Composer DataSpec and checkpoint callback.
 
-Spec: issue 3 (second half), recipe section 7, schema `train_loader` / `eval_loader`.
+Configured by the schema's `train_loader` / `eval_loader` sections.
 
 `PackedLoader` is an iterable of device batches (see packing.py for the format): documents in
 `EpochOrder` -> `BestFitPacker` rows -> MLM masking per row -> R rows per step (R from `BatchSizeWarmup`).
@@ -469,8 +469,8 @@ class LoaderStateCallback(Callback):
 
 
 def make_data_spec(loader: PackedLoader) -> DataSpec:
-    """DataSpec: one packed row per microbatch; samples = rows x microbatch_size sequence slots (so the
-    recipe's batch sizes in sequences hold); tokens = non-pad tokens (all slots with count_padding_tokens)."""
+    """The DataSpec has one packed row per microbatch; samples = rows x microbatch_size sequence slots (so
+    run files' batch sizes in sequences hold); tokens = non-pad tokens (all slots with count_padding_tokens)."""
     mb, pad = loader.settings.microbatch_size, loader.settings.count_padding_tokens
     return DataSpec(loader, split_batch=split_packed_batch,
                     get_num_samples_in_batch=lambda batch: count_rows(batch) * mb,

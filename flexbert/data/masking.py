@@ -1,10 +1,10 @@
 """MLM masking of one packed row, in numpy, vectorized.
 
-Spec: recipe section 7 and issue 3. Each non-special, non-pad token is selected with probability p
+Each non-special, non-pad token is selected with probability p
 (0.3 train, 0.15 eval); of the selected, 80% become [MASK], 10% a uniformly random NON-special id from
 the tokenizer's real vocabulary, 10% stay. labels = original id at selected positions, -100 elsewhere.
 
-Reference bugs avoided: special and pad tokens are never selected (a lookup table built from the
+Unlike the reference framework's masking: special and pad tokens are never selected (a lookup table built from the
 tokenizer), random ids come from the tokenizer's vocabulary minus its special tokens (not from
 [0, max id in the batch]), and every row has its own random stream seeded from
 (seed, rank, epoch, row index) -- different per rank, reproducible, and nothing to checkpoint.

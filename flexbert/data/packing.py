@@ -1,6 +1,6 @@
 """Greedy best-fit sequence packing, and the packed row / batch format.
 
-Spec: recipe section 7 ("greedy best-fit online packer ... > 99% packing efficiency") and issue 3.
+A greedy best-fit online packer, as ModernBERT trained with (> 99% packing efficiency).
 
 Packing policy (`BestFitPacker`), written down because tests re-implement it:
   Rows have L = microbatch_size * max_seq_len token slots. Documents arrive one at a time (documents

@@ -1,6 +1,6 @@
 """Document sources (random access to tokenized documents) and the per-rank epoch order.
 
-Spec: issue 3 (training data loader) and schema `train_loader.dataset` (`local`, `remote`, `split`,
+Configured by the schema's `train_loader.dataset` (`local`, `remote`, `split`,
 `streaming`, `shuffle`, `shuffle_seed`). Shards come from data_prep/: MDS, one column `input_ids`
 (`ndarray:uint16|uint32`, each document `[CLS] ... [SEP]`) or a `text` column tokenized on the fly.
 

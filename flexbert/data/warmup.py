@@ -1,7 +1,7 @@
 """Batch-size warmup: how many packed rows a device batch holds at a given point of training.
 
-Spec: recipe section 4/7 ("batch-size warmup from 1 microbatch/device to full over 50B tokens, each
-size getting about the same number of steps") and schema `train_loader.batch_size_warmup_min_size`
+ModernBERT warms the batch size up from 1 microbatch per device to full over 50B tokens, each size getting
+about the same number of steps. Schema keys: `train_loader.batch_size_warmup_min_size`
 (sequences per device, ModernBERT sets it to `${device_train_microbatch_size}`) and
 `train_loader.batch_size_warmup_tokens` (a Composer time string such as '50_000_000_000tok').
 

@@ -1,5 +1,5 @@
 """Model FLOPs of a training step, for throughput and MFU accounting (Composer's SpeedMonitor reads
-`flops_per_batch`). The reference model declared none, so MFU was never reported.
+`flops_per_batch`).
 
 Counted: every matmul (2 FLOPs per multiply-add), forward + backward = 3x forward.
 - dense layers: 2 * (non-embedding weight count) per token (the embedding lookup is not a matmul);

@@ -17,7 +17,7 @@ A scheme maps (role, fan_in, layer_id) -> std; weights are drawn from a normal t
 | fan_in         | 1/sqrt(fan_in) everywhere                                              |
 | full_megatron  | init_std    | init_std      | init_std / sqrt(2 L)        | H^-0.5    |
 
-full_megatron is ModernBERT's (recipe section 1). `init_small_embedding` draws embeddings from
+full_megatron is ModernBERT's. `init_small_embedding` draws embeddings from
 U(-1e-4, 1e-4) instead (Small-Init Embedding).
 """
 

@@ -5,7 +5,7 @@ GPT-J interleaved layout (2i pairs with 2i+1) as an option. Only the first `rope
 rotate (partial rotary); the rest pass through. Optional xPos scaling (`rotary_emb_scale_base`): queries are
 multiplied by scale^(pos/scale_base) and keys divided by it, so relative decay depends on distance only.
 Frequencies are computed in fp32 from the theta given at call time, so changing theta between phases
-really changes the model (the reference's theta schedule only changed an attribute).
+really changes the model (in the reference framework a new theta only changed an attribute).
 """
 
 from __future__ import annotations

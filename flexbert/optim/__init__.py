@@ -1,4 +1,4 @@
-"""Optimizers, parameter groups, learning-rate schedules and phase restarts (recipe sections 4-6).
+"""Optimizers, parameter groups, learning-rate schedules and phase restarts.
 
 - `StableAdamW` (stable_adamw.py): optimi's StableAdamW under the checkpoint-compatible name.
 - `filter_bias_norm_wd` (param_groups.py): no weight decay on biases, norms and 1-D tensors.

@@ -1,10 +1,9 @@
 """Builders for the schema's `optimizer` and `scheduler` sections: `build_optimizer(cfg, model)`,
 `build_scheduler(cfg)`, their typed configs and the `OPTIMIZERS` / `SCHEDULERS` registries.
 
-Spec: shared/reference/flexbert-yaml-schema.md (`optimizer`, `scheduler`) and recipe sections 4-6. Names are looked
-up in registries (`python -m flexbert.registry` lists them); an unknown name or key fails naming the closest valid
-one. Scheduler keys the chosen schedule does not use (the reference's YAMLs carry `alpha_f` / `t_decay` under
-every schedule, and its builder dropped them) are accepted with a warning rather than silently.
+Names are looked up in registries (`python -m flexbert.registry` lists them); an unknown name or key fails naming
+the closest valid one. Scheduler keys the chosen schedule does not use (the reference framework's run files carry
+`alpha_f` / `t_decay` under every schedule) are accepted with a warning rather than silently.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ SCHEDULERS: Registry = Registry("scheduler", "scheduler.name")
 
 @dataclass
 class OptimizerConfig:
-    """The schema's `optimizer` section. Defaults follow the ModernBERT recipe where the reference had none."""
+    """The schema's `optimizer` section. Defaults are the reference framework's, else ModernBERT's."""
 
     name: str = schema.field(doc="optimizer (`python -m flexbert.registry`)")
     lr: float = schema.field(doc="peak learning rate")

@@ -1,6 +1,6 @@
 """Optimizer parameter groups: `filter_bias_norm_wd` exempts biases, norm weights and 1-D tensors from weight decay.
 
-The recipe (section 4, "no weight decay on biases and norms") and the schema's `optimizer.filter_bias_norm_wd`.
+ModernBERT trains with no weight decay on biases and norms; the schema's `optimizer.filter_bias_norm_wd` turns it on.
 The rule is optimi's `param_groups_weight_decay` (which built the released runs' groups) plus a name test, so a
 norm weight is exempt even if it is not 1-D. Embeddings and the tied decoder weight are 2-D and decay.
 

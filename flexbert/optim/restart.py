@@ -1,4 +1,4 @@
-"""Phase transitions (recipe section 4): load the previous phase's full state, keep its moments, use the new lr.
+"""Phase transitions: load the previous phase's full state, keep its moments, use the new lr.
 
 Phases 2 and 3 start from the previous phase's checkpoint with everything restored (weights, Adam moments and
 the optimizer's step count, which keeps the debiasing continuous), then

@@ -1,4 +1,4 @@
-"""Composer schedulers missing from Composer: `WarmupStableDecayScheduler` and `OneMinusSqrtScheduler` (recipe 6).
+"""Composer schedulers missing from Composer: `WarmupStableDecayScheduler` and `OneMinusSqrtScheduler`.
 
 Both return the multiplier alpha(t) of the peak lr. t is the trainer's elapsed time, T = `t_max` (default
 `1dur`, i.e. max_duration), and every duration may be given in any Composer unit (`tok`, `ba`, `sp`, `ep`,
@@ -10,9 +10,9 @@ exactly as Composer's own schedulers do.
     one_minus_sqrt:      1 until T - t_decay, then alpha_f + (1 - alpha_f) * (1 - sqrt((t - (T - t_decay)) / t_decay))
     alpha(t)           = warmup(t) * decay(t)
 
-Without overlap (t_warmup <= T - t_decay) the product is exactly the recipe's piecewise schedule (one factor
+Without overlap (t_warmup <= T - t_decay) the product is exactly the piecewise schedule (one factor
 is 1 wherever the other is not); a warmup that runs into the decay window stays continuous instead of jumping.
-`t_decay = 0` means no decay (the reference divided by zero there). The warmup is measured in its own unit, so
+`t_decay = 0` means no decay. The warmup is measured in its own unit, so
 `t_warmup: 3_000_000_000tok` works with `max_duration: 10000ba`; the decay compares t_decay with T, so those two
 must share a unit after conversion (a ValueError says so otherwise). After T the multiplier stays at alpha_f.
 

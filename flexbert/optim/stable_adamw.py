@@ -1,4 +1,4 @@
-"""`StableAdamW`: AdamW with debiased betas and per-tensor update clipping (recipe section 5).
+"""`StableAdamW`: AdamW with debiased betas and per-tensor update clipping.
 
 Built on torch-optimi's `optimi.StableAdamW` (0.3.3 installed): optimi's StableAdamW trained ModernBERT and wrote
 the released checkpoints' optimizer state (with an earlier optimi release). This subclass only
@@ -9,8 +9,8 @@ the released checkpoints' optimizer state (with an earlier optimi release). This
 - fixes optimi 0.3.3's Triton auto-selection, which tests an empty list and so picks Triton for CPU tensors
   whenever triton is installed (RuntimeError "0 active drivers" on a CPU machine).
 
-Checked against recipe section 5, formula by formula (optimi/stableadamw.py, `_single_param_stableadamw`,
-`_foreach_stableadamw`, the Triton kernels, and optimi/utils.py `debias_beta`):
+The update rule, with optimi's code checked against it formula by formula (optimi/stableadamw.py,
+`_single_param_stableadamw`, `_foreach_stableadamw`, the Triton kernels, and optimi/utils.py `debias_beta`):
 - debiased betas: optimi computes `(b**t - b) / (b**t - 1)`, algebraically `b * (1 - b**(t-1)) / (1 - b**t)`;
   t counts from 1 (the step counter is incremented before use), so b1t = b2t = 0 at t = 1.         [same]
 - m = lerp(m, g, 1 - b1t) = b1t * m + (1 - b1t) * g;  v = b2t * v + (1 - b2t) * g * g.             [same]
@@ -18,9 +18,9 @@ Checked against recipe section 5, formula by formula (optimi/stableadamw.py, `_s
 - lr_t = lr / max(1, rms).                                                                         [same]
 - weight decay BEFORE the Adam step: decoupled p *= 1 - lr_t / max_lr * wd, else p *= 1 - lr_t * wd,
   both with the clipped lr_t; max_lr defaults to the constructor lr when decouple_lr=True.          [same]
-- p -= lr_t * m / (sqrt(v) + eps): eps OUTSIDE the square root, as in the recipe.                  [same]
+- p -= lr_t * m / (sqrt(v) + eps): eps OUTSIDE the square root.                                    [same]
 
-Differences from the recipe text (none changes fp32 results beyond rounding):
+Where optimi departs from that rule (none changes fp32 results beyond rounding):
 - The step counter t lives in the param group (`group["step"]`), not per tensor: a tensor whose `.grad` is None
   on some step is skipped but the group's t still advances (unless no tensor at all has a gradient: then the
   step does nothing). A zero gradient (not None) is a normal update.
@@ -28,7 +28,7 @@ Differences from the recipe text (none changes fp32 results beyond rounding):
 - eps**2 is stored per tensor in the parameter dtype (`state["eps_sq"]`); for bf16 parameters the moments are
   also kept in bf16 on the non-Triton paths, i.e. only the Adam update is compensated by Kahan summation. The
   weight-decay multiply hits the bf16 weights directly, uncompensated: a decay step below bf16 resolution
-  (e.g. 1e-5 on weights near 1) is lost. With fp32 master weights (Composer's amp_bf16, the recipe) none of
+  (e.g. 1e-5 on weights near 1) is lost. With fp32 master weights (Composer's amp_bf16, as ModernBERT trained) none of
   this applies.
 - The foreach path and the bf16 Kahan path use `p.grad` as scratch space: gradients are garbage after `step()`.
   Read gradients before the step (Composer's Event.AFTER_TRAIN_BATCH, as `log_grad_norm` does).
@@ -51,7 +51,7 @@ _IMPLEMENTATION_KEYS = ("foreach", "triton", "gradient_release")
 
 
 class StableAdamW(optimi.StableAdamW):
-    """AdamW-Adafactor hybrid with update clipping (Wortsman et al. 2023), as in recipe section 5.
+    """AdamW-Adafactor hybrid with update clipping (Wortsman et al. 2023); update rule in the module docstring.
 
     Args:
         params: parameters or param groups (dicts; extra keys such as `param_names` are kept).

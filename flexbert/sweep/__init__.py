@@ -1,6 +1,6 @@
 """Ablation sweeps: run variants of one run file in sequence, resumably, and tabulate and plot the results.
 
-Spec: issue 7. `python -m flexbert.sweep SWEEP.yaml [--out DIR] [--dry-run] [--launcher "composer -n 8"] [--report]`.
+Usage: `python -m flexbert.sweep SWEEP.yaml [--out DIR] [--dry-run] [--launcher "composer -n 8"] [--report]`.
 
 - spec.py      the sweep file (base run, common overrides, grid or named variants), run names
 - validate.py  a variant's run config checked without training; parameter count on the meta device

@@ -1,6 +1,6 @@
 """results.csv, results.md and loss_curves.png of a sweep, rebuilt from the runs' metrics.jsonl and the sweep state.
 
-Spec: issue 7. Per variant:
+Per variant:
 - final train loss: mean of `loss/train/total` over the last `FINAL_STEPS` logged steps (one step is noisy);
 - eval loss / masked accuracy: `metrics/eval/LanguageCrossEntropy` / `MaskedAccuracy` of the last evaluation, at
   the eval loader's masking rate (15% in the recipes);

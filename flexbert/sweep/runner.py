@@ -1,6 +1,6 @@
 """Turn a sweep into commands, check them, and run them one after another as subprocesses, resumably.
 
-Spec: issue 7. Each variant runs as `LAUNCHER main.py BASE <common overrides> <variant overrides>
+Each variant runs as `LAUNCHER main.py BASE <common overrides> <variant overrides>
 run_name=<name> save_folder=OUT/runs/<name>` (+ `loggers.wandb.group=<sweep>` when the run logs to wandb), so
 every run starts from the same base file with the same seed and data order unless the sweep changes them. A
 subprocess per run: a crash or an OOM kill ends that run, not the sweep, and multi-process launchers

@@ -1,6 +1,6 @@
 """The sweep file: which base run, which common overrides, which variants -- parsed and checked strictly.
 
-Spec: issue 7. A sweep file is YAML with these keys (anything else is an error naming the closest key):
+A sweep file is YAML with these keys (anything else is an error naming the closest key):
 
     name: blocks_demo              # optional; default: the file's stem. Also the wandb group of its runs.
     description: ...               # optional, copied into results.md

@@ -1,6 +1,6 @@
 """Crash-safe checkpoint files: atomic writes, a `latest` link that names a complete file, clear save errors.
 
-Spec: issue 9 (reliability). What Composer 0.32 does by itself (monolithic, non-FSDP checkpoints):
+What Composer 0.32 does by itself (monolithic, non-FSDP checkpoints):
 - `composer.utils.checkpoint._write_checkpoint_file` opens the FINAL name (`ep{e}-ba{b}-rank0.pt`) with
   `open(name, 'wb')` and `torch.save`s into it. A kill or a full disk mid-write leaves a partial file under a
   checkpoint's name: it fails to load, and with `save_overwrite: false` it blocks the resumed run

@@ -42,7 +42,7 @@ class MeanBatchLoss(Metric):
         return (self.sum_loss / self.batches).float()
 
 
-# Logged under the name the recomputed metric has, as the reference framework did.
+# Logged as `LanguageCrossEntropy`, the recomputed metric's name, so the metric keys match the reference framework's.
 BatchMeanLanguageCrossEntropy = type("LanguageCrossEntropy", (MeanBatchLoss,), {"__module__": __name__})
 
 

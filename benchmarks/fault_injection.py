@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LOSS_KEY = "loss/train/total"
 

@@ -50,8 +50,16 @@ PAD, MASK, FIRST_SPECIAL = 50283, 50284, 50277  # ModernBERT tokenizer: specials
 MLM_PROBABILITY = 0.3
 OPTIMIZER = {"name": "decoupled_stableadamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5,
              "filter_bias_norm_wd": True}  # ModernBERT's optimizer settings
-# Dense bf16 / fp32 (non-tensor-core) peaks in FLOP/s, for MFU on GPUs; matched by name.
-GPU_PEAKS = {"H100": (989e12, 67e12), "H200": (989e12, 67e12), "A100": (312e12, 19.5e12)}
+# Dense bf16 / fp32 (non-tensor-core) peaks in FLOP/s, for MFU on GPUs; the first key contained in the device name
+# wins, so the PCIe and NVL cards come before the SXM ones ("NVIDIA H100 80GB HBM3" is SXM).
+GPU_PEAKS = {"H100 PCIe": (756e12, 51e12), "H100 NVL": (835e12, 60e12), "H100": (989e12, 67e12),
+             "H200": (989e12, 67e12), "A100": (312e12, 19.5e12)}
+
+
+def gpu_peak_flops(gpu_name: str, bf16: bool) -> float | None:
+    """The device's dense peak FLOP/s by name (bf16 tensor cores, or fp32), None for a device not in GPU_PEAKS."""
+    peaks = next((v for k, v in GPU_PEAKS.items() if k in gpu_name), None)
+    return None if peaks is None else peaks[0 if bf16 else 1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,15 +138,16 @@ def make_batch(lengths: list[int], seed: int, device: torch.device) -> Batch:
 
 
 # ------------------------------------------------------------------------------------------------- models
-def flexbert_config(layers: int) -> FlexBertConfig:
-    return FlexBertConfig(
+def flexbert_config(layers: int, **overrides) -> FlexBertConfig:
+    """ModernBERT-base widths with `layers` layers; `overrides` replace any config key (e.g. a smaller width)."""
+    return FlexBertConfig(**{**dict(
         vocab_size=50368, hidden_size=768, num_hidden_layers=layers, num_attention_heads=12, intermediate_size=1152,
         pad_token_id=PAD, embedding_layer="sans_pos", attention_layer="rope", bert_layer="prenorm", mlp_layer="glu",
         normalization="layernorm", norm_kwargs={"eps": 1e-5, "bias": False}, hidden_act="gelu", head_pred_act="gelu",
         sliding_window=128, global_attn_every_n_layers=3, rotary_emb_base=160000.0, local_attn_rotary_emb_base=10000.0,
         embed_norm=True, final_norm=True, skip_first_prenorm=True, init_method="full_megatron",
         tie_word_embeddings=True, decoder_bias=True, masked_prediction=True, max_position_embeddings=8192,
-    )
+    ), **overrides})
 
 
 def peer_attention(args) -> str:
@@ -154,12 +163,13 @@ def peer_attention(args) -> str:
     return "sdpa"
 
 
-def build_models(args, which: tuple[str, ...], device: torch.device) -> dict:
-    """{"ours": FlexBertForMaskedLM, "peer": ModernBertForMaskedLM} with the same weights, in train mode."""
+def build_models(args, which: tuple[str, ...], device: torch.device, config: FlexBertConfig | None = None) -> dict:
+    """{"ours": FlexBertForMaskedLM, "peer": ModernBertForMaskedLM} with the same weights, in train mode; `config`
+    defaults to `flexbert_config(args.layers)`."""
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     torch.manual_seed(args.seed)
-    config = flexbert_config(args.layers)
+    config = config or flexbert_config(args.layers)
     ours = FlexBertForMaskedLM(config)
     models = {"ours": ours}
     if "peer" in which:
@@ -204,11 +214,11 @@ def round_batch(args, r: int, device: torch.device) -> Batch:
     return make_batch(document_lengths(args.case, args.tokens, args.seed + r), args.seed + 1000 + r, device)
 
 
-def time_worker(args) -> dict:
+def time_worker(args, config: FlexBertConfig | None = None) -> dict:
     """Both models in one process: each round, a matmul probe, then one step of each on the same documents, in
     alternating order (so a busy, shared machine slows both alike)."""
     device, dtype = worker_setup(args)
-    models = build_models(args, ("ours", "peer"), device)
+    models = build_models(args, ("ours", "peer"), device, config)
     optimizers = {name: build_optimizer(OPTIMIZER, m) for name, m in models.items()}
     rounds = []
     for r in range(args.warmup + args.steps):
@@ -295,10 +305,10 @@ def summarize(args, timing: dict, memory: dict) -> dict:
            "peer_of_matmul": med(lambda r: r["flops"] / r["peer_s"] / r["matmul_flops_per_s"]),
            "first_step_loss": {"ours": timing["rounds"][0]["ours_loss"], "peer": timing["rounds"][0]["peer_loss"]}}
     if args.device == "cuda":
-        peaks = next((v for k, v in GPU_PEAKS.items() if k in timing["machine"].get("gpu", "")), None)
-        if peaks:
-            row["ours_mfu"] = row["ours_flops_per_s"] / peaks[0 if args.dtype == "bfloat16" else 1]
-            row["peer_mfu"] = row["peer_flops_per_s"] / peaks[0 if args.dtype == "bfloat16" else 1]
+        peak = gpu_peak_flops(timing["machine"].get("gpu", ""), bf16=args.dtype == "bfloat16")
+        if peak:
+            row["ours_mfu"] = row["ours_flops_per_s"] / peak
+            row["peer_mfu"] = row["peer_flops_per_s"] / peak
     if memory:
         row.update(ours_peak_mib=memory["ours"]["peak_mib"], peer_peak_mib=memory["peer"]["peak_mib"],
                    memory_ratio=memory["ours"]["peak_mib"] / memory["peer"]["peak_mib"],

@@ -4,14 +4,14 @@
    and the two fine-tuning tasks of yamls/eval/demo.yaml (demo_data/tasks/);
 2. pretrain `yamls/demo.yaml` (30% masking, packing, StableAdamW, warmup-stable-decay), evaluating at 15%;
 3. the Composer checkpoint is written to demo_runs/demo/, then exported as a Hugging Face ModernBERT folder;
-4. transformers' own `fill-mask` pipeline runs on the exported folder.
+4. transformers' own `fill-mask` pipeline runs on the exported folder;
+5. the loss / accuracy curves are drawn from metrics.jsonl into demo_runs/demo/curves.png.
 
 `python -m flexbert.demo [key.sub=value ...]` passes overrides to the run (e.g. max_duration=50ba).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,22 +48,12 @@ def _check(code: int) -> None:
         raise SystemExit(code)
 
 
-def _losses(metrics_file: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
-    train, evals = [], []
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        if "loss/train/total" in record:
-            train.append((record["batch"], record["loss/train/total"]))
-        if "metrics/eval/LanguageCrossEntropy" in record:
-            evals.append((record["batch"], record["metrics/eval/LanguageCrossEntropy"], record["metrics/eval/MaskedAccuracy"]))
-    return train, evals
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.path.insert(0, str(Path.cwd()))
     prepare_data()
 
+    from flexbert.train.curves import plot_curves, read_curves
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import train
 
@@ -73,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer = train(cfg)
     run_dir = Path(cfg.resolved_save_folder())
     trainer.close()
-    train, evals = _losses(run_dir / "metrics.jsonl")
+    curves = read_curves(run_dir / "metrics.jsonl")
     print(f"\ntrained in {time.time() - start:.0f}s")
-    print(f"MLM loss (30% masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
+    train, evals = curves.train, curves.evals
+    print(f"MLM loss ({cfg.mlm_probability:.0%} masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
     for batch, loss, acc in evals:
-        print(f"eval at batch {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+        print(f"eval at step {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+    plot = plot_curves(curves, run_dir / "curves.png", f"{RECIPE}: {cfg.max_duration} on CPU")
 
     _step("exporting the checkpoint as a Hugging Face ModernBERT folder")
     from flexbert.convert import main as convert
@@ -92,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for prompt in (f"import os{fill.tokenizer.mask_token}path", f"Return the number of{fill.tokenizer.mask_token} in the list."):
         guesses = fill(prompt, top_k=3)
         print(repr(prompt), "->", ", ".join(f"{g['token_str']!r} ({g['score']:.2f})" for g in guesses))
-    print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl")
+    print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl"
+          f"\nloss and accuracy curves: {plot}")
     return 0
 
 

@@ -9,6 +9,8 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
+
 from flexbert import demo
 from tests.conftest import tiny_run_overrides
 
@@ -56,3 +58,17 @@ def test_demo_prints_one_line_per_eval_and_writes_the_curves_png(tmp_path, tiny_
     # no per-interval metric dump from Composer's console logger on either stream
     assert "[batch=" not in out and "[batch=" not in captured.err
     assert "loss/train/total" in captured.err  # Composer's progress bar shows the running loss
+
+
+def test_demo_data_cached_for_another_vocabulary_fails_naming_the_fix(tmp_path, monkeypatch):
+    """Shards from an earlier demo with a 4096-token vocabulary: one line naming the manifest and `make clean-demo`."""
+    mds = tmp_path / "demo_data" / "mds"
+    mds.mkdir(parents=True)
+    (mds / "manifest.json").write_text(json.dumps({"vocab_size": 4096, "max_seq_len": 128}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "RECIPE", ROOT / "yamls" / "demo.yaml")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["model.model_config.vocab_size=1024", "max_seq_len=128"])
+    message = str(exc.value)
+    assert message.startswith("error: demo_data/mds/manifest.json: ") and "vocab_size 4096" in message
+    assert "wants 1024 and 128" in message and "make clean-demo" in message

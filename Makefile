@@ -21,8 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
+# OpenMP threads wait passively (unless you set OMP_WAIT_POLICY): threads that spin while waiting take the cores
+# that other processes on a shared machine need, and on 2 busy cores a demo step then takes several times longer.
 demo: $(STAMP)
-	$(PY) -m flexbert.demo
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m flexbert.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

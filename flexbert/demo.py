@@ -4,9 +4,11 @@
    and the two fine-tuning tasks of yamls/eval/demo.yaml (demo_data/tasks/);
 2. pretrain `yamls/demo.yaml` (30% masking, packing, StableAdamW, warmup-stable-decay), evaluating at 15%;
 3. the Composer checkpoint is written to demo_runs/demo/, then exported as a Hugging Face ModernBERT folder;
-4. transformers' own `fill-mask` pipeline runs on the exported folder.
+4. transformers' own `fill-mask` pipeline runs on the exported folder;
+5. the loss / accuracy curves are drawn from metrics.jsonl into demo_runs/demo/curves.png.
 
-`python -m flexbert.demo [key.sub=value ...]` passes overrides to the run (e.g. max_duration=50ba).
+`python -m flexbert.demo [key.sub=value ...]` passes overrides to the run (e.g. max_duration=50ba); `make demo` runs
+it with OMP_WAIT_POLICY=PASSIVE (see the Makefile).
 """
 
 from __future__ import annotations
@@ -24,23 +26,39 @@ def _step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def prepare_data() -> None:
+def prepare_data(vocab_size: int, max_seq_len: int) -> None:
+    """Build what is missing under demo_data/ for a tokenizer of `vocab_size` tokens and MDS rows of `max_seq_len`."""
     from data_prep import build_demo_corpus, build_demo_tasks, tokenize_to_mds, train_tokenizer
 
     corpus, tokenizer, mds = DATA / "corpus", DATA / "tokenizer", DATA / "mds"
+    _check_cached(mds, vocab_size, max_seq_len)
     if not corpus.is_dir():
         _step("building the demo corpus (Python standard library docstrings and source)")
         _check(build_demo_corpus.main(["--out", str(corpus)]))
     if not tokenizer.is_dir():
-        _step("training a 4096-token BPE tokenizer")
-        _check(train_tokenizer.main(["--input", str(corpus / "train.jsonl"), "--vocab-size", "4096", "--out", str(tokenizer)]))
+        _step(f"training a {vocab_size}-token BPE tokenizer")
+        _check(train_tokenizer.main(["--input", str(corpus / "train.jsonl"), "--vocab-size", str(vocab_size),
+                                     "--out", str(tokenizer)]))
     if not mds.is_dir():
-        _step("tokenizing into MDS shards (max_seq_len 128)")
-        _check(tokenize_to_mds.main(["--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(mds), "--max-seq-len", "128"]))
+        _step(f"tokenizing into MDS shards (max_seq_len {max_seq_len})")
+        _check(tokenize_to_mds.main(["--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(mds),
+                                     "--max-seq-len", str(max_seq_len)]))
     if not (DATA / "tasks").is_dir():
         _step("building the fine-tuning tasks of yamls/eval/demo.yaml")
         _check(build_demo_tasks.main(["--corpus", str(corpus), "--out", str(DATA / "tasks")]))
     print(f"data ready in {DATA}/ (delete it to rebuild)")
+
+
+def _check_cached(mds: Path, vocab_size: int, max_seq_len: int) -> None:
+    """Shards cached by a demo with another vocabulary or row length cannot feed this one: say how to rebuild."""
+    manifest = mds / "manifest.json"
+    if not manifest.is_file():
+        return
+    built = json.loads(manifest.read_text(encoding="utf-8"))
+    if (built.get("vocab_size"), built.get("max_seq_len")) != (vocab_size, max_seq_len):
+        raise SystemExit(f"error: {manifest}: the cached demo data has vocab_size {built.get('vocab_size')} and "
+                         f"max_seq_len {built.get('max_seq_len')}, {RECIPE} wants {vocab_size} and {max_seq_len}: "
+                         f"delete {DATA}/ (make clean-demo) to rebuild it")
 
 
 def _check(code: int) -> None:
@@ -48,35 +66,26 @@ def _check(code: int) -> None:
         raise SystemExit(code)
 
 
-def _losses(metrics_file: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
-    train, evals = [], []
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        if "loss/train/total" in record:
-            train.append((record["batch"], record["loss/train/total"]))
-        if "metrics/eval/LanguageCrossEntropy" in record:
-            evals.append((record["batch"], record["metrics/eval/LanguageCrossEntropy"], record["metrics/eval/MaskedAccuracy"]))
-    return train, evals
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prepare_data()
-
+    from flexbert.train.curves import plot_curves, read_curves
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import train
 
-    cfg = load_run_config(RECIPE, argv)
+    cfg = load_run_config(RECIPE, ["progress_bar=true", *argv])  # on the console; sweeps and tests log to files
+    prepare_data(cfg.model.model_config["vocab_size"], cfg.max_seq_len)
     _step(f"pretraining {RECIPE} for {cfg.max_duration} on CPU")
     start = time.time()
     trainer = train(cfg)
     run_dir = Path(cfg.resolved_save_folder())
     trainer.close()
-    train, evals = _losses(run_dir / "metrics.jsonl")
+    curves = read_curves(run_dir / "metrics.jsonl")
     print(f"\ntrained in {time.time() - start:.0f}s")
-    print(f"MLM loss (30% masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
+    train, evals = curves.train, curves.evals
+    print(f"MLM loss ({cfg.mlm_probability:.0%} masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
     for batch, loss, acc in evals:
-        print(f"eval at batch {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+        print(f"eval at step {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+    plot = plot_curves(curves, run_dir / "curves.png", f"{RECIPE}: {cfg.max_duration} on CPU")
 
     _step("exporting the checkpoint as a Hugging Face ModernBERT folder")
     from flexbert.convert import main as convert
@@ -88,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
 
     fill = pipeline("fill-mask", model=str(export), tokenizer=str(export), device="cpu")
-    for prompt in (f"import os{fill.tokenizer.mask_token}path", f"Return the number of{fill.tokenizer.mask_token} in the list."):
+    mask = fill.tokenizer.mask_token
+    for prompt in (f"import os{mask}path", f"if value is{mask}:", f"Return the number of{mask} in the list."):
         guesses = fill(prompt, top_k=3)
         print(repr(prompt), "->", ", ".join(f"{g['token_str']!r} ({g['score']:.2f})" for g in guesses))
-    print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl")
+    print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl"
+          f"\nloss and accuracy curves: {plot}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Logger destinations: Composer's console and Weights & Biases, plus `metrics.jsonl` for scripts and sweeps.
+"""Logger destinations: Composer's console and Weights & Biases, plus `metrics.jsonl` for scripts and sweeps, and a
+one-line-per-evaluation console summary (`eval_summary`).
 
 `metrics.jsonl` holds one JSON object per logged step: `{"batch": N, "token": T, "sample": S, <metric>: value}`.
 Train and eval metrics of a step share its line. Lines are flushed as written: a crash loses at most the line being
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -161,6 +163,58 @@ def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Op
 
 
 LOGGERS.add("wandb", _wandb, "Weights & Biases (offline when no account is configured)")
+
+# Console names of the MLM evaluation metrics; any other metric keeps its own name.
+_SUMMARY_NAMES = {"LanguageCrossEntropy": "loss", "MaskedAccuracy": "masked accuracy"}
+
+
+class EvalSummary(LoggerDestination):
+    """One console line per evaluation: the step, the mean training loss of the steps since the previous
+    evaluation, and each evaluation metric -- instead of every metric at every console interval. Printed through
+    tqdm, above Composer's progress bar when it shows."""
+
+    def __init__(self, train_key: str = "loss/train/total"):
+        self.train_key = train_key
+        self._train: list[float] = []
+        self._eval: dict[str, float] = {}
+        self._state: Optional[State] = None
+
+    def init(self, state: State, logger: Logger) -> None:
+        self._state = state
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        for key, value in metrics.items():
+            value = value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1 else value
+            if not isinstance(value, (int, float)):
+                continue
+            if key == self.train_key:
+                self._train.append(float(value))
+            elif key.startswith("metrics/") and not key.startswith("metrics/train/"):
+                label, name = key.removeprefix("metrics/").split("/", 1)
+                self._eval[f"{label} {_SUMMARY_NAMES.get(name, name)}"] = float(value)
+
+    def line(self) -> str:
+        state = self._state
+        step = f"step {int(state.timestamp.batch)}" if state is not None else "step ?"
+        if state is not None and state.max_duration is not None:
+            step += f"/{state.max_duration.value}" if state.max_duration.unit.name == "BATCH" else ""
+        parts = [step]
+        if self._train:
+            parts.append(f"train loss {sum(self._train) / len(self._train):.3f}")
+        parts += [f"{name} {value:.3f}" for name, value in self._eval.items()]
+        return " | ".join(parts)
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0 or not self._eval:
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.line(), file=sys.stdout)
+        sys.stdout.flush()
+        self._train, self._eval = [], {}
+
+
+LOGGERS.add("eval_summary", EvalSummary, "one console line per evaluation: step, mean train loss since the last, eval metrics")
 
 
 def build_loggers(section: Mapping[str, Any] | None, metrics_path: Optional[Path]) -> list[LoggerDestination]:

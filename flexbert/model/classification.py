@@ -22,33 +22,18 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from flexbert import hf_interop
 from flexbert.config import IGNORE_INDEX
-from flexbert.model.activations import build_activation
 from flexbert.model.init import initialize
 from flexbert.model.modeling import (
     FlexBertBackbone,
+    FlexBertHead,
     FlexBertPreTrainedModel,
     _check_config_ready,
     _IGNORED_KWARGS,
     pack_inputs,
 )
-from flexbert.model.norms import build_norm
 from flexbert.model.packed import PackedSequences
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
-
-
-class FlexBertClassificationHead(nn.Module):
-    """dense -> activation -> norm -> dropout, configured by the `head_class_*` keys."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_class_bias)
-        self.act = build_activation(config.head_class_act)
-        self.norm = build_norm(config) if config.head_class_norm else nn.Identity()
-        self.drop = nn.Dropout(config.head_class_dropout) if config.head_class_dropout > 0 else nn.Identity()
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.norm(self.act(self.dense(hidden))))
 
 
 def pool(hidden: torch.Tensor, packed: PackedSequences, pooling_type: str) -> torch.Tensor:
@@ -96,7 +81,7 @@ class _ClassifierBase(FlexBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = FlexBertBackbone(config)
-        self.head = FlexBertClassificationHead(config)
+        self.head = FlexBertHead(config, "class")
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         initialize(self, config)
         self.post_init()

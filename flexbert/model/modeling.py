@@ -75,15 +75,17 @@ class FlexBertBackbone(nn.Module):
         return self.final_norm(self.encoder(hidden, packed))
 
 
-class FlexBertPredictionHead(nn.Module):
-    """dense -> activation -> norm (-> dropout): the MLM transform before the decoder."""
+class FlexBertHead(nn.Module):
+    """dense -> activation -> norm -> dropout, configured by the `head_{kind}_*` keys: kind `pred` is the MLM
+    transform before the decoder, kind `class` the classification head before the classifier."""
 
-    def __init__(self, config: FlexBertConfig):
+    def __init__(self, config: FlexBertConfig, kind: str = "pred"):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_pred_bias)
-        self.act = build_activation(config.head_pred_act)
-        self.norm = build_norm(config) if config.head_pred_norm else nn.Identity()
-        self.drop = nn.Dropout(config.head_pred_dropout) if config.head_pred_dropout > 0 else nn.Identity()
+        bias, act, norm, dropout = (getattr(config, f"head_{kind}_{key}") for key in ("bias", "act", "norm", "dropout"))
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.act = build_activation(act)
+        self.norm = build_norm(config) if norm else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.drop(self.norm(self.act(self.dense(hidden))))
@@ -131,7 +133,7 @@ class FlexBertForMaskedLM(FlexBertPreTrainedModel):
         _check_config_ready(config)
         super().__init__(config)
         self.bert = FlexBertBackbone(config)
-        self.head = FlexBertPredictionHead(config)
+        self.head = FlexBertHead(config, "pred")
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
         self.loss_fn = build_loss(config)
         initialize(self, config)

@@ -38,6 +38,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -139,6 +140,14 @@ def _encode_batch(texts: List[str]) -> List[np.ndarray]:
     return [np.asarray(e.ids, dtype=np.uint32) for e in encodings]
 
 
+def _start_pool_worker(init: Callable, *init_args) -> None:
+    """A forked worker inherits the parent's signal handlers (Composer's, when it is imported): SIGTERM from
+    `Pool.terminate` must end it even when it waits on the task queue's lock, and Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init(*init_args)
+
+
 def ordered_map(
     fn: Callable, items: Iterable[Tuple[Any, Any]], workers: int, init: Callable, init_args: tuple
 ) -> Iterator[Tuple[Any, Any]]:
@@ -153,7 +162,7 @@ def ordered_map(
             yield meta, fn(payload)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, init, init_args + (False,)) as pool:
+    with multiprocessing.get_context(method).Pool(workers, _start_pool_worker, (init, *init_args, False)) as pool:
         pending: collections.deque = collections.deque()
         for meta, payload in items:
             pending.append((meta, pool.apply_async(fn, (payload,))))
@@ -163,6 +172,8 @@ def ordered_map(
         while pending:
             meta_done, result = pending.popleft()
             yield meta_done, result.get()
+        pool.close()  # every task done: the workers end on their own; terminate (on errors) is the exception
+        pool.join()
 
 
 # --------------------------------------------------------------------------------------------------

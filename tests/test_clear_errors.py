@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import fault_injection as fi
 from flexbert.train.checkpoint_safety import LATEST
+from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,10 +116,12 @@ def test_changed_lr_before_autoresume_says_the_checkpoints_value_wins(tiny_corpu
     folder = _copy(reference, tmp_path)
     assert main(_argv(tiny_corpus, folder, steps=STEPS + 1, **{"optimizer.lr": 0.01})) == 0
     err = capsys.readouterr().err
+    trained_lr = load_run_config(ROOT / "yamls/demo.yaml").optimizer.lr  # what the reference run used
     notes = [line for line in err.splitlines() if line.startswith("note: optimizer.lr")]
-    assert len(notes) == 1 and "0.01" in notes[0] and "0.003" in notes[0] and "checkpoint's value is used" in notes[0]
+    assert len(notes) == 1 and "0.01" in notes[0] and f"trained with {trained_lr}" in notes[0]
+    assert "checkpoint's value is used" in notes[0]
     lr = torch.load(folder / LATEST, weights_only=False)["state"]["schedulers"]["LambdaLR"]["base_lrs"]
-    assert lr == [0.003, 0.003]  # and it is: the schedule continued with the saved base lr
+    assert lr == [trained_lr, trained_lr]  # and it is: the schedule continued with the saved base lr
 
 
 def _with_file_size_limit(limit: int):

@@ -357,3 +357,16 @@ def test_damaged_sweep_state_is_named_with_the_fix(tmp_path, content):
     (tmp_path / "sweep_state.json").write_text(content)
     with pytest.raises(SweepError, match=r"sweep_state.json: damaged sweep state .*restore it, or delete it"):
         SweepState(tmp_path, "demo")
+
+
+def test_error_of_a_log_with_a_progress_bar_is_found():
+    """Composer's progress bar redraws its line with carriage returns and colours it; the error printed after it
+    is still the headline."""
+    from flexbert.sweep.process import error_headline, error_tail
+
+    bar = "".join(f"\rtrain {i:3d}%|\x1b[32m{'#' * (i // 10)}\x1b[0m| {i}/100 [loss=3.2]" for i in range(0, 60, 10))
+    for after_bar in ("\r", ""):  # the error on a redrawn line, or right after the unfinished bar
+        log = f"=== 2026-12-05 $ python main.py run.yaml\n{bar}{after_bar}error: non-finite loss at step 57\n"
+        tail = error_tail(log)
+        assert error_headline(tail) == "error: non-finite loss at step 57", repr(tail)
+        assert "\x1b" not in tail and "\r" not in tail

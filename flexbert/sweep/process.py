@@ -18,9 +18,23 @@ INTERRUPTS = (KeyboardInterrupt, SystemExit)
 ERROR_TAIL_LINES = 20
 
 
+# Terminal control sequences (colours, cursor moves) a progress bar writes into a log file.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _as_printed(line: str) -> list[str]:
+    """A log line as a terminal would show it: control sequences dropped, of a line redrawn with carriage returns
+    (a progress bar) only the last drawing, and an `error: ` written right after an unfinished bar on a line of
+    its own."""
+    line = _ANSI.sub("", line).split("\r")[-1]
+    start = line.find("error: ")
+    return [line[:start], line[start:]] if start > 0 else [line]
+
+
 def error_tail(text: str) -> str:
     """The last lines of a failed run's log, most telling line last (main.py prints `error: ...` last)."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("=== ")]
+    lines = [part.rstrip() for line in text.split("\n") for part in _as_printed(line)]
+    lines = [line for line in lines if line.strip() and not line.startswith("=== ")]
     return "\n".join(lines[-ERROR_TAIL_LINES:])
 
 

@@ -117,6 +117,12 @@ def test_an_unused_top_level_key_is_an_error_naming_the_closest(tmp_path):
         load_run_config(run)
 
 
+def test_a_yaml_that_is_not_a_mapping_is_named(tmp_path):
+    run = _write(tmp_path / "run.yaml", "- max_duration: 10ba\n- optimizer: adamw\n")
+    with pytest.raises(RunConfigError, match=r"run.yaml: a run file is a mapping of `key: value` lines, this one is a list"):
+        load_run_config(run)
+
+
 # ------------------------------------------------------------------------------------------- defaults
 
 

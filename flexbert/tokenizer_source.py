@@ -13,7 +13,6 @@ instead, with one line saying what is wrong and what to do:
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,17 @@ class TokenizerSourceError(ValueError):
 
 
 def _offline_by_setting() -> bool:
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, as the Hub library reads them."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the Hub's host (HF_ENDPOINT, default huggingface.co) opens within `timeout`."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):

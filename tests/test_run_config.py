@@ -276,6 +276,23 @@ def test_dry_run_prints_a_summary_and_trains_nothing(tiny_corpus, tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+def test_the_console_shows_each_warning_once():
+    """A start builds model configs more than once (meta-device validation, the model, an init_from_checkpoint
+    source with the same keys): main's console shows each warning text once, and different texts each."""
+    import warnings
+
+    from flexbert.train.trainer import _show_each_warning_once
+
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        _show_each_warning_once()
+        for text in ("keys without effect: `padding`", "keys without effect: `padding`", "another"):
+            warnings.warn(text)
+    assert shown == ["keys without effect: `padding`", "another"]
+
+
 # ------------------------------------------------------------------------------------------- phases and weights
 
 

@@ -188,6 +188,20 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _show_each_warning_once() -> None:
+    """A run builds its config more than once (validation on the meta device, then the model): the console says
+    each thing once."""
+    shown: set[str] = set()
+    show = warnings.showwarning
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in shown:
+            shown.add(str(message))
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_once
+
+
 USAGE = """usage: composer main.py RUN.yaml [key.sub=value ...]
        python main.py RUN.yaml [key.sub=value ...] --dry-run   validate everything, print a summary, exit
        python main.py --help-config                              the run-file schema with defaults"""
@@ -203,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__.split("\n")[0] + "\n\n" + USAGE)
         return 0 if argv else 2
     warnings.formatwarning = _one_line_warning
+    _show_each_warning_once()
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
     from flexbert.checkpoint import CheckpointError

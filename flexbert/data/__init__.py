@@ -5,6 +5,7 @@ Modules, one job each:
   packing.py  greedy best-fit packer, packed row and batch format, split into microbatches
   masking.py  MLM masking of a packed row (numpy, per-row random streams)
   warmup.py   batch-size warmup schedule (rows per step)
+  seq_len_warmup.py  sequence-length warmup schedule (longest sequence per step; `algorithms.seq_warmup`)
   loader.py   the resumable PackedLoader, typed configs, Composer DataSpec, checkpoint callback, builder
 """
 

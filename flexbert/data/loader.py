@@ -33,6 +33,7 @@ from composer.core import Callback, DataSpec
 from flexbert.data.masking import MaskingSpec, mask_row, row_rng
 from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
                                    count_tokens, split_packed_batch)
+from flexbert.data.seq_len_warmup import SeqLenWarmup
 from flexbert.data.sources import DEFAULT_MAX_BLOCK, EpochOrder, open_source
 from flexbert.data.warmup import BatchSizeWarmup
 from flexbert import schema
@@ -166,6 +167,7 @@ class LoaderSettings:
     count_padding_tokens: bool = False
     prefetch: int = 0  # batches held by the background thread; 0 = no thread
     max_open_rows: int = 8
+    seq_len_warmup: Optional[SeqLenWarmup] = None  # training only: sequences grow to max_seq_len
 
     def __post_init__(self):
         if self.seed < 0 or self.max_seq_len <= 0 or self.microbatch_size <= 0:
@@ -178,10 +180,13 @@ class LoaderSettings:
 
     def fingerprint(self, num_docs: int) -> dict:
         """What a saved state must agree on to be resumable here."""
-        return {"num_docs": num_docs, "max_seq_len": self.max_seq_len, "row_len": self.row_len,
-                "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
-                "shuffle_seed": self.shuffle_seed, "shuffle_block_size": self.shuffle_block_size, "sequence_packing": self.sequence_packing,
-                "max_open_rows": self.max_open_rows}
+        out = {"num_docs": num_docs, "max_seq_len": self.max_seq_len, "row_len": self.row_len,
+               "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle,
+               "shuffle_seed": self.shuffle_seed, "shuffle_block_size": self.shuffle_block_size,
+               "sequence_packing": self.sequence_packing, "max_open_rows": self.max_open_rows}
+        if self.seq_len_warmup is not None:  # saved rows hold pieces cut by this schedule
+            out["seq_len_warmup"] = self.seq_len_warmup.fingerprint()
+        return out
 
 
 # ---------------------------------------------------------------------------------------- producer
@@ -197,12 +202,25 @@ class _Producer:
         for key in ("epoch", "cursor", "piece", "rows_in_epoch", "batches", "tokens", "real_tokens", "slots",
                     "exhausted"):
             setattr(self, key, state[key])
+        self.rows = state.get("rows", self.slots // s.row_len)  # states saved before the counter: full rows only
         self.order = self._order(self.epoch)
         self._doc: tuple[int, np.ndarray | None] = (-1, None)
-        self.packer = (BestFitPacker(s.row_len, s.max_open_rows) if s.sequence_packing
-                       else SlotPacker(s.row_len, s.microbatch_size))
+        # The sequence length of the next batch, and the row length it implies. Saved rows are rebuilt at this
+        # length, which is what an uninterrupted run has grown them to by the start of the next batch.
+        self.seq_len = self._seq_len_now()
+        self.row_len = s.microbatch_size * self.seq_len
+        self.packer = (BestFitPacker(self.row_len, s.max_open_rows) if s.sequence_packing
+                       else SlotPacker(self.row_len, s.microbatch_size))
         self.packer.open = [self._rebuild(flat) for flat in state["open_rows"]]
         self.ready: list[tuple[int, int, Row]] = [(e, i, self._rebuild(flat)) for e, i, flat in state["ready_rows"]]
+
+    def _seq_len_now(self) -> int:
+        warmup = self.s.seq_len_warmup
+        if warmup is None:
+            return self.s.max_seq_len
+        clock = {"ba": self.batches, "sp": self.rows * self.s.microbatch_size * self.s.world_size,
+                 "tok": self.tokens * self.s.world_size}[warmup.unit]
+        return min(warmup.length_at(clock), self.s.max_seq_len)
 
     def _order(self, epoch: int) -> EpochOrder:
         return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
@@ -218,7 +236,7 @@ class _Producer:
         return self._doc[1]
 
     def _rebuild(self, flat: list[int]) -> Row:
-        row = Row(self.s.row_len)
+        row = Row(self.row_len)
         for doc_id, start, end in zip(flat[0::3], flat[1::3], flat[2::3]):
             row.append((doc_id, start, end), self._read(doc_id)[start:end])
         return row
@@ -243,19 +261,31 @@ class _Producer:
             return
         doc_id = self.order[self.cursor]
         tokens = self._read(doc_id)
-        start, end = self.piece, min(self.piece + self.s.max_seq_len, len(tokens))
+        start = self.piece
+        # The document is read in max_seq_len pieces (only the first one unless split_long_documents). During a
+        # sequence-length warmup a sequence holds at most seq_len tokens of a piece: with truncate the rest of the
+        # piece is dropped, without it the document continues in seq_len chunks.
+        limit = len(tokens) if self.s.split_long_documents else min(len(tokens), self.s.max_seq_len)
+        piece_end = min(start + self.s.max_seq_len, limit)
+        warmup = self.s.seq_len_warmup
+        end = min(start + self.seq_len, piece_end if warmup is None or warmup.truncate else limit)
         if end > start:  # empty documents are skipped
             self._emit(self.packer.add((doc_id, start, end), tokens[start:end]))
-        if end >= len(tokens) or not self.s.split_long_documents:
+        nxt = piece_end if warmup is None or warmup.truncate else end
+        if nxt >= limit:
             self.cursor, self.piece = self.cursor + 1, 0
         else:
-            self.piece = end
+            self.piece = nxt
 
     def next_batch(self) -> tuple[dict, dict] | None:
         """(batch, state right after it), or None when an eval pass is over."""
         # The warmup clock is the global slot count, not this rank's token count (which depends on the documents
         # it happened to read): every rank takes the same number of rows at every step, so `slots` is the same on
         # every rank and so is every decision -- without any communication, resumably (slots are in the state).
+        seq_len = self._seq_len_now()
+        if seq_len != self.seq_len:  # the warmup only grows: rows packed so far get the extra room
+            self.seq_len, self.row_len = seq_len, self.s.microbatch_size * seq_len
+            self.packer.resize(self.row_len)
         want = self.s.warmup.rows_at(self.slots * self.s.world_size)
         while len(self.ready) < want and not self.exhausted:
             self._step()
@@ -264,13 +294,14 @@ class _Producer:
         taken, self.ready = self.ready[:want], self.ready[want:]
         rows = []
         for epoch, index, row in taken:
-            r = assemble_row(row.arrays, self.s.row_len, self.s.pad_token_id)
+            r = assemble_row(row.arrays, self.row_len, self.s.pad_token_id)
             rng = row_rng(self.s.seed, epoch, index * self.s.world_size + self.s.rank)
             r["input_ids"], r["labels"] = mask_row(r["input_ids"], self.masking, rng)
             rows.append(r)
-        real, slots = sum(r["num_tokens"] for r in rows), len(rows) * self.s.row_len
+        real, slots = sum(r["num_tokens"] for r in rows), len(rows) * self.row_len
         self.tokens += slots if self.s.count_padding_tokens else real
         self.real_tokens, self.slots, self.batches = self.real_tokens + real, self.slots + slots, self.batches + 1
+        self.rows += len(rows)
         return collate_rows(rows), self.snapshot()
 
     def snapshot(self) -> dict:
@@ -278,7 +309,7 @@ class _Producer:
             "version": STATE_VERSION, "fingerprint": self.s.fingerprint(len(self.source)),
             "epoch": self.epoch, "cursor": self.cursor, "piece": self.piece, "rows_in_epoch": self.rows_in_epoch,
             "batches": self.batches, "tokens": self.tokens, "real_tokens": self.real_tokens, "slots": self.slots,
-            "exhausted": self.exhausted,
+            "rows": self.rows, "seq_len": self.seq_len, "exhausted": self.exhausted,
             "open_rows": [_flat(row.segments) for row in self.packer.open],
             "ready_rows": [(e, i, _flat(row.segments)) for e, i, row in self.ready],
         }
@@ -286,7 +317,8 @@ class _Producer:
 
 def _initial_state(fingerprint: dict) -> dict:
     return {"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": 0, "cursor": 0, "piece": 0,
-            "rows_in_epoch": 0, "batches": 0, "tokens": 0, "real_tokens": 0, "slots": 0, "exhausted": False,
+            "rows_in_epoch": 0, "batches": 0, "tokens": 0, "real_tokens": 0, "slots": 0, "rows": 0,
+            "exhausted": False,
             "open_rows": [], "ready_rows": []}
 
 
@@ -368,7 +400,7 @@ class PackedLoader:
     def stats(self) -> dict:
         s = self._state
         return {"epoch": s["epoch"], "batches": s["batches"], "tokens": s["tokens"],
-                "packing_efficiency": self.packing_efficiency}
+                "packing_efficiency": self.packing_efficiency, "seq_len": s.get("seq_len", self.settings.max_seq_len)}
 
     def state_dict(self) -> dict:
         return self._state
@@ -376,8 +408,10 @@ class PackedLoader:
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
-        diff = {k: (v, self._fingerprint.get(k)) for k, v in state["fingerprint"].items()
-                if self._fingerprint.get(k) != v}
+        saved = state["fingerprint"]
+        keys = set(saved) | ({"seq_len_warmup"} & set(self._fingerprint))  # a state from before the warmup: none
+        diff = {k: (saved.get(k), self._fingerprint.get(k)) for k in sorted(keys)
+                if self._fingerprint.get(k) != saved.get(k)}
         if diff:
             raise ValueError("the saved loader state belongs to another data setup; differing "
                              f"(saved, now): {diff}")
@@ -468,6 +502,17 @@ class LoaderStateCallback(Callback):
             warnings.warn(f"loader state not restored, starting the data from scratch: {e}")
 
 
+class SeqLenLogger(Callback):
+    """Logs the sequence-length cap of each training batch during a sequence-length warmup, under Composer
+    SeqLengthWarmup's metric name."""
+
+    def __init__(self, loader: PackedLoader | DataSpec):
+        self.loader = loader.dataloader if isinstance(loader, DataSpec) else loader
+
+    def after_dataloader(self, state, logger) -> None:
+        logger.log_metrics({"seq_length_warmup/curr_seq_len": self.loader.stats["seq_len"]})
+
+
 def make_data_spec(loader: PackedLoader) -> DataSpec:
     """The DataSpec has one packed row per microbatch; samples = rows x microbatch_size sequence slots (so
     run files' batch sizes in sequences hold); tokens = non-pad tokens (all slots with count_padding_tokens)."""
@@ -481,12 +526,12 @@ def make_data_spec(loader: PackedLoader) -> DataSpec:
 def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size: int, microbatch_size: int,
                             max_seq_len: int, seed: int, rank: int | None = None, world_size: int | None = None,
                             count_padding_tokens: bool = False, mode: str = "train",
-                            where: str | None = None) -> DataSpec:
+                            where: str | None = None, seq_len_warmup: SeqLenWarmup | None = None) -> DataSpec:
     """Schema `train_loader`/`eval_loader` -> DataSpec over a PackedLoader (`spec.dataloader`).
 
     device_batch_size and microbatch_size are in sequences; a step holds device_batch_size /
     microbatch_size packed rows of microbatch_size * max_seq_len slots. mode='eval': one deterministic
-    pass per iteration, no batch-size warmup, 15% masking unless configured.
+    pass per iteration, no batch-size or sequence-length warmup, 15% masking unless configured.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}{closest(mode, ['train', 'eval'])}")
@@ -518,5 +563,6 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
         shuffle_seed=ds.shuffle_seed, shuffle_block_size=ds.shuffle_block_size or DEFAULT_MAX_BLOCK,
         endless=mode == "train", drop_last=cfg.drop_last,
         sequence_packing=cfg.sequence_packing, split_long_documents=cfg.split_long_documents,
-        count_padding_tokens=count_padding_tokens, prefetch=cfg.num_workers)
+        count_padding_tokens=count_padding_tokens, prefetch=cfg.num_workers,
+        seq_len_warmup=seq_len_warmup if mode == "train" else None)
     return make_data_spec(PackedLoader(source, MaskingSpec.from_tokenizer(tokenizer, p), settings))

@@ -91,6 +91,18 @@ class BestFitPacker:
         rows, self.open = self.open, []
         return rows
 
+    def resize(self, row_len: int) -> None:
+        """Longer rows from now on (a sequence-length warmup step); open rows get the extra room."""
+        _grow_rows(self, row_len)
+
+
+def _grow_rows(packer, row_len: int) -> None:
+    if row_len < packer.row_len:
+        raise ValueError(f"rows only grow: {packer.row_len} -> {row_len} slots")
+    for row in packer.open:
+        row.room += row_len - packer.row_len
+    packer.row_len = row_len
+
 
 class SlotPacker:
     """No packing: each row takes exactly `docs_per_row` documents, padding gathered at the tail."""
@@ -112,6 +124,9 @@ class SlotPacker:
     def flush(self) -> list[Row]:
         rows, self.open = self.open, []
         return rows
+
+    def resize(self, row_len: int) -> None:
+        _grow_rows(self, row_len)
 
 
 def assemble_row(arrays: list[np.ndarray], row_len: int, pad_token_id: int) -> dict:

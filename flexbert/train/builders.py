@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from flexbert.config import MODEL_CONFIG_DEFAULTS, FlexBertConfig
-from flexbert.schema import check_kwargs
+from flexbert.schema import ConfigError, check_kwargs
 from flexbert.train.run_config import RunConfig, RunConfigError, require
 
 VOCAB_MULTIPLE = 8  # the embedding is padded to a multiple of 8 rows, as FlexBERT always did
@@ -112,6 +112,7 @@ def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microba
 
     section = cfg.loader(key)
     check_data_folder(cfg, key)
+    train = key == "train_loader"
     return DATA_LOADERS.get(section.name)(
         section,
         tokenizer,
@@ -120,9 +121,36 @@ def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microba
         max_seq_len=cfg.max_seq_len,
         seed=cfg.seed,
         count_padding_tokens=cfg.count_padding_tokens,
-        mode="train" if key == "train_loader" else "eval",
+        mode="train" if train else "eval",
         where=key,
+        seq_len_warmup=build_seq_len_warmup(cfg) if train else None,
     )
+
+
+# Algorithms the pretraining loader applies itself (it cuts documents before packing, see
+# flexbert.data.seq_len_warmup); both names mean Composer's SeqLengthWarmup schedule.
+LOADER_ALGORITHMS = ("seq_warmup", "seq_length_warmup")
+
+
+def build_seq_len_warmup(cfg: RunConfig, warn: bool = False):
+    """The run's sequence-length warmup schedule (`algorithms.seq_warmup`), or None."""
+    from flexbert.data.seq_len_warmup import SeqLenWarmup, SeqLenWarmupConfig
+    from flexbert.schema import read_section
+    from flexbert.train.run_config import parse_duration
+
+    names = [name for name in LOADER_ALGORITHMS if name in (cfg.algorithms or {})]
+    if not names:
+        return None
+    if len(names) > 1:
+        raise RunConfigError("`algorithms.seq_warmup` and `algorithms.seq_length_warmup` are the same algorithm; "
+                             "keep one")
+    where = f"algorithms.{names[0]}"
+    section = read_section(SeqLenWarmupConfig, cfg.algorithms[names[0]], where, RunConfigError)
+    duration = parse_duration("max_duration", cfg.max_duration)
+    try:
+        return SeqLenWarmup.from_config(section, int(duration.value), duration.unit.value, cfg.max_seq_len, warn=warn)
+    except ConfigError as err:
+        raise RunConfigError(str(err)) from None
 
 
 def build_optimization(cfg: RunConfig, model) -> tuple[torch.optim.Optimizer, Any]:
@@ -133,8 +161,9 @@ def build_optimization(cfg: RunConfig, model) -> tuple[torch.optim.Optimizer, An
     return build_optimizer(cfg.optimizer, model), build_scheduler(cfg.scheduler, warn_unused=False)
 
 
-def build_algorithms(section: Mapping[str, Any] | None) -> list:
-    """Composer algorithms by their snake_case names (`gradient_clipping`, `ema`, ...)."""
+def build_algorithms(section: Mapping[str, Any] | None, pretraining: bool = False) -> list:
+    """Composer algorithms by their snake_case names (`gradient_clipping`, `ema`, ...). With `pretraining`, the
+    names the pretraining loader applies (LOADER_ALGORITHMS) are left to it."""
     import inspect
 
     from composer import algorithms
@@ -149,6 +178,10 @@ def build_algorithms(section: Mapping[str, Any] | None) -> list:
             available[snake] = obj
     out = []
     for name, kwargs in (section or {}).items():
+        if name in LOADER_ALGORITHMS:
+            if pretraining:
+                continue
+            raise RunConfigError(f"`algorithms.{name}` is applied by the pretraining loader; it cannot apply here")
         if name not in available:
             raise RunConfigError(f"unknown algorithm `algorithms.{name}`{closest(name, available)}")
         kwargs = dict(kwargs or {})

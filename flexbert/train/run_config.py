@@ -104,7 +104,8 @@ class RunConfig:
     log_to_console: bool = field(True, doc="metrics to the console")
     console_log_interval: Any = field("1ba", doc="console logging interval")
     callbacks: dict = field(default_factory=dict, doc="name -> settings (`python -m flexbert.registry` lists them)")
-    algorithms: dict = field(default_factory=dict, doc="Composer algorithms by snake_case name -> settings")
+    algorithms: dict = field(default_factory=dict, doc="Composer algorithms by snake_case name -> settings; "
+                                                        "seq_warmup (sequence-length warmup) is applied by the loader")
     loggers: dict = field(default_factory=dict, doc="wandb: {project, entity, ...} (offline without an account)")
     # checkpoints
     save_folder: Optional[str] = field(None, doc="checkpoint folder; `{run_name}` is filled in")
@@ -395,7 +396,10 @@ def schema_help() -> str:
     """The run-file schema: every key with type, default and doc."""
     from flexbert.schema import describe, format_rows
 
+    from flexbert.data.seq_len_warmup import SeqLenWarmupConfig
+
     rows = [r for r in describe(RunConfig) if r[0] not in ("source", "variables")]
+    rows += describe(SeqLenWarmupConfig, "algorithms.seq_warmup")
     return ("Run-file keys (type, [default], doc). model.model_config keys: `python -m flexbert.registry`.\n"
             "Top-level keys outside this list are variables, allowed when used as ${name} or {name}.\n\n"
             + format_rows(rows))

@@ -37,7 +37,7 @@ def build_trainer(cfg: RunConfig):
     from composer.utils import reproducibility
 
     from flexbert.checkpoint import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
-    from flexbert.data.loader import LoaderStateCallback
+    from flexbert.data.loader import LoaderStateCallback, SeqLenLogger
     from flexbert.folder_lock import hold_folder
     from flexbert.optim.restart import RestartOverride
     from flexbert.safe_unpickle import install_composer_guard
@@ -91,6 +91,8 @@ def build_trainer(cfg: RunConfig):
         callbacks.append(LogGradNorm())
     # Loader state rides in the checkpoint; a new phase (time reset) starts its data from the beginning.
     callbacks.append(LoaderStateCallback(train_spec, strict=not plan.phase_start))
+    if train_spec.dataloader.settings.seq_len_warmup is not None:
+        callbacks.append(SeqLenLogger(train_spec))
     if cfg.stop_on_nonfinite_loss:
         callbacks.append(NonFiniteLossGuard(max_skips=cfg.max_nonfinite_skips))
     if cfg.restart_override and plan.phase_start:
@@ -118,7 +120,7 @@ def build_trainer(cfg: RunConfig):
         device=cfg.device,
         device_train_microbatch_size=micro,
         precision=plan.precision,
-        algorithms=build_algorithms(cfg.algorithms),
+        algorithms=build_algorithms(cfg.algorithms, pretraining=True),
         callbacks=callbacks,
         loggers=loggers,
         progress_bar=cfg.progress_bar,

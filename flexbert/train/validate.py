@@ -50,6 +50,13 @@ class RunPlan:
             f"duration     {cfg.max_duration} ({_steps(cfg, tokens_per_step)})",
             f"precision    {self.precision}",
         ]
+        from flexbert.train.builders import build_seq_len_warmup
+
+        warmup = build_seq_len_warmup(cfg)
+        if warmup is not None:
+            end = min(warmup.max_length, cfg.max_seq_len)
+            lines.append(f"seq warmup   sequences of at most {min(warmup.min_length, end)} -> {end} tokens over the first "
+                         f"{warmup.warmup_span:,}{warmup.unit} ({'cut' if warmup.truncate else 'continued'} beyond)")
         if self.resuming:
             lines.append(f"start        autoresume from {self.save_folder}")
         elif self.phase_start:
@@ -175,7 +182,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
         read_checkpoint_model_config,
     )
     from flexbert.optim.builders import build_scheduler
-    from flexbert.train.builders import build_algorithms, build_tokenizer
+    from flexbert.train.builders import build_algorithms, build_seq_len_warmup, build_tokenizer
     from flexbert.train.callbacks import build_callbacks
     from flexbert.train.checkpoint_safety import find_resume_checkpoint
     from flexbert.train.loggers import build_loggers
@@ -212,7 +219,8 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     _check_loaders(cfg, tokenizer, device_train, device_eval)
     build_scheduler(cfg.scheduler, warn_unused=rank == 0)
     build_callbacks(cfg.callbacks)
-    build_algorithms(cfg.algorithms)
+    build_algorithms(cfg.algorithms, pretraining=True)
+    build_seq_len_warmup(cfg, warn=rank == 0)
     build_loggers(cfg.loggers, None)
     return RunPlan(cfg=cfg, tokenizer=tokenizer, params=params, device_train_batch=device_train,
                    device_eval_batch=device_eval, world_size=world_size, resuming=resuming, phase_start=phase_start,

@@ -41,6 +41,7 @@ from flexbert.registry import Registry, closest
 
 DATA_LOADERS: Registry = Registry("data loader", "train_loader.name")
 STATE_VERSION = 1
+SPECIAL_TOKEN_ROLES = ("bos", "eos", "sep", "pad", "mask")
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -114,8 +115,17 @@ class LoaderConfig:
                                                      "false: one document per slot, padded")
     split_long_documents: bool = schema.field(False, doc="documents longer than max_seq_len continue in the next "
                                                          "slots (true) or are truncated (false)")
-    batch_size_warmup_min_size: Optional[int] = schema.field(None, doc="batch-size warmup: first batch, sequences per device")
-    batch_size_warmup_tokens: Optional[Union[int, str]] = schema.field(None, doc="batch-size warmup length, e.g. 50_000_000_000tok")
+    batch_size_warmup_min_size: Optional[int] = schema.field(None, doc="batch-size warmup: first batch, sequences per "
+                                                                       "device (packed loaders only)")
+    batch_size_warmup_tokens: Optional[Union[int, str]] = schema.field(None, doc="batch-size warmup length, e.g. "
+                                                                                 "50_000_000_000tok (packed loaders only)")
+    # Special-token ids for tokenizers that lack a role (Gemma has no mask token); the run's tokenizer takes them.
+    bos_token_id: Optional[int] = schema.field(None, doc="id of the beginning-of-sequence token (also [CLS]'s role "
+                                                         "when the tokenizer has no cls token); default: the tokenizer's")
+    eos_token_id: Optional[int] = schema.field(None, doc="id of the end-of-sequence token; default: the tokenizer's")
+    sep_token_id: Optional[int] = schema.field(None, doc="id of the separator ([SEP]) token; default: the tokenizer's")
+    pad_token_id: Optional[int] = schema.field(None, doc="id of the padding token; default: the tokenizer's")
+    mask_token_id: Optional[int] = schema.field(None, doc="id written at masked positions; default: the tokenizer's")
     # torch DataLoader settings: this loader has no worker processes (one prefetch thread), so they do nothing
     pin_memory: Optional[bool] = schema.field(None, doc="no effect: no worker processes")
     prefetch_factor: Optional[int] = schema.field(None, doc="no effect: the prefetch thread holds max(2, num_workers) batches")
@@ -124,12 +134,29 @@ class LoaderConfig:
 
     def __post_init__(self):
         moot = [k for k in ("pin_memory", "prefetch_factor", "persistent_workers", "timeout") if getattr(self, k) is not None]
+        if self.sequence_packing and self.dataset.streaming:
+            warnings.warn("sequence_packing: true has no effect with dataset.streaming: true (as in the reference, "
+                          "which packs local shards only): batches are padded; set dataset.streaming: false to pack")
+        if not self.packs and (self.batch_size_warmup_min_size is not None or self.batch_size_warmup_tokens is not None):
+            warnings.warn("loader keys without effect here: batch_size_warmup_min_size, batch_size_warmup_tokens (the "
+                          "batch-size warmup is part of sequence packing, as in the reference)")
         if moot:
             warnings.warn(f"loader keys without effect here: {', '.join(moot)} (no DataLoader worker processes: one "
                           f"prefetch thread, sized by num_workers)")
         DATA_LOADERS.get(self.name)
         if self.num_workers < 0:
             raise schema.ConfigError(f"`num_workers` must be >= 0, got {self.num_workers}")
+
+    @property
+    def packs(self) -> bool:
+        """Documents are packed (best fit) and the batch-size warmup applies: the reference does both only for
+        local shards (`streaming: false`)."""
+        return self.sequence_packing and not self.dataset.streaming
+
+    def special_token_ids(self) -> dict[str, int]:
+        """The special-token roles this section sets: role (`mask_token`, ...) -> id."""
+        return {f"{role}_token": getattr(self, f"{role}_token_id") for role in SPECIAL_TOKEN_ROLES
+                if getattr(self, f"{role}_token_id") is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "train_loader") -> "LoaderConfig":
@@ -549,7 +576,7 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
         rank = dist.get_global_rank() if rank is None else rank
         world_size = dist.get_world_size() if world_size is None else world_size
     full_rows = device_batch_size // microbatch_size
-    if mode == "train":
+    if mode == "train" and cfg.packs:
         warmup = BatchSizeWarmup.from_config(cfg.batch_size_warmup_min_size, cfg.batch_size_warmup_tokens,
                                              microbatch_size=microbatch_size, full_rows=full_rows)
     else:
@@ -562,7 +589,7 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
         pad_token_id=int(tokenizer.pad_token_id), rank=rank, world_size=world_size, shuffle=ds.shuffle,
         shuffle_seed=ds.shuffle_seed, shuffle_block_size=ds.shuffle_block_size or DEFAULT_MAX_BLOCK,
         endless=mode == "train", drop_last=cfg.drop_last,
-        sequence_packing=cfg.sequence_packing, split_long_documents=cfg.split_long_documents,
+        sequence_packing=cfg.packs, split_long_documents=cfg.split_long_documents,
         count_padding_tokens=count_padding_tokens, prefetch=cfg.num_workers,
         seq_len_warmup=seq_len_warmup if mode == "train" else None)
     return make_data_spec(PackedLoader(source, MaskingSpec.from_tokenizer(tokenizer, p), settings))

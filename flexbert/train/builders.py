@@ -6,6 +6,7 @@ them into Composer's Trainer. Nothing here knows about distribution or precision
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -28,10 +29,41 @@ def build_tokenizer(cfg: RunConfig):
         tokenizer = load_tokenizer(name)
     except TokenizerSourceError as err:
         raise RunConfigError(f"tokenizer_name: {err}") from None
+    assign_special_tokens(tokenizer, special_token_ids(cfg), name)
     for token in ("pad_token_id", "mask_token_id"):
         if getattr(tokenizer, token) is None:
-            raise RunConfigError(f"tokenizer '{name}' has no {token.replace('_id', '')}: MLM pretraining needs one")
+            raise RunConfigError(f"tokenizer '{name}' has no {token.replace('_id', '')}: MLM pretraining needs one; "
+                                 f"name its id with train_loader.{token}")
     return tokenizer
+
+
+def special_token_ids(cfg: RunConfig) -> dict[str, int]:
+    """Special-token roles the loader sections set (`train_loader.mask_token_id`, ...): one tokenizer serves the
+    run, so the two sections must agree."""
+    roles: dict[str, int] = {}
+    for key in ("train_loader", "eval_loader"):
+        section = cfg.loader(key)
+        for role, token_id in (section.special_token_ids() if section is not None else {}).items():
+            if roles.get(role, token_id) != token_id:
+                raise RunConfigError(f"`{key}.{role}_id` ({token_id}) differs from `train_loader.{role}_id` "
+                                     f"({roles[role]}): the run has one tokenizer")
+            roles[role] = token_id
+    return roles
+
+
+def assign_special_tokens(tokenizer, roles: Mapping[str, int], name: str) -> None:
+    """Give the tokenizer the run file's special-token ids, so masking, padding, the model's pad id and the
+    tokenizer saved with checkpoints all agree. The run file wins over the tokenizer's own choice, with a warning."""
+    for role, token_id in roles.items():
+        key = f"train_loader.{role}_id"
+        if isinstance(token_id, bool) or not 0 <= token_id < len(tokenizer):
+            raise RunConfigError(f"`{key}`: {token_id} is not a token id of tokenizer '{name}' (0..{len(tokenizer) - 1})")
+        current = getattr(tokenizer, f"{role}_id")
+        if current is not None and current != token_id:
+            warnings.warn(f"`{key}` ({token_id}) replaces the {role} id {current} of tokenizer '{name}'")
+        setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
+    if "bos_token" in roles and tokenizer.cls_token_id is None:  # documents start with the bos token instead
+        tokenizer.cls_token = tokenizer.bos_token
 
 
 def model_config_values(cfg: RunConfig, checkpoint_config: Optional[Mapping] = None) -> dict[str, Any]:
@@ -102,6 +134,10 @@ def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
 
     dataset = cfg.loader(key).dataset
     if dataset.local and not dataset.remote:
+        if special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the run's roles
+            from flexbert.tokenizer_source import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.tokenizer())
         problem = shards_tokenizer_mismatch(dataset.local, tokenizer, str(cfg.tokenizer()))
         if problem:
             raise RunConfigError(f"{key}: {problem}")

@@ -117,7 +117,9 @@ class RunConfig:
     load_weights_only: bool = field(False, doc="take only the weights from load_path")
     load_strict_model_weights: bool = field(True, doc="load_path must match the model exactly")
     autoresume: bool = field(False, doc="resume from this run's own latest checkpoint in save_folder if there is one")
-    reset_time: bool = field(False, doc="a phase start: the schedule and data start at zero")
+    reset_time: bool = field(False, doc="a phase start: the schedule and data start at zero (never on autoresume)")
+    reset_time_once: bool = field(False, doc="same as reset_time (the forks' name for a reset that autoresume does "
+                                             "not repeat, which is what reset_time does here)")
     restart_override: bool = field(False, doc="a phase start: lr / weight decay come from this file, not the checkpoint")
     init_from_checkpoint: Optional[InitFromCheckpointConfig] = field(None, doc="grow from a smaller model")
     fsdp_config: Optional[dict] = field(None, doc="Composer FSDP settings (absent: DDP)")
@@ -137,6 +139,11 @@ class RunConfig:
         if self.save_folder and self.run_name:
             return self.save_folder.replace("{run_name}", self.run_name)
         return self.save_folder
+
+    @property
+    def resets_time(self) -> bool:
+        """A phase start from load_path restarts the clock (schedule, data, durations) at zero."""
+        return self.reset_time or self.reset_time_once
 
     def loader(self, key: str) -> Optional[LoaderConfig]:
         return getattr(self, key)
@@ -235,6 +242,10 @@ def _check_kind_of_file(raw: Mapping[str, Any], where: str) -> None:
         if name in _FINETUNE_MODEL_NAMES:
             raise RunConfigError(f"{where}: `model.name: {name}` is a fine-tuning model; this file is a fine-tuning "
                                  f"config: run it with `python -m flexbert.eval {where}`")
+        if name == "flex_gpt_to_bert":
+            raise RunConfigError(f"{where}: `model.name: flex_gpt_to_bert` starts an encoder from a FlexBERT decoder's "
+                                 f"checkpoint (the Ettin fork's cross-objective training), which this project cannot "
+                                 f"read; start from an encoder checkpoint with model.name: flex_bert")
         raise RunConfigError(f"{where}: `model.name: {name}`: this project pretrains FlexBERT encoders "
                              f"(model.name: flex_bert); decoders and other model classes are not supported")
     eval_keys = sorted(_EVAL_FILE_KEYS & set(raw))
@@ -261,6 +272,15 @@ def _fill_loader_defaults(raw: dict[str, Any]) -> None:
                             ("split", split), ("mlm_probability", rate)):
             if dataset.get(name) is None and value is not None:
                 dataset[name] = value
+
+
+def _sequence_length_from_dataset(raw: dict[str, Any]) -> None:
+    """Without a top-level max_seq_len, the training dataset's is the run's: the reference's loader reads only
+    `train_loader.dataset.max_seq_len` (the top-level key is a variable there), and run files rely on it."""
+    loader = raw.get("train_loader")
+    dataset = loader.get("dataset") if is_mapping(loader) else None
+    if raw.get("max_seq_len") is None and is_mapping(dataset) and dataset.get("max_seq_len") is not None:
+        raw["max_seq_len"] = dataset["max_seq_len"]
 
 
 def _default_run_name(raw: dict[str, Any]) -> None:
@@ -302,6 +322,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base
     variables = {k: raw.pop(k) for k in unknown}
     raw = _fill_placeholders(raw, {k: v for k, v in variables.items() if v is not None})
     _default_run_name(raw)
+    _sequence_length_from_dataset(raw)
     _fill_loader_defaults(raw)
     _legacy_aliases(raw)
     try:

@@ -143,7 +143,7 @@ def build_trainer(cfg: RunConfig):
         python_log_level=cfg.python_log_level,
     )
     resume_rng.take_from(trainer)
-    reset_time = cfg.reset_time and plan.phase_start
+    reset_time = cfg.resets_time and plan.phase_start
     return trainer, reset_time
 
 
@@ -253,7 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         if not fit(trainer, cfg, reset_time):
-            print(f"nothing to do: the checkpoint autoresume loaded is already at max_duration {trainer.state.max_duration}")
+            print(f"nothing to do: the loaded checkpoint (autoresume's, or load_path's when reset_time is off) is "
+                  f"already at max_duration {trainer.state.max_duration}")
             trainer.close()
     except (FloatingPointError, DataError, CheckpointSaveError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,7 +60,7 @@ class RunPlan:
         if self.resuming:
             lines.append(f"start        autoresume from {self.save_folder}")
         elif self.phase_start:
-            reset = "schedule and data from zero" if cfg.reset_time else "time continues"
+            reset = "schedule and data from zero" if cfg.resets_time else "time continues"
             override = ", lr / weight decay from this file" if cfg.restart_override else ""
             lines.append(f"start        from {self.load_path} ({reset}{override})")
         elif cfg.model.pretrained_checkpoint:
@@ -126,6 +126,8 @@ def _check_loaders(cfg: RunConfig, tokenizer, device_train: int, device_eval: in
                                  f"max_seq_len ({cfg.max_seq_len})")
         check_data_folder(cfg, key)
         check_shards_tokenizer(cfg, tokenizer, key)
+    if not cfg.train_loader.packs:
+        return
     try:
         BatchSizeWarmup.from_config(cfg.train_loader.batch_size_warmup_min_size,
                                     cfg.train_loader.batch_size_warmup_tokens,
@@ -191,6 +193,10 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",
             "device_train_microbatch_size")
     _check_durations(cfg)
+    if cfg.resets_time and not cfg.load_path and rank == 0:
+        key = "reset_time" if cfg.reset_time else "reset_time_once"
+        warnings.warn(f"`{key}` has no effect without load_path: only a phase that starts from another run's "
+                      f"checkpoint restarts the clock (autoresume continues it)")
     if cfg.model.gradient_checkpointing and cfg.fsdp_config:
         raise RunConfigError("model.gradient_checkpointing with fsdp_config: set fsdp_config.activation_checkpointing: "
                              "true instead (FSDP checkpoints the same layers)")

@@ -247,7 +247,7 @@ class _Producer:
             return self.s.max_seq_len
         clock = {"ba": self.batches, "sp": self.rows * self.s.microbatch_size * self.s.world_size,
                  "tok": self.tokens * self.s.world_size}[warmup.unit]
-        return min(warmup.length_at(clock), self.s.max_seq_len)
+        return warmup.length_at(clock)  # capped at the run's max_seq_len by the schedule
 
     def _order(self, epoch: int) -> EpochOrder:
         return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
@@ -294,11 +294,11 @@ class _Producer:
         # piece is dropped, without it the document continues in seq_len chunks.
         limit = len(tokens) if self.s.split_long_documents else min(len(tokens), self.s.max_seq_len)
         piece_end = min(start + self.s.max_seq_len, limit)
-        warmup = self.s.seq_len_warmup
-        end = min(start + self.seq_len, piece_end if warmup is None or warmup.truncate else limit)
+        truncate = self.s.seq_len_warmup is None or self.s.seq_len_warmup.truncate
+        end = min(start + self.seq_len, piece_end if truncate else limit)
         if end > start:  # empty documents are skipped
             self._emit(self.packer.add((doc_id, start, end), tokens[start:end]))
-        nxt = piece_end if warmup is None or warmup.truncate else end
+        nxt = piece_end if truncate else end
         if nxt >= limit:
             self.cursor, self.piece = self.cursor + 1, 0
         else:
@@ -336,7 +336,7 @@ class _Producer:
             "version": STATE_VERSION, "fingerprint": self.s.fingerprint(len(self.source)),
             "epoch": self.epoch, "cursor": self.cursor, "piece": self.piece, "rows_in_epoch": self.rows_in_epoch,
             "batches": self.batches, "tokens": self.tokens, "real_tokens": self.real_tokens, "slots": self.slots,
-            "rows": self.rows, "seq_len": self.seq_len, "exhausted": self.exhausted,
+            "rows": self.rows, "exhausted": self.exhausted,
             "open_rows": [_flat(row.segments) for row in self.packer.open],
             "ready_rows": [(e, i, _flat(row.segments)) for e, i, row in self.ready],
         }
@@ -427,7 +427,7 @@ class PackedLoader:
     def stats(self) -> dict:
         s = self._state
         return {"epoch": s["epoch"], "batches": s["batches"], "tokens": s["tokens"],
-                "packing_efficiency": self.packing_efficiency, "seq_len": s.get("seq_len", self.settings.max_seq_len)}
+                "packing_efficiency": self.packing_efficiency}
 
     def state_dict(self) -> dict:
         return self._state
@@ -531,13 +531,14 @@ class LoaderStateCallback(Callback):
 
 class SeqLenLogger(Callback):
     """Logs the sequence-length cap of each training batch during a sequence-length warmup, under Composer
-    SeqLengthWarmup's metric name."""
+    SeqLengthWarmup's metric name: a packed row holds microbatch_size sequences of that length."""
 
-    def __init__(self, loader: PackedLoader | DataSpec):
-        self.loader = loader.dataloader if isinstance(loader, DataSpec) else loader
+    def __init__(self, microbatch_size: int):
+        self.microbatch_size = microbatch_size
 
     def after_dataloader(self, state, logger) -> None:
-        logger.log_metrics({"seq_length_warmup/curr_seq_len": self.loader.stats["seq_len"]})
+        row_len = state.batch["input_ids"].shape[1]
+        logger.log_metrics({"seq_length_warmup/curr_seq_len": row_len // self.microbatch_size})
 
 
 def make_data_spec(loader: PackedLoader) -> DataSpec:

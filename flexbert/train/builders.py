@@ -143,12 +143,12 @@ def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
             raise RunConfigError(f"{key}: {problem}")
 
 
-def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int):
+def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int, seq_len_warmup=None):
+    """A loader section's DataSpec; `seq_len_warmup` (training only) is `build_seq_len_warmup`'s schedule."""
     from flexbert.data.loader import DATA_LOADERS
 
     section = cfg.loader(key)
     check_data_folder(cfg, key)
-    train = key == "train_loader"
     return DATA_LOADERS.get(section.name)(
         section,
         tokenizer,
@@ -157,9 +157,9 @@ def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microba
         max_seq_len=cfg.max_seq_len,
         seed=cfg.seed,
         count_padding_tokens=cfg.count_padding_tokens,
-        mode="train" if train else "eval",
+        mode="train" if key == "train_loader" else "eval",
         where=key,
-        seq_len_warmup=build_seq_len_warmup(cfg) if train else None,
+        seq_len_warmup=seq_len_warmup,
     )
 
 

@@ -75,7 +75,8 @@ def build_trainer(cfg: RunConfig):
     optimizer, scheduler = build_optimization(cfg, composer_model)
 
     micro = cfg.device_train_microbatch_size
-    train_spec = build_loader(cfg, plan.tokenizer, "train_loader", plan.device_train_batch, micro)
+    train_spec = build_loader(cfg, plan.tokenizer, "train_loader", plan.device_train_batch, micro,
+                              seq_len_warmup=plan.seq_len_warmup)
     evaluators = []
     if cfg.eval_loader is not None:
         eval_batch, eval_micro = eval_sizes(cfg, plan.device_eval_batch)
@@ -91,8 +92,8 @@ def build_trainer(cfg: RunConfig):
         callbacks.append(LogGradNorm())
     # Loader state rides in the checkpoint; a new phase (time reset) starts its data from the beginning.
     callbacks.append(LoaderStateCallback(train_spec, strict=not plan.phase_start))
-    if train_spec.dataloader.settings.seq_len_warmup is not None:
-        callbacks.append(SeqLenLogger(train_spec))
+    if plan.seq_len_warmup is not None:
+        callbacks.append(SeqLenLogger(micro))
     if cfg.stop_on_nonfinite_loss:
         callbacks.append(NonFiniteLossGuard(max_skips=cfg.max_nonfinite_skips))
     if cfg.restart_override and plan.phase_start:

@@ -37,6 +37,7 @@ class RunPlan:
     checkpoint_config: Optional[dict]  # architecture embedded in load_path (phase start only)
     precision: str
     save_folder: Optional[str]
+    seq_len_warmup: Any = None  # the training loader's sequence-length schedule (algorithms.seq_warmup)
 
     def summary(self) -> str:
         cfg = self.cfg
@@ -50,9 +51,7 @@ class RunPlan:
             f"duration     {cfg.max_duration} ({_steps(cfg, tokens_per_step)})",
             f"precision    {self.precision}",
         ]
-        from flexbert.train.builders import build_seq_len_warmup
-
-        warmup = build_seq_len_warmup(cfg)
+        warmup = self.seq_len_warmup
         if warmup is not None:
             end = min(warmup.max_length, cfg.max_seq_len)
             lines.append(f"seq warmup   sequences of at most {min(warmup.min_length, end)} -> {end} tokens over the first "
@@ -226,9 +225,9 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     build_scheduler(cfg.scheduler, warn_unused=rank == 0)
     build_callbacks(cfg.callbacks)
     build_algorithms(cfg.algorithms, pretraining=True)
-    build_seq_len_warmup(cfg, warn=rank == 0)
+    seq_len_warmup = build_seq_len_warmup(cfg, warn=rank == 0)
     build_loggers(cfg.loggers, None)
     return RunPlan(cfg=cfg, tokenizer=tokenizer, params=params, device_train_batch=device_train,
                    device_eval_batch=device_eval, world_size=world_size, resuming=resuming, phase_start=phase_start,
                    load_path=load_path, checkpoint_config=checkpoint_config, precision=precision,
-                   save_folder=save_folder)
+                   save_folder=save_folder, seq_len_warmup=seq_len_warmup)

@@ -132,13 +132,16 @@ def modernbert_config_dict(config: FlexBertConfig, classifier: bool = False) -> 
 def _classifier_config_dict(config: FlexBertConfig) -> dict[str, Any]:
     _require(bool(config.head_class_norm), "head_class_norm", "is false; ModernBERT's classification head always has a norm")
     _require(config.pooling_type in ("cls", "mean"), "pooling_type", f"is '{config.pooling_type}'; ModernBERT pools 'cls' or 'mean'")
+    id2label = {int(k): v for k, v in config.id2label.items()}
     out = {
         "classifier_activation": config.head_class_act,
         "classifier_bias": config.head_class_bias,
         "classifier_dropout": config.head_class_dropout,
         "classifier_pooling": config.pooling_type,
-        "id2label": {int(k): v for k, v in config.id2label.items()},
-        "label2id": dict(config.label2id),
+        "id2label": id2label,
+        # transformers' PretrainedConfig fills label2id only when it derives the labels itself; given id2label
+        # alone (a saved folder, an eval task's label names) it leaves label2id None, so write the inverse.
+        "label2id": dict(config.label2id) if config.label2id else {name: i for i, name in id2label.items()},
     }
     if config.problem_type is not None:
         out["problem_type"] = config.problem_type
@@ -210,6 +213,8 @@ def flexbert_config_from_modernbert(hf: dict[str, Any], classifier: bool = False
         )
         if hf.get("id2label"):
             values["id2label"] = {int(k): v for k, v in hf["id2label"].items()}
+        if hf.get("label2id"):
+            values["label2id"] = {k: int(v) for k, v in hf["label2id"].items()}
         if hf.get("problem_type"):
             values["problem_type"] = hf["problem_type"]
     values.update(overrides)

@@ -370,3 +370,23 @@ def test_error_of_a_log_with_a_progress_bar_is_found():
         tail = error_tail(log)
         assert error_headline(tail) == "error: non-finite loss at step 57", repr(tail)
         assert "\x1b" not in tail and "\r" not in tail
+
+
+def test_unwritable_output_folder_and_damaged_eval_results_are_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from flexbert.sweep.evaluation import task_scores
+
+    sweep = tiny_sweep(tmp_path, {"mds": tmp_path / "mds", "tok": tmp_path / "tok", "vocab": 64}, [{"name": "a"}])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, text = run_cli(sweep, "--out", blocker / "out")
+    assert code == 2 and len(text.strip().splitlines()) == 1 and "Traceback" not in text, text
+    assert f"{blocker / 'out'}: cannot write the sweep's output folder" in text and "--out" in text
+
+    results = tmp_path / "run" / "eval" / "results.json"
+    results.parent.mkdir(parents=True)
+    for damaged in ("{not json", '{"summary": [1]}', "[]"):
+        results.write_text(damaged)
+        with pytest.raises(SweepError, match=r"results.json: damaged evaluation results; delete it"):
+            task_scores(SimpleNamespace(folder=tmp_path / "run"))

@@ -1,7 +1,9 @@
 """`python -m flexbert.eval EVAL.yaml [key.sub=value ...] [--out DIR] [--parallel] [--task NAME] [--report]`
 
 Fine-tunes the pretrained model named in EVAL.yaml on each task, for each seed, and writes results.md,
-results.csv and results.json in the output folder. Rerunning the command skips finished (task, seed) pairs.
+results.csv and results.json in the output folder. Rerunning the command skips finished (task, seed) pairs
+whose starting checkpoint (by content), data and settings are unchanged. Overrides may come before or after
+the options.
 """
 
 from __future__ import annotations
@@ -25,22 +27,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # intermixed: `EVAL.yaml --out DIR key=value` is as valid as `EVAL.yaml key=value --out DIR`
+    args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.errors import DataError
     from flexbert.eval.metrics import MetricError
-    from flexbert.eval.runner import report, run
+    from flexbert.eval.results import ResultFileError
+    from flexbert.eval.runner import hold_output, output_files, report, run
     from flexbert.eval.spec import EvalConfigError, load_eval_file
     from flexbert.train.run_config import RunConfigError
 
-    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, RunConfigError, KeyError)
+    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, RunConfigError,
+                   ResultFileError, KeyError)
     try:
         spec = load_eval_file(args.eval_file, args.overrides, args.out)
         if args.report:
+            hold_output(spec)
             report(spec)
-            print(f"results: {spec.out_dir}/results.md")
+            print(f"results: {output_files(spec)}")
             return 0
         return run(spec, args.eval_file, args.overrides, only=args.task, parallel=args.parallel,
                    write_report=not args.no_report)

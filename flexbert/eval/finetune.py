@@ -10,9 +10,10 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from composer.core import Callback
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,41 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, collate, drop_la
                                        drop_last=drop_last)
 
 
+class ProgressBar(Callback):
+    """One tqdm bar per (task, seed) over its training steps, with the last loss (a run takes minutes). Composer's
+    own bar needs a real terminal file behind stderr; tqdm writes to any stream."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def fit_start(self, state, logger) -> None:
+        from composer.core import TimeUnit
+        from composer.utils import dist
+        from tqdm.auto import tqdm
+
+        if dist.get_global_rank() != 0:
+            return
+        total, unit = state.max_duration.value, state.max_duration.unit
+        if unit == TimeUnit.EPOCH and state.dataloader_len is not None:
+            total = total * int(state.dataloader_len)
+        elif unit != TimeUnit.BATCH:
+            total = None
+        self.bar = tqdm(total=total, desc=self.label, unit="step", dynamic_ncols=True, leave=False)
+
+    def batch_end(self, state, logger) -> None:
+        if self.bar is not None:
+            loss = state.loss
+            self.bar.update(1)
+            if isinstance(loss, torch.Tensor):
+                self.bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+    def fit_end(self, state, logger) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def build_model(spec, task, task_data, tokenizer):
     from flexbert.checkpoint import merge_checkpoint_model_config
     from flexbert.config import FlexBertConfig
@@ -97,8 +133,10 @@ def build_model(spec, task, task_data, tokenizer):
     return model
 
 
-def finetune(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Fine-tune and score one (task, seed); returns {"metrics": {...}, ...}."""
+def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = None,
+             record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Fine-tune and score one (task, seed); returns {"metrics": {...}, ...}. `save_to`: also keep the fine-tuned
+    model there as a Hugging Face folder (with the tokenizer, and `record` + the metrics in flexbert_eval.json)."""
     from composer import Trainer
     from composer.core import Evaluator
     from composer.utils import dist, reproducibility
@@ -153,7 +191,7 @@ def finetune(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
         device_train_microbatch_size=int(trainer_kwargs.get("device_train_microbatch_size") or device_batch),
         precision=effective_precision(trainer_kwargs.get("precision") or spec.precision),
         algorithms=build_algorithms(spec.algorithms),
-        callbacks=build_callbacks(spec.callbacks),
+        callbacks=[*build_callbacks(spec.callbacks), ProgressBar(f"{task.name} seed {seed}")],
         loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl"),
         progress_bar=False,
         log_to_console=False,
@@ -168,5 +206,9 @@ def finetune(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
     scores = {name: float(metric.compute()) for name, metric in trainer.state.eval_metrics["eval"].items()}
     trainer.close()
     scores = {k: (v if math.isfinite(v) else float("nan")) for k, v in scores.items()}
+    if save_to is not None and dist.get_global_rank() == 0:
+        from flexbert.eval.saved_model import save_model_folder
+
+        save_model_folder(model, tokenizer, save_to, {**(record or {}), "task": task.name, "seed": seed, "metrics": scores})
     return {"task": task.name, "seed": seed, "metrics": scores, "num_train": len(train), "num_validation": len(validation),
             "steps": int(trainer.state.timestamp.batch), "wall_s": round(time.time() - start, 1)}

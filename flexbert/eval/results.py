@@ -27,12 +27,26 @@ def result_path(out_dir: Path, task: str, seed: int) -> Path:
     return out_dir / "runs" / task / f"seed{seed}" / "result.json"
 
 
+class ResultFileError(ValueError):
+    """A result file that exists but cannot be used; the message names it and the fix."""
+
+
 def read_result(out_dir: Path, task: str, seed: int) -> Optional[dict[str, Any]]:
+    """The finished result of (task, seed), or None when it has none. Result files are written whole (temporary
+    name, then rename), so a damaged one was changed by something else: it is named, not silently retrained."""
     path = result_path(out_dir, task, seed)
+    fix = f"delete it (or move it away) and rerun to recompute {task} seed {seed}"
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = f"not JSON ({err.msg}, line {err.lineno})" if isinstance(err, json.JSONDecodeError) else str(err)
+        raise ResultFileError(f"{path}: damaged result file: {reason}; {fix}") from None
+    metrics = result.get("metrics") if isinstance(result, dict) else None
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+        raise ResultFileError(f"{path}: damaged result file: it holds no `metrics` mapping of scores; {fix}")
+    return result
 
 
 def write_result(out_dir: Path, result: dict[str, Any]) -> None:
@@ -63,21 +77,39 @@ def _fmt(value: Optional[float]) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def write_reports(out_dir: Path, name: str, results: list[dict[str, Any]], missing: list[str]) -> dict[str, Any]:
+def describe_start(start: dict[str, Any]) -> str:
+    """One phrase: which model the scores start from, by path and content."""
+    if not start.get("path"):
+        return "random initialization (architecture from model_config)"
+    where = f"`{start['path']}` (sha256 {str(start.get('sha256'))[:16]})"
+    return f"random initialization with the architecture of {where}" if start.get("random_init") else where
+
+
+def write_reports(out_dir: Path, name: str, results: list[dict[str, Any]], missing: list[str], start: dict[str, Any],
+                  stale: list[str] = (), models: dict[str, str] = None) -> dict[str, Any]:
+    """results.json (summary, every run, the starting point), results.csv (one row per task, metric and seed or
+    mean/std, with the starting point of each row) and results.md."""
     summary = summarize(results)
-    atomic_write_text(out_dir / "results.json", json.dumps({"name": name, "summary": summary, "runs": results,
-                                                            "missing": missing}, indent=1))
+    models = models or {}
+    atomic_write_text(out_dir / "results.json", json.dumps({"name": name, "start": start, "summary": summary,
+                                                            "runs": results, "missing": missing, "stale": list(stale),
+                                                            "models": models}, indent=1))
+    start_of = {(r["task"], str(r["seed"])): r.get("start") or {} for r in results}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", "metric", "seed", "value"])
+    writer.writerow(["task", "metric", "seed", "value", "start_path", "start_sha256", "random_init"])
     for task, metrics in summary.items():
         for metric, entry in metrics.items():
             for seed, value in entry["values"].items():
-                writer.writerow([task, metric, seed, _fmt(value)])
-            writer.writerow([task, metric, "mean", _fmt(entry["mean"])])
-            writer.writerow([task, metric, "std", _fmt(entry["std"])])
+                row_start = start_of.get((task, seed), {})
+                writer.writerow([task, metric, seed, _fmt(value), row_start.get("path") or "", row_start.get("sha256") or "",
+                                 row_start.get("random_init", "")])
+            for label in ("mean", "std"):
+                writer.writerow([task, metric, label, _fmt(entry[label]), start.get("path") or "", start.get("sha256") or "",
+                                 start.get("random_init")])
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
-    lines = [f"# {name}", "", "| task | metric | seeds | values | mean | std |", "|---|---|---|---|---|---|"]
+    lines = [f"# {name}", "", f"Starting point: {describe_start(start)}", "",
+             "| task | metric | seeds | values | mean | std |", "|---|---|---|---|---|---|"]
     for task, metrics in summary.items():
         for metric, entry in metrics.items():
             seeds = ", ".join(entry["values"])
@@ -85,5 +117,11 @@ def write_reports(out_dir: Path, name: str, results: list[dict[str, Any]], missi
             lines.append(f"| {task} | {metric} | {seeds} | {values} | {_fmt(entry['mean'])} | {_fmt(entry['std'])} |")
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}"]
+    if stale:
+        lines += ["", f"Not in the table (computed from another starting point or other settings; rerun to recompute): "
+                      f"{', '.join(stale)}"]
+    if models:
+        lines += ["", "Fine-tuned models (Hugging Face folders): "
+                      + ", ".join(f"{task}: `{folder}`" for task, folder in models.items())]
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     return summary

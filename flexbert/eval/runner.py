@@ -1,9 +1,11 @@
 """Run every (task, seed) of an evaluation file, skipping the finished ones, then write the summary.
 
-Every task's data is read and checked before the first run starts, so a bad task file fails in seconds. A
-finished pair is reused only if its recorded settings fingerprint equals the file's current one; an interrupted
-pair (no result file) runs again from the start. With `parallel`, each task runs in its own process
-(`python -m flexbert.eval FILE --task NAME`), one per GPU at a time (one at a time without GPUs).
+Every task's data is read and checked before the first run starts, so a bad task file fails in seconds. Then the
+output folder is locked for this process (a second evaluation into it fails at once naming the holder). A
+finished pair is reused only if its recorded fingerprint (fingerprint.py: the starting checkpoint's content, the
+data files' content, every setting) equals the one computed now; an interrupted pair (no result file) runs again
+from the start. With `parallel`, each task runs in its own process (`python -m flexbert.eval FILE --task NAME`),
+one per GPU at a time (one at a time without GPUs), under the parent's lock.
 """
 
 from __future__ import annotations
@@ -14,19 +16,43 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from flexbert.eval.results import read_result, write_reports, write_result
+from flexbert.eval.fingerprint import starting_point, task_fingerprint
+from flexbert.eval.results import describe_start, read_result, write_reports, write_result
+from flexbert.eval.saved_model import (best_model_folder, best_seed_is_current, keep_best_seed, read_record,
+                                       seed_model_folder)
+from flexbert.eval.spec import EvalConfigError
 
 log = logging.getLogger(__name__)
 
+# Set by a parallel evaluation for its per-task processes: the pid of the parent that holds the output folder.
+LOCK_HOLDER_ENV = "FLEXBERT_EVAL_LOCK_HOLDER"
 
-def pending(spec, tasks) -> list[tuple]:
+
+def _model_missing(spec, task, seed: int, fingerprints: dict[int, str]) -> bool:
+    if spec.save_model == "all":
+        return read_record(seed_model_folder(spec.out_dir, task.name, seed)) is None
+    if spec.save_model == "best_seed":
+        return (not best_seed_is_current(spec.out_dir, task, fingerprints)
+                and read_record(seed_model_folder(spec.out_dir, task.name, seed)) is None)
+    return False
+
+
+def pending(spec, tasks, start=None) -> list[tuple]:
+    """(task, seed, why) of every pair to train; why is None for a pair never finished."""
+    start = start or starting_point(spec)
     out = []
     for task in tasks:
-        fingerprint = task.fingerprint(spec)
+        fingerprints = {seed: task_fingerprint(spec, task, seed, start) for seed in task.seeds}
         for seed in task.seeds:
             done = read_result(spec.out_dir, task.name, seed)
-            if done is None or done.get("fingerprint") != fingerprint:
-                out.append((task, seed))
+            if done is None:
+                out.append((task, seed, None))
+            elif done.get("fingerprint") != fingerprints[seed]:
+                changed = (done.get("start") or {}).get("sha256") != start["sha256"]
+                out.append((task, seed, "the starting checkpoint's content changed" if changed
+                            else "its settings or data changed"))
+            elif _model_missing(spec, task, seed, fingerprints):
+                out.append((task, seed, "its fine-tuned model was not saved"))
     return out
 
 
@@ -46,44 +72,81 @@ def _is_rank_zero() -> bool:
     return dist.get_global_rank() == 0
 
 
+def hold_output(spec) -> None:
+    """Own the output folder for this process (rank zero; not a parallel evaluation's per-task process, whose
+    parent holds it)."""
+    from flexbert.folder_lock import FolderBusyError, hold_folder
+
+    if not _is_rank_zero() or os.environ.get(LOCK_HOLDER_ENV) == str(os.getppid()):
+        return
+    try:
+        hold_folder(spec.out_dir, "evaluation", spec.base_run_name)
+    except FolderBusyError as err:
+        raise EvalConfigError(str(err)) from None
+    except OSError as err:
+        raise EvalConfigError(f"{spec.out_dir}: cannot write the output folder ({err.strerror or err}); "
+                              "choose a writable folder with --out") from None
+
+
+def _scores(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
 def run_tasks(spec, tasks, log_line=print) -> None:
     """Every unfinished (task, seed), one after another. Under a multi-process launcher every process trains
     (data-parallel) and the first one writes the results."""
     from flexbert.eval.finetune import finetune
 
-    todo = pending(spec, tasks)
+    start = starting_point(spec)
+    todo = pending(spec, tasks, start)
     skipped = sum(len(t.seeds) for t in tasks) - len(todo)
+    log_line(f"starting point: {describe_start(start)}")
     if skipped:
         log_line(f"{skipped} finished (task, seed) pair(s) skipped")
-    for task, seed in todo:
-        log_line(f"fine-tuning {task.name} seed {seed}")
-        result = finetune(spec, task, seed, spec.out_dir / "runs" / task.name / f"seed{seed}")
-        result["fingerprint"] = task.fingerprint(spec)
+    for task, seed, why in todo:
+        log_line(f"fine-tuning {task.name} seed {seed}" + (f" again: {why}" if why else ""))
+        fingerprint = task_fingerprint(spec, task, seed, start)
+        save_to = seed_model_folder(spec.out_dir, task.name, seed) if spec.save_model != "none" else None
+        record = {"start": start, "fingerprint": fingerprint}
+        result = finetune(spec, task, seed, spec.out_dir / "runs" / task.name / f"seed{seed}", save_to, record)
+        result.update(record)
         if _is_rank_zero():
             write_result(spec.out_dir, result)
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-        log_line(f"  {task.name} seed {seed}: {scores} ({result['steps']} steps, {result['wall_s']}s)")
+        log_line(f"  {task.name} seed {seed}: {_scores(result['metrics'])} ({result['steps']} steps, {result['wall_s']}s)")
+    if spec.save_model == "best_seed" and _is_rank_zero():
+        for task in tasks:
+            results = {seed: read_result(spec.out_dir, task.name, seed) for seed in task.seeds}
+            fingerprints = {seed: task_fingerprint(spec, task, seed, start) for seed in task.seeds}
+            if best_seed_is_current(spec.out_dir, task, fingerprints):
+                continue
+            if all(results[s] and results[s].get("fingerprint") == fingerprints[s] for s in task.seeds):
+                folder = keep_best_seed(spec.out_dir, task, results)
+                if folder is not None:
+                    log_line(f"  {task.name}: best seed's model in {folder}")
 
 
 def run_parallel(spec, tasks, eval_file: str, overrides: Sequence[str], log_line=print) -> list[str]:
     """One process per task; returns the tasks whose process failed."""
     import torch
 
+    from flexbert.child_process import die_with_parent
+
     slots = max(1, torch.cuda.device_count())
-    waiting = [t for t in tasks if any(True for _ in pending(spec, [t]))]
+    start = starting_point(spec)
+    waiting = [t for t in tasks if pending(spec, [t], start)]
     running: list[tuple] = []
     failed = []
     free_gpus = list(range(slots))
     while waiting or running:
         while waiting and free_gpus:
             task, gpu = waiting.pop(0), free_gpus.pop(0)
-            env = dict(os.environ)
+            env = dict(os.environ, **{LOCK_HOLDER_ENV: str(os.getpid())})
             if torch.cuda.device_count():
                 env["CUDA_VISIBLE_DEVICES"] = str(gpu)
             command = [sys.executable, "-m", "flexbert.eval", eval_file, *overrides, "--task", task.name,
                        "--out", str(spec.out_dir), "--no-report"]
             log_line(f"started {task.name}" + (f" on GPU {gpu}" if torch.cuda.device_count() else ""))
-            running.append((task, gpu, subprocess.Popen(command, env=env)))
+            running.append((task, gpu, subprocess.Popen(command, env=env, preexec_fn=die_with_parent())))
         task, gpu, process = running.pop(0)
         if process.wait() != 0:
             failed.append(task.name)
@@ -91,23 +154,43 @@ def run_parallel(spec, tasks, eval_file: str, overrides: Sequence[str], log_line
     return failed
 
 
+def _models(spec) -> dict[str, str]:
+    """{task or task/seed: folder} of the fine-tuned models kept in the output folder."""
+    found = {}
+    for task in spec.tasks:
+        if read_record(best_model_folder(spec.out_dir, task.name)) is not None:
+            found[task.name] = str(best_model_folder(spec.out_dir, task.name))
+        for seed in task.seeds:
+            if read_record(seed_model_folder(spec.out_dir, task.name, seed)) is not None:
+                found[f"{task.name}/seed{seed}"] = str(seed_model_folder(spec.out_dir, task.name, seed))
+    return found
+
+
 def report(spec) -> dict:
-    results, missing = [], []
+    """Rebuild results.* from the finished results computed from the current starting point and settings."""
+    start = starting_point(spec)
+    results, missing, stale = [], [], []
     for task in spec.tasks:
         for seed in task.seeds:
             result = read_result(spec.out_dir, task.name, seed)
             if result is None:
                 missing.append(f"{task.name}/seed{seed}")
+            elif result.get("fingerprint") != task_fingerprint(spec, task, seed, start):
+                stale.append(f"{task.name}/seed{seed}")
             else:
                 results.append(result)
-    return write_reports(spec.out_dir, spec.base_run_name, results, missing)
+    return write_reports(spec.out_dir, spec.base_run_name, results, missing, start, stale, _models(spec))
+
+
+def output_files(spec) -> str:
+    return ", ".join(str(spec.out_dir / name) for name in ("results.md", "results.csv", "results.json"))
 
 
 def run(spec, eval_file: str, overrides: Sequence[str] = (), only: Optional[str] = None, parallel: Optional[bool] = None,
         write_report: bool = True, log_line=print) -> int:
     tasks = [spec.task(only)] if only else spec.tasks
     check_tasks(tasks)
-    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    hold_output(spec)
     failed: list[str] = []
     if (spec.parallel if parallel is None else parallel) and not only and len(tasks) > 1:
         failed = run_parallel(spec, tasks, eval_file, overrides, log_line)
@@ -115,7 +198,8 @@ def run(spec, eval_file: str, overrides: Sequence[str] = (), only: Optional[str]
         run_tasks(spec, tasks, log_line)
     if write_report and _is_rank_zero():
         report(spec)
-        log_line(f"results: {spec.out_dir}/results.md")
+        models = _models(spec)
+        log_line(f"results: {output_files(spec)}" + (f"; models: {', '.join(models.values())}" if models else ""))
     if failed:
         log_line(f"error: task process(es) failed: {', '.join(failed)}")
         return 1

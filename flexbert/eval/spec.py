@@ -11,6 +11,9 @@ Follows the reference framework's evaluation schema where it applies here:
     starting_checkpoint_load_path: ckpt.pt # a Composer checkpoint (ours or released layout), or a HF ModernBERT folder
     local_pretrain_checkpoint_folder: runs/   # optional: folder the starting path is relative to
     save_finetune_checkpoint_folder: evals/my-eval   # output folder (default eval_runs/<base_run_name>)
+    save_model: none                       # best_seed: OUT/models/<task>, the task's best seed as a Hugging Face
+                                           # folder (transformers' text-classification pipeline loads it);
+                                           # all: OUT/runs/<task>/seed<N>/model for every seed
     model:
       name: flex_bert
       use_pretrained: true                 # false: the same architecture from random initialization
@@ -33,13 +36,11 @@ Unknown keys fail naming the closest valid one; the reference's keys that have n
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
@@ -58,7 +59,10 @@ TOP_LEVEL = {
     "optimizer": {"name": "decoupled_adamw", "lr": 5.0e-5, "betas": [0.9, 0.98], "eps": 1.0e-6, "weight_decay": 1.0e-5},
     "scheduler": {"name": "linear_decay_with_warmup", "t_warmup": "0.06dur", "alpha_f": 0.0},
     "trainer_kwargs": {}, "callbacks": {}, "loggers": {}, "algorithms": {}, "tasks": None,
+    "save_model": "none",
 }
+# Which fine-tuned models are kept as Hugging Face folders (opt-in: the reference saves none).
+SAVE_MODEL = ("none", "best_seed", "all")
 MODEL_KEYS = ("name", "use_pretrained", "pretrained_model_name", "tokenizer_name", "model_config")
 TASK_KEYS = ("seeds", "trainer_kwargs", "model_config", "data", "metrics")
 TRAINER_DEFAULTS = {
@@ -83,15 +87,6 @@ class TaskSpec:
     data: dict[str, Any]
     metrics: Optional[list[str]]
 
-    def fingerprint(self, spec: "EvalSpec") -> str:
-        """Everything that decides a (task, seed) result except the seed: a finished result is reused only if it
-        was computed with the same settings."""
-        payload = {"task": [self.trainer, self.model_config, self.data, self.metrics], "start": spec.starting_point,
-                   "pretrained": spec.use_pretrained, "model_config": spec.model_config, "optimizer": spec.optimizer,
-                   "scheduler": spec.scheduler, "precision": spec.precision, "max_seq_len": spec.max_seq_len,
-                   "tokenizer": spec.tokenizer_name}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
 
 @dataclass
 class EvalSpec:
@@ -110,6 +105,7 @@ class EvalSpec:
     loggers: dict[str, Any]
     algorithms: dict[str, Any]
     out_dir: Path
+    save_model: str = "none"
     tasks: list[TaskSpec] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +144,10 @@ def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Opt
         raw = OmegaConf.load(path)
     except Exception as err:
         raise EvalConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not isinstance(raw, DictConfig):
+        kind = "a list" if isinstance(raw, ListConfig) else "not a mapping"
+        raise EvalConfigError(f"{path}: is {kind}; an evaluation file is a mapping of keys (base_run_name, "
+                              "starting_checkpoint_load_path, tasks, ...) -- see flexbert/eval/spec.py")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise EvalConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
@@ -186,6 +186,10 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
     tasks = cfg["tasks"]
     if not tasks or not isinstance(tasks, Mapping):
         raise EvalConfigError(f"{source}: `tasks` is required: a mapping of task name -> settings")
+    cfg["save_model"] = cfg["save_model"] or "none"
+    if cfg["save_model"] not in SAVE_MODEL:
+        raise EvalConfigError(f"`save_model: {cfg['save_model']}`{closest(str(cfg['save_model']), SAVE_MODEL)}; "
+                              f"choose one of: {', '.join(SAVE_MODEL)}")
     out = Path(out_dir or cfg["save_finetune_checkpoint_folder"] or Path("eval_runs") / cfg["base_run_name"])
     spec = EvalSpec(
         source=source, base_run_name=str(cfg["base_run_name"]), precision=str(cfg["precision"]),
@@ -193,7 +197,7 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
         max_seq_len=int(cfg["max_seq_len"]), starting_point=start, use_pretrained=bool(model.get("use_pretrained", True)),
         model_config=dict(model.get("model_config") or {}), optimizer=dict(cfg["optimizer"]),
         scheduler=dict(cfg["scheduler"]), callbacks=dict(cfg["callbacks"] or {}), loggers=dict(cfg["loggers"] or {}),
-        algorithms=dict(cfg["algorithms"] or {}), out_dir=out, raw=cfg,
+        algorithms=dict(cfg["algorithms"] or {}), out_dir=out, save_model=str(cfg["save_model"]), raw=cfg,
     )
     for name, task in tasks.items():
         spec.tasks.append(_task(str(name), task or {}, cfg, spec))

@@ -40,6 +40,16 @@ class TaskData:
         return max(1, len(self.labels))
 
 
+def _check_utf8(path: Path) -> None:
+    """Text task files are UTF-8: name the line of the first byte that is not."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+
+
 def read_records(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, record) for each record; `where` is `file:line` (parquet: `file:row N`)."""
     suffix = path.suffix.lower()
@@ -47,6 +57,8 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}: unknown file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such task file")
+    if suffix != ".parquet":
+        _check_utf8(path)
     if suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -65,9 +77,16 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
             for record in reader:
                 yield f"{path}:{reader.line_num}", {k: v for k, v in record.items() if v is not None}
     else:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for number, record in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(f"{path}: not a readable parquet file ({first}); rewrite it, or give the task "
+                            "as .jsonl / .csv / .tsv") from None
+        for number, record in enumerate(table.to_pylist()):
             yield f"{path}:row {number}", record
 
 

@@ -96,8 +96,12 @@ def task_scores(run) -> dict[str, float]:
     path = run.folder / "eval" / "results.json"
     if not path.is_file():
         return {}
-    summary = json.loads(path.read_text())["summary"]
-    return {task: next(iter(metrics.values()))["mean"] for task, metrics in summary.items() if metrics}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
+        return {task: next(iter(metrics.values()))["mean"] for task, metrics in summary.items() if metrics}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        raise SweepError(f"{path}: damaged evaluation results; delete it (or move it away) and rerun the sweep: "
+                         "the evaluation rewrites it, reusing its finished (task, seed) results") from None
 
 
 def mean_ranks(scores: list[dict[str, float]], tasks: list[str]) -> list[Optional[float]]:

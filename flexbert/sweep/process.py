@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from flexbert.child_process import die_with_parent
+
 # Ctrl-C / SIGTERM: Python raises KeyboardInterrupt, but importing composer installs handlers that sys.exit(128 + sig)
 # instead (composer.core.engine), so both mean "the sweep is being stopped".
 INTERRUPTS = (KeyboardInterrupt, SystemExit)
@@ -62,7 +64,8 @@ def execute(cmd: list[str], log_path: Path) -> tuple[int, float, float]:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
         log.flush()
         start = time.time()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=die_with_parent())  # a SIGKILLed sweep leaves no run behind
         try:
             # wait4, not wait: it returns this child's own rusage (RUSAGE_CHILDREN would be the max over all runs).
             _, status, usage = os.wait4(proc.pid, 0)

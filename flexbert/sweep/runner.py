@@ -157,6 +157,9 @@ def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retr
         hold_folder(out, "sweep", spec.name)
     except FolderBusyError as err:
         raise SweepError(str(err)) from None
+    except OSError as err:  # read-only, not a folder, no permission
+        raise SweepError(f"{out}: cannot write the sweep's output folder ({err.strerror or err}); choose a writable "
+                         "folder with --out") from None
     state = SweepState(out, spec.name)
     runs = plan_runs(spec, out)
     check_fingerprints(runs, state)
@@ -168,7 +171,9 @@ def run_sweep(spec: SweepSpec, out: Path, launcher: str = DEFAULT_LAUNCHER, retr
         status = state.get(run.name).get("status")
         if status == "done":
             print(f"{label} {run.name}: done earlier, skipped")
-            if evaluate and state.get(run.name).get("eval_status") != "done":
+            # a deleted eval/results.json is rebuilt (the evaluation reuses its finished (task, seed) results)
+            if evaluate and (state.get(run.name).get("eval_status") != "done"
+                             or not (run.folder / "eval" / "results.json").is_file()):
                 run_eval(spec, run, state, out, label)
             continue
         if run.validation.error:

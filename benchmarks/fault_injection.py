@@ -207,9 +207,9 @@ def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random
 
 
 def final_model_state(folder: Path) -> dict:
-    import torch
+    from flexbert.safe_unpickle import safe_torch_load  # like every checkpoint reader: no code from the file
 
-    return torch.load(folder / LATEST, map_location="cpu", weights_only=False)["state"]["model"]
+    return safe_torch_load(folder / LATEST)["state"]["model"]
 
 
 def metrics_lines(folder: Path) -> list[dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import glob
 import json
 import os
@@ -29,7 +30,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 from flexbert.errors import DataError  # noqa: F401 -- the tools raise and catch this one
 
@@ -82,29 +83,65 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _leftovers(out: Path, kind: str) -> List[Tuple[Path, int]]:
-    """(folder, pid) of `OUT.<kind>-<pid>` siblings whose process is gone (a live one is another run at work)."""
+OWNER_MARKER = ".data_prep-owner.json"  # written inside every OUT.tmp-<pid> / OUT.old-<pid> folder a tool makes
+
+
+def _write_marker(folder: Path, out: Path, kind: str, tool: str) -> None:
+    """Sign `folder` as this process's `kind` ("tmp" or "old") folder for OUT."""
+    info = {"tool": tool, "kind": kind, "pid": os.getpid(), "out": os.path.realpath(out),
+            "written": datetime.datetime.now().isoformat(timespec="seconds")}
+    (folder / OWNER_MARKER).write_text(json.dumps(info) + "\n", encoding="utf-8")
+
+
+def _marker(folder: Path) -> Optional[dict]:
+    try:
+        info = json.loads((folder / OWNER_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _gone(pid) -> bool:
+    """The process `pid` has ended (an earlier process that had our pid has ended too)."""
+    return isinstance(pid, int) and (pid == os.getpid() or not _pid_alive(pid))
+
+
+def _leftovers(out: Path, kind: str, tool: str) -> List[Path]:
+    """`OUT.<kind>-<pid>` folders a data_prep tool made for OUT in a process that is gone, oldest first. Folders
+    that merely share the name pattern are the user's: they are left alone, with a note."""
     found = []
     for path in out.parent.glob(f"{glob.escape(out.name)}.{kind}-*"):
         pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            found.append((path, int(pid)))
-    return sorted(found, key=lambda item: item[0].stat().st_mtime)
+        if not pid.isdigit():
+            continue
+        info = _marker(path) if path.is_dir() and not path.is_symlink() else None
+        ours = bool(info) and info.get("kind") == kind and info.get("pid") == int(pid) \
+            and info.get("out") == os.path.realpath(out)
+        if not ours:
+            print(f"{tool}: note: left {path} alone: it is named like an interrupted run's leftover, but holds no "
+                  f"{OWNER_MARKER} written for {out} by data_prep", file=sys.stderr)
+        elif _gone(int(pid)):  # a live one is another run at work
+            found.append(path)
+    return sorted(found, key=lambda path: path.stat().st_mtime)
 
 
-def recover_interrupted_swap(out: Path) -> None:
+def recover_interrupted_swap(out: Path, tool: str) -> None:
     """Undo what a kill during the final swap of `atomic_output_dir` left, so OUT is the last complete output.
 
-    The swap renames OUT to `OUT.old-<pid>`, then `OUT.tmp-<pid>` to OUT, then deletes the old one. Killed between the
-    two renames, OUT is missing: the old output is moved back (the new one is not trusted: a `.tmp-` folder may just as
-    well be an unfinished build). Killed after them, the `.old-` folder is garbage. Unfinished `.tmp-` folders of dead
-    processes are deleted."""
-    olds = _leftovers(out, "old")
+    The swap signs OUT and renames it to `OUT.old-<pid>`, renames `OUT.tmp-<pid>` (signed when created) to OUT, then
+    deletes the old one. Killed between the two renames, OUT is missing: the old output is moved back (the new one
+    is not trusted: a `.tmp-` folder may just as well be an unfinished build). Killed after them, the `.old-` folder
+    is garbage. Unfinished `.tmp-` folders of dead processes are deleted. Only folders signed by a data_prep tool for
+    this OUT, by a process that is gone, are touched; a marker left inside OUT by a kill is removed."""
+    olds = _leftovers(out, "old", tool)
     if olds and not out.exists():
-        newest = olds.pop()[0]
+        newest = olds.pop()
         newest.rename(out)
-        print(f"recovered {out} from {newest.name}, left by an interrupted run", file=sys.stderr)
-    for path, _ in olds + _leftovers(out, "tmp"):
+        print(f"{tool}: recovered {out} from {newest.name}, left by an interrupted run", file=sys.stderr)
+    info = _marker(out) if out.is_dir() else None
+    if info and info.get("out") == os.path.realpath(out) and _gone(info.get("pid")):  # killed mid-swap
+        os.remove(out / OWNER_MARKER)
+    for path in olds + _leftovers(out, "tmp", tool):
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -135,25 +172,28 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: os.PathLike, overwrite: bool = False,
-                      inputs: Sequence[os.PathLike | str] = ()) -> Iterator[Path]:
+def atomic_output_dir(out: os.PathLike, overwrite: bool = False, *, inputs: Sequence[os.PathLike | str],
+                      tool: str) -> Iterator[Path]:
     """Yield a fresh temporary sibling `OUT.tmp-<pid>`; on success it is renamed to `OUT`.
 
     On any exception (including KeyboardInterrupt) the temporary folder is removed and `OUT` is left
     untouched. A run killed with SIGKILL leaves only the `.tmp-<pid>` folder, which no reader mistakes
     for a finished output; killed during the final swap it leaves `OUT.old-<pid>`, which the next run
-    moves back (`recover_interrupted_swap`). `inputs` (files, folders, globs) must not overlap OUT.
+    moves back (`recover_interrupted_swap`). Both carry OWNER_MARKER (tool, pid, time), which is what lets a later
+    run touch them. `inputs` (files, folders, globs: everything the tool reads) must not overlap OUT; every tool
+    names them, so that no `--overwrite` can delete what it reads.
     """
     out = Path(out)
     check_disjoint(out, inputs)
-    recover_interrupted_swap(out)
+    recover_interrupted_swap(out, tool)
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():  # left by an earlier process that had our pid; it cannot still be running
-        shutil.rmtree(tmp)
+    if tmp.exists() or tmp.is_symlink():  # ours would have been deleted above: this one is the user's
+        raise DataError(f"{tmp} exists and was not made by data_prep; move it away and rerun")
     tmp.mkdir()
     try:
+        _write_marker(tmp, out, "tmp", tool)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -162,8 +202,12 @@ def atomic_output_dir(out: os.PathLike, overwrite: bool = False,
     old = None
     if out.exists():
         old = out.parent / f"{out.name}.old-{os.getpid()}"
+        if old.exists() or old.is_symlink():
+            raise DataError(f"{old} exists and was not made by data_prep; move it away and rerun")
+        _write_marker(out, out, "old", tool)  # signed before the rename, so the renamed folder is always signed
         out.rename(old)
     tmp.rename(out)
+    os.remove(out / OWNER_MARKER)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -151,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         docs = build(root, args.seed, args.max_docs, args.quiet)
         n_val = round(len(docs) * args.val_fraction)
         splits = {"validation": docs[:n_val], "train": docs[n_val:]}
-        with atomic_output_dir(args.out, args.overwrite) as tmp:
+        with atomic_output_dir(args.out, args.overwrite, inputs=[root], tool=PROG) as tmp:
             for split, split_docs in splits.items():
                 with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as handle:
                     for doc in split_docs:

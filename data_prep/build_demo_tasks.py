@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         tasks = build(Path(args.corpus), args.seed)
-        with atomic_output_dir(args.out, args.overwrite) as tmp:
+        with atomic_output_dir(args.out, args.overwrite, inputs=[args.corpus], tool=PROG) as tmp:
             for task, splits in tasks.items():
                 (tmp / task).mkdir()
                 for split, records in splits.items():

@@ -317,7 +317,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     def body() -> int:
         start = time.time()
         local_tokenizer = [args.tokenizer] if Path(args.tokenizer).expanduser().exists() else []
-        with atomic_output_dir(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer]) as tmp:
+        with atomic_output_dir(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer],
+                               tool=PROG) as tmp:
             manifest, bad = tokenize(args, tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         bad.print_examples(PROG)

@@ -151,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         learned = tokenizer.get_vocab_size(with_added_tokens=True)
         n_unused = pad_vocab(tokenizer, args.pad_multiple)
         hf_tokenizer = to_transformers(tokenizer, args.model_max_length)
-        with atomic_output_dir(args.out, args.overwrite, inputs=args.input) as tmp:
+        with atomic_output_dir(args.out, args.overwrite, inputs=args.input, tool=PROG) as tmp:
             hf_tokenizer.save_pretrained(str(tmp))
             record = {
                 "inputs": [str(f) for f in files],

@@ -7,6 +7,10 @@ one folder launch every variant twice. `hold_folder(folder, what)` takes an excl
 in any way (SIGKILL and OOM kills included), so a dead holder never leaves a stale lock; the holder's pid, host,
 name and start time are written into the file, and a second process fails at once naming them (`FolderBusyError`).
 
+The lock file is opened without following links (`O_NOFOLLOW`) and must be a regular file with one name: a `.lock`
+planted as a symlink or hard link to another file would otherwise have that file truncated and overwritten with
+the holder's details.
+
 Locks are per process and re-entrant: the process that holds a folder may take it again (a test or notebook that
 trains twice in one interpreter). On a shared file system the lock is as good as the file system's flock (local
 and NFSv4 file systems honour it across hosts).
@@ -22,11 +26,35 @@ from pathlib import Path
 from typing import Optional
 
 LOCK_NAME = ".lock"
-_held: dict[str, int] = {}  # realpath of a lock file -> the open descriptor that holds it (kept for the process)
+_held: dict[str, int] = {}  # lock file in the folder's realpath -> the open descriptor that holds it (for the process)
 
 
 class FolderBusyError(RuntimeError):
     """Another live process holds the folder."""
+
+
+class UnsafeLockFileError(FolderBusyError):
+    """The folder's `.lock` is a link (or not a regular file): taking it would write through to another file."""
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of `path` as a regular file of its own, created if missing; never through a link."""
+    import stat
+
+    advice = f"'{path}' is {{}}; remove it (the lock file is only a name to lock) and start again"
+    try:  # O_NONBLOCK: a planted FIFO must not hang the open
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError:
+        if os.path.islink(path):  # ELOOP from O_NOFOLLOW (dangling links too: O_CREAT would create their target)
+            raise UnsafeLockFileError(advice.format(f"a symbolic link (to '{os.readlink(path)}')")) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a hard link ({info.st_nlink} names)"
+        raise UnsafeLockFileError(advice.format(what))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _holder_text(path: Path) -> str:
@@ -40,6 +68,11 @@ def _holder_text(path: Path) -> str:
             f"{info.get('host')}, since {info.get('since')})")
 
 
+def _key(folder: Path | str) -> str:
+    """The lock file's name with the folder resolved but not the file itself (a link there is refused, not followed)."""
+    return os.path.join(os.path.realpath(folder), LOCK_NAME)
+
+
 def hold_folder(folder: str | os.PathLike, what: str, name: Optional[str] = None) -> Path:
     """Lock `folder` (created if missing) for this process until it exits; returns the lock file.
 
@@ -49,9 +82,9 @@ def hold_folder(folder: str | os.PathLike, what: str, name: Optional[str] = None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    key = os.path.realpath(path)
+    key = _key(folder)
     if key not in _held:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,6 +103,6 @@ def hold_folder(folder: str | os.PathLike, what: str, name: Optional[str] = None
 
 def release_folder(folder: str | os.PathLike) -> None:
     """Give the folder up before the process exits (the lock file stays; it is only a name to lock)."""
-    fd = _held.pop(os.path.realpath(Path(folder) / LOCK_NAME), None)
+    fd = _held.pop(_key(folder), None)
     if fd is not None:
         os.close(fd)  # closing the only descriptor releases the flock

@@ -37,8 +37,14 @@ a full `pickle.load`) and on each `.distcp` file with the byte ranges it will re
 is a `torch.save`d blob that torch opens with `weights_only=False`. So:
 - `.metadata` must pass a restricted unpickler that knows only the checkpoint index classes of
   torch.distributed.checkpoint, torch sizes / dtypes / layouts and posix paths;
-- each non-tensor blob of a `.distcp` that will be read (located through the validated `.metadata`) must pass
-  `safe_torch_load`, like a monolithic checkpoint.
+- every data file the index names must lie inside the checkpoint folder. torch opens `folder / relative_path`
+  as written, so `./__0_0.distcp`, `sub/__0_0.distcp` and `sub/../__0_0.distcp` all reach a file; each name is
+  resolved (symlinks too) and one that is absolute or leaves the folder is refused;
+- each non-tensor blob of a `.distcp` that will be read must pass `safe_torch_load`, like a monolithic
+  checkpoint. Which ranges are blobs is taken from the index torch itself reads (the `.metadata` Composer
+  validated first, in the same process), matched by the resolved file name, never from a `.metadata` found next
+  to the data file. A range that index does not name is refused; a data file no checked index names has every
+  range checked (a tensor is a `torch.save`d blob too and passes).
 """
 
 from __future__ import annotations
@@ -159,18 +165,53 @@ def load_sharded_metadata(path) -> Any:
         raise kind(f"{path}: refused by the safe loader: {err}") from None
 
 
-def _validate_sharded_blobs(path, specs: Sequence[tuple[int, int]]) -> None:
-    """Every non-tensor value that will be read from the `.distcp` file `path` passes `safe_torch_load`."""
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+# realpath of a checkpoint folder whose `.metadata` passed -> {realpath of a data file it names -> {(offset, length):
+# whether torch unpickles that range in full (anything but a tensor)}}. Filled when Composer validates `.metadata`,
+# which torch reads (on every rank) before any data file.
+_CHECKED_INDEXES: dict[str, dict[str, dict[tuple[int, int], bool]]] = {}
 
-    metadata = load_sharded_metadata(os.path.join(os.path.dirname(path), METADATA_FILENAME))
-    blobs = {(info.offset, info.length) for index, info in metadata.storage_data.items()
-             if info.relative_path == os.path.basename(path)
-             and isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata)}
-    with open(path, "rb") as file:
+
+def _data_file_inside(folder: str, relative_path: Any, index_path) -> str:
+    """The resolved path of a data file the index names, refused when it is not a plain name inside `folder`."""
+    resolved = os.path.realpath(os.path.join(folder, relative_path)) if isinstance(relative_path, str) else None
+    if resolved is None or os.path.isabs(relative_path) or os.path.commonpath([folder, resolved]) != folder:
+        raise UnsafeCheckpointError(
+            f"{index_path}: names the data file {relative_path!r}, outside the checkpoint folder '{folder}'; refusing "
+            f"to read it (torch writes every data file inside the folder: re-save the checkpoint)")
+    return resolved
+
+
+def _check_sharded_index(index_path) -> None:
+    """Load the index through the restricted unpickler, check every data file name, remember which ranges are blobs."""
+    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+    metadata = load_sharded_metadata(index_path)
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise UnreadableCheckpointError(f"{index_path}: not a torch.distributed.checkpoint index (no storage table)")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(index_path)))
+    files: dict[str, dict[tuple[int, int], bool]] = {}
+    for index, info in metadata.storage_data.items():
+        ranges = files.setdefault(_data_file_inside(folder, info.relative_path, index_path), {})
+        is_blob = not isinstance(metadata.state_dict_metadata.get(index.fqn), TensorStorageMetadata)
+        span = (info.offset, info.length)
+        ranges[span] = ranges.get(span, False) or is_blob
+    _CHECKED_INDEXES[folder] = files
+
+
+def _validate_sharded_blobs(path, specs: Sequence[tuple[int, int]]) -> None:
+    """Every range of the `.distcp` file `path` that torch will unpickle in full passes `safe_torch_load`."""
+    resolved = os.path.realpath(path)
+    named = [files[resolved] for files in _CHECKED_INDEXES.values() if resolved in files]
+    to_check = list(specs)
+    if named:
         for offset, length in specs:
-            if (offset, length) not in blobs:
-                continue  # a tensor: torch reads those with weights_only=True itself
+            if not any((offset, length) in ranges for ranges in named):
+                raise UnsafeCheckpointError(
+                    f"{path}: bytes {offset}..{offset + length} are not named by the checked {METADATA_FILENAME} "
+                    f"index of this checkpoint; refusing to read them (re-save the checkpoint)")
+        to_check = [span for span in specs if any(ranges.get(span) for ranges in named)]
+    with open(path, "rb") as file:
+        for offset, length in to_check:
             file.seek(offset)
             safe_torch_load(io.BytesIO(file.read(length)), name=f"{path} (bytes {offset}..{offset + length})")
 
@@ -202,7 +243,7 @@ def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = Non
     if specs is not None:
         _validate_sharded_blobs(path, specs)
     elif os.path.basename(path) == METADATA_FILENAME:
-        load_sharded_metadata(path)
+        _check_sharded_index(path)
     elif os.path.isfile(path):
         problem = damaged_member(path) if zipfile.is_zipfile(path) else None
         if problem:  # torch would load flipped tensor bytes silently
@@ -220,6 +261,20 @@ def validate_for_composer(path, specs: Optional[Sequence[tuple[int, int]]] = Non
         module, _, name = chained.rpartition(".")
         return bool(getattr(import_module(module), name)(path, specs))
     return True
+
+
+def checkpoint_refusal(err: BaseException) -> Optional[UnreadableCheckpointError]:
+    """The refusal behind `err`, if any: torch.distributed.checkpoint wraps what a reader raised, per rank, in a
+    `CheckpointException` (a BaseException whose text is a traceback), so the one-line reason is dug out here."""
+    seen: list[BaseException] = [err]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, UnreadableCheckpointError):
+            return current
+        seen += [wrapped[0] for wrapped in (getattr(current, "failures", None) or {}).values()
+                 if isinstance(wrapped, tuple) and wrapped and isinstance(wrapped[0], BaseException)]
+        seen += [cause for cause in (current.__cause__, current.__context__) if cause is not None]
+    return None
 
 
 def install_composer_guard() -> None:

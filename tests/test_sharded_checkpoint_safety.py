@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dist_cp
 
-from flexbert.safe_unpickle import UnreadableCheckpointError, UnsafeCheckpointError, validate_for_composer
+from flexbert.safe_unpickle import (UnreadableCheckpointError, UnsafeCheckpointError, checkpoint_refusal,
+                                    validate_for_composer)
 from flexbert.train.checkpoint_safety import LATEST, find_resume_checkpoint, repair_latest
 
 
@@ -67,3 +68,79 @@ def test_autoresume_finds_the_newest_complete_sharded_folder(tmp_path):
     assert find_resume_checkpoint(run) == run / "ep0-ba4"
     assert repair_latest(run) == run / "ep0-ba4" and os.readlink(run / LATEST) == "ep0-ba4"
     assert find_resume_checkpoint(tmp_path / "fresh") is None
+
+
+class TouchesMarker:
+    """A value whose unpickling creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rewrite_index(folder, relative_path):
+    """Point every storage entry of the folder's `.metadata` at `relative_path` (a crafted index)."""
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    for info in metadata.storage_data.values():
+        info.relative_path = relative_path
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def _load_through_composer(folder, monkeypatch):
+    """What Composer's `load_path` / autoresume does with a sharded folder, with our guard installed."""
+    from composer.utils.checkpoint import FileSystemReaderWithValidation
+
+    from flexbert.safe_unpickle import COMPOSER_VALIDATION_ENV, install_composer_guard
+
+    monkeypatch.delenv(COMPOSER_VALIDATION_ENV, raising=False)
+    install_composer_guard()
+    target = {"w": torch.zeros(3), "payload": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dist_cp.load(target, storage_reader=FileSystemReaderWithValidation(str(folder)), no_dist=True)
+    return target
+
+
+@pytest.mark.parametrize("spelling", ["./__0_0.distcp", "sub/__0_0.distcp", "sub/../__0_0.distcp"])
+def test_payload_behind_any_path_spelling_is_refused(tmp_path, monkeypatch, spelling):
+    """The index may name its data file `./__0_0.distcp` or `sub/__0_0.distcp` (with a clean `.metadata` planted in
+    `sub/`): torch's reader opens `folder / relative_path` either way, so the blob it unpickles must be checked."""
+    marker = tmp_path / "payload-ran"
+    folder = _save(tmp_path / "ckpt", {"w": torch.ones(3), "payload": TouchesMarker(marker)})
+    if spelling.startswith("sub/") and ".." not in spelling:
+        (folder / "sub").mkdir()
+        os.rename(folder / "__0_0.distcp", folder / "sub" / "__0_0.distcp")
+        _save(tmp_path / "clean", {"w": torch.ones(3)})  # an index with tensors only, planted next to the data
+        (folder / "sub" / ".metadata").write_bytes((tmp_path / "clean" / ".metadata").read_bytes())
+    elif ".." in spelling:
+        (folder / "sub").mkdir()
+    _rewrite_index(folder, spelling)
+    with pytest.raises(BaseException) as refused:  # torch wraps what the reader raised in a CheckpointException
+        _load_through_composer(folder, monkeypatch)
+    assert not marker.exists(), "the payload ran"
+    reason = checkpoint_refusal(refused.value)
+    assert isinstance(reason, UnsafeCheckpointError) and "`io.open`" in str(reason) and "\n" not in str(reason)
+
+
+@pytest.mark.parametrize("escape", ["../outside/__0_0.distcp", "ABSOLUTE"])
+def test_index_naming_a_file_outside_the_folder_is_refused(tmp_path, monkeypatch, escape):
+    marker = tmp_path / "payload-ran"
+    _save(tmp_path / "outside", {"w": torch.ones(3), "payload": TouchesMarker(marker)})
+    folder = _save(tmp_path / "ckpt", {"w": torch.ones(3), "payload": 1})
+    relative = str(tmp_path / "outside" / "__0_0.distcp") if escape == "ABSOLUTE" else escape
+    _rewrite_index(folder, relative)
+    with pytest.raises(UnsafeCheckpointError, match="outside the checkpoint folder"):
+        validate_for_composer(str(folder / ".metadata"))
+    with pytest.raises(BaseException) as refused:
+        _load_through_composer(folder, monkeypatch)
+    assert not marker.exists(), "the payload ran"
+    assert "outside the checkpoint folder" in str(checkpoint_refusal(refused.value))
+
+
+def test_clean_checkpoint_loads_through_composers_reader(tmp_path, monkeypatch):
+    folder = _save(tmp_path / "ckpt", {"w": torch.arange(3.0), "payload": "run-name"})
+    _rewrite_index(folder, "./__0_0.distcp")  # a harmless spelling of the same file still loads
+    loaded = _load_through_composer(folder, monkeypatch)
+    assert torch.equal(loaded["w"], torch.arange(3.0)) and loaded["payload"] == "run-name"

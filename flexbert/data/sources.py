@@ -11,6 +11,10 @@ Configured by the schema's `train_loader.dataset` (`local`, `remote`, `split`,
   used: both sources share `EpochOrder`, so resumption works the same way for both.
 - `ArraySource`: documents held in memory (tests, benchmark).
 
+Both MDS readers refuse, before any sample is decoded, a shard with a column whose encoding is not plain data
+(`DATA_ENCODINGS`): `LocalDataset` decodes every column of a sample, and streaming's `pkl` unpickles it (runs
+code); only `StreamingDataset` checks for that, and only for `pkl`.
+
 Every source maps a global document id to a 1-D integer numpy array.
 """
 
@@ -24,6 +28,11 @@ import numpy as np
 from flexbert.errors import DataError
 
 INDEX_FILE = "index.json"
+# mosaicml-streaming's MDS encodings whose decoders only parse data: what data_prep writes (`ndarray:uint16|uint32`
+# ids), the reference's `text` (`str`) and plain metadata columns. Not `pkl` (unpickles: runs code), not the image
+# codecs (`pil`, `jpeg`, `png`, ...: bytes handed to an image library a text encoder never needs), nothing unknown.
+DATA_ENCODINGS = ("bytes", "str", "int", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+                  "float16", "float32", "float64", "str_int", "str_float", "str_decimal", "json", "ndarray")
 DEFAULT_MAX_BLOCK = 1 << 20  # documents per shuffle block (8 MiB of ids per block permutation)
 
 
@@ -72,6 +81,18 @@ class _SampleDecoder:
         return np.asarray([tok.cls_token_id, *ids, tok.sep_token_id], dtype=np.int64)
 
 
+def check_column_encodings(shard: str, names: Sequence[str], encodings: Sequence[str]) -> None:
+    """Refuse a shard with a column whose encoding is not one of `DATA_ENCODINGS` (`ndarray` with any dtype/shape)."""
+    for name, encoding in zip(names, encodings):
+        kind, _, options = str(encoding).partition(":")
+        if kind in DATA_ENCODINGS and (not options or kind == "ndarray"):
+            continue
+        why = "unpickles every value (runs code from the file)" if kind == "pkl" else "is not a plain data encoding"
+        raise DataError(f"MDS shard '{shard}': column '{name}' has encoding '{encoding}', which {why}; refusing to "
+                        f"read it. Rewrite the shards with data_prep/tokenize_to_mds.py (or with only the data "
+                        f"encodings {', '.join(DATA_ENCODINGS)})")
+
+
 def _split_dir(local: str, split: str | None) -> str:
     """DIR/split holding index.json, or a FileNotFoundError naming the path and what exists."""
     if not os.path.isdir(local):
@@ -102,6 +123,7 @@ def _check_shards(path: str) -> list[str]:
         if info.get("format") != "mds":
             raise ValueError(f"'{index_path}': shard format {info.get('format')!r}, expected 'mds'")
         raw = os.path.join(path, info["raw_data"]["basename"])
+        check_column_encodings(raw, info.get("column_names", []), info.get("column_encodings", []))
         if not os.path.isfile(raw):
             zipped = info.get("zip_data") and os.path.join(path, info["zip_data"]["basename"])
             hint = (f"only the compressed '{zipped}' exists: use dataset.streaming: true (it decompresses)"
@@ -149,8 +171,17 @@ class StreamingMDSSource:
 
         if remote is None:  # purely local: fail early with the same clear messages as LocalMDSSource
             _check_shards(_split_dir(local, split))
-        self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False, **streaming_kwargs)
         self.where = f"{remote or local}/{split or ''}"
+        try:
+            self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False, **streaming_kwargs)
+        except ValueError as err:  # streaming's own `pkl` refusal names neither the shard nor a fix that applies here
+            if "unsafe type" not in str(err):
+                raise
+            raise DataError(f"MDS split '{self.where}': {err}".split(" To proceed")[0] + "; refusing to read it "
+                            "(it would unpickle: run code). Rewrite the shards with data_prep/tokenize_to_mds.py") from None
+        for shard in self.dataset.shards:  # the index files of a remote split arrive only now
+            check_column_encodings(f"{self.where}/{shard.raw_data.basename}", getattr(shard, "column_names", []),
+                                   getattr(shard, "column_encodings", []))
         self.decode = _SampleDecoder(list(self.dataset.shards[0].column_names), f"MDS split '{self.where}'",
                                      tokenizer)
 

@@ -36,6 +36,7 @@ Unknown keys fail naming the closest valid one; the reference's keys that have n
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -46,6 +47,9 @@ from omegaconf.errors import OmegaConfBaseException
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
 from flexbert import schema
 from flexbert.registry import closest
+
+
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class EvalConfigError(ValueError):
@@ -207,6 +211,9 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
 def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: EvalSpec) -> TaskSpec:
     from flexbert.eval.glue_tasks import GLUE_TASKS, UNSUPPORTED
 
+    if not TASK_NAME.fullmatch(name):  # it names the task's folder under the output folder: `../x` would escape it
+        raise EvalConfigError(f"{spec.source}: task name {name!r} is not a plain folder name; use letters, digits, "
+                              f"'_', '-' and '.', starting with a letter or digit")
     prefix = f"tasks.{name}."
     _check_keys(task, TASK_KEYS, prefix)
     seeds = task.get("seeds", [cfg["default_seed"]])

@@ -252,6 +252,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(_peer_error_line(err), file=sys.stderr)
         return 2
+    except BaseException as err:  # torch.distributed.checkpoint wraps a refused sharded checkpoint in one
+        from flexbert.safe_unpickle import checkpoint_refusal
+
+        if checkpoint_refusal(err) is None:
+            raise
+        print(f"error: {checkpoint_refusal(err)}", file=sys.stderr)
+        return 2
     try:
         if not fit(trainer, cfg, reset_time):
             print(f"nothing to do: the loaded checkpoint (autoresume's, or load_path's when reset_time is off) is "

@@ -13,9 +13,10 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from flexbert.train.run_config import RunConfig, load_run_config, schema_help
+if TYPE_CHECKING:  # the run config pulls in torch; `main.py --help` answers without it
+    from flexbert.train.run_config import RunConfig
 
 
 def _world_size() -> int:
@@ -101,7 +102,7 @@ def build_trainer(cfg: RunConfig):
     resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
     callbacks.append(resume_rng)
     metrics_path = Path(plan.save_folder) / "metrics.jsonl" if plan.save_folder else None
-    loggers = build_loggers(cfg.loggers, metrics_path)
+    loggers = build_loggers(cfg.loggers, metrics_path, run_config=cfg.to_dict())  # W&B records the whole run file
 
     ignore_keys = ["state/callbacks/LoaderStateCallback"] if plan.phase_start else None
     prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
@@ -214,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python main.py RUN.yaml [key.sub=value ...] [--dry-run]` / `composer main.py ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-config" in argv:
+        from flexbert.train.run_config import schema_help
+
         print(schema_help())
         return 0
     if not argv or argv[0] in ("-h", "--help"):
@@ -228,6 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.folder_lock import FolderBusyError
     from flexbert.schema import ConfigError
     from flexbert.train.checkpoint_safety import CheckpointSaveError
+    from flexbert.train.run_config import load_run_config
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
     # one clear line. Errors during fit keep their traceback, except the ones that already say what happened.

@@ -49,6 +49,7 @@ def build_trainer(cfg: RunConfig):
     from flexbert.train.parallelism import prepare_model
     from flexbert.train.resume_checks import check_resume
     from flexbert.train.rng_resume import ResumeRngStates
+    from flexbert.train.run_outputs import claim_save_folder
     from flexbert.train.validate import eval_sizes, validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
@@ -59,6 +60,11 @@ def build_trainer(cfg: RunConfig):
     if cfg.autoresume and _global_rank() == 0:
         repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
     plan = validate_run(cfg, _world_size(), _global_rank())
+    if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run)
+        removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
+        if removed:
+            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from "
+                  f"{plan.save_folder}")
 
     # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
     # reproducible; Composer reseeds per rank for the training loop.

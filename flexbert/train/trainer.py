@@ -262,6 +262,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(_peer_error_line(err), file=sys.stderr)
         return 2
+    rank0 = _global_rank() == 0
+    if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:
+        from flexbert.train.checkpoint_safety import find_resume_checkpoint
+        from flexbert.train.run_summary import resume_line
+
+        found = find_resume_checkpoint(cfg.resolved_save_folder()) if cfg.autoresume else None
+        checkpoint, how = (found.resolve(), "autoresume") if found is not None else (cfg.load_path, "load_path")
+        print(resume_line(checkpoint, int(trainer.state.timestamp.batch), how), flush=True)
     try:
         if not fit(trainer, cfg, reset_time):
             print(f"nothing to do: the loaded checkpoint (autoresume's, or load_path's when reset_time is off) is "
@@ -275,4 +283,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(_peer_error_line(err), file=sys.stderr)
         return 1
+    if rank0:
+        from flexbert.train.run_summary import closing_lines
+
+        print("\n".join(closing_lines(cfg.resolved_save_folder(), int(trainer.state.timestamp.batch),
+                                       cfg.tokenizer())), flush=True)
     return 0

@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
-
 ROOT = Path(__file__).resolve().parents[1]
 
 LOSS_KEY = "loss/train/total"
@@ -103,6 +101,8 @@ def launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
 
 def newest_checkpoint_batch(folder: Path) -> int:
     """Batch of the newest `ep*-ba*-rank0.pt` in `folder` (0: none); written atomically, so complete."""
+    from flexbert.train.checkpoint_safety import CHECKPOINT_NAME  # torch-heavy module: not imported for --help
+
     if not folder.is_dir():
         return 0
     return max((int(m.group(2)) for m in map(CHECKPOINT_NAME.match, os.listdir(folder)) if m), default=0)
@@ -208,6 +208,8 @@ def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random
 
 def final_model_state(folder: Path) -> dict:
     from flexbert.safe_unpickle import safe_torch_load  # like every checkpoint reader: no code from the file
+
+    from flexbert.train.checkpoint_safety import LATEST
 
     return safe_torch_load(folder / LATEST)["state"]["model"]
 

@@ -6,13 +6,14 @@ Inside:
 - `atomic_output_dir`: build an output folder under a temporary sibling name and rename it into place
   only when everything succeeded, so an interrupted run never leaves a folder that looks complete;
 - `expand_inputs` / `iter_documents`: the document readers shared by `train_tokenizer.py` and
-  `tokenize_to_mds.py` (.txt, .jsonl, .parquet, folders, globs);
+  `tokenize_to_mds.py` (.txt, .md, .rst, .jsonl, .parquet, folders, globs);
 - `progress`, `folder_size`, `human_bytes`: progress bar and summary formatting.
 
 Input formats (one rule for every tool):
 - `.jsonl`: one JSON object per line; the document is the string in `--text-field`. Blank lines are ignored.
-- `.txt`: `--txt-doc line` (default) makes each line one document (blank lines are empty documents);
-  `--txt-doc file` makes the whole file one document.
+- `.txt`, `.md`, `.rst` (text files): `--txt-doc file` (default) makes the whole file one document, as a page of
+  prose or a README is; `--txt-doc paragraph` one document per blank-line-separated paragraph; `--txt-doc line`
+  one document per line (blank lines are empty documents).
 - `.parquet`: one document per row, from the `--text-field` column.
 Records are numbered from 1 (`file:line` for text formats, `file:row` for parquet).
 """
@@ -34,7 +35,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 from flexbert.errors import DataError  # noqa: F401 -- the tools raise and catch this one
 
-SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".parquet")
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+SUPPORTED_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 
 
 def _file_system_failure(err: BaseException) -> Optional[str]:
@@ -321,6 +323,9 @@ def _iter_txt(path: Path, txt_doc: str, bad: BadRecords) -> Iterator[Document]:
             line_no = data[: err.start].count(b"\n") + 1
             bad.report(DataError("invalid UTF-8", path, line_no))
         return
+    if txt_doc == "paragraph":
+        yield from _iter_paragraphs(path, bad)
+        return
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             try:
@@ -329,6 +334,27 @@ def _iter_txt(path: Path, txt_doc: str, bad: BadRecords) -> Iterator[Document]:
                 bad.report(DataError(f"invalid UTF-8 at byte {err.start} of the line", path, line_no))
                 continue
             yield Document(text.rstrip("\r\n"), path, line_no)
+
+
+def _iter_paragraphs(path: Path, bad: BadRecords) -> Iterator[Document]:
+    """Runs of non-blank lines, each numbered by its first line."""
+    lines: List[str] = []
+    first = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                bad.report(DataError(f"invalid UTF-8 at byte {err.start} of the line", path, line_no))
+                continue
+            if text.strip():
+                first = first if lines else line_no
+                lines.append(text)
+            elif lines:
+                yield Document("\n".join(lines), path, first)
+                lines = []
+    if lines:
+        yield Document("\n".join(lines), path, first)
 
 
 def _iter_parquet(path: Path, text_field: str, bad: BadRecords) -> Iterator[Document]:
@@ -353,14 +379,14 @@ def _iter_parquet(path: Path, text_field: str, bad: BadRecords) -> Iterator[Docu
 
 
 def iter_documents(
-    files: Iterable[Path], text_field: str = "text", txt_doc: str = "line", bad: Optional[BadRecords] = None
+    files: Iterable[Path], text_field: str = "text", txt_doc: str = "file", bad: Optional[BadRecords] = None
 ) -> Iterator[Document]:
     """Yield every document of every file in order; record errors go to `bad` (raise by default)."""
     bad = bad if bad is not None else BadRecords()
     for path in files:
         if path.suffix == ".jsonl":
             yield from _iter_jsonl(path, text_field, bad)
-        elif path.suffix == ".txt":
+        elif path.suffix in TEXT_SUFFIXES:
             yield from _iter_txt(path, txt_doc, bad)
         elif path.suffix == ".parquet":
             yield from _iter_parquet(path, text_field, bad)
@@ -380,9 +406,10 @@ def add_input_arguments(parser) -> None:
     parser.add_argument("--text-field", default="text", help="JSONL field / parquet column holding the text [text]")
     parser.add_argument(
         "--txt-doc",
-        choices=("line", "file"),
-        default="line",
-        help=".txt inputs: one document per line, or the whole file as one document [line]",
+        choices=("file", "paragraph", "line"),
+        default="file",
+        help="text files (.txt/.md/.rst): the whole file is one document (file), or each blank-line-separated "
+             "paragraph (paragraph), or each line (line) [file]",
     )
     parser.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
 

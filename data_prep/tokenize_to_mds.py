@@ -191,7 +191,7 @@ class SplitCounts:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argument_parser(PROG, __doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.jsonl/.txt/.parquet)")
+    parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.txt/.md/.rst/.jsonl/.parquet)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (train_tokenizer.py) or HF name")
     parser.add_argument("--out", required=True, help="output folder (gets train/, validation/, manifest.json)")
     parser.add_argument("--max-seq-len", type=int, default=1024, help="max tokens per sample incl. [CLS]/[SEP] [1024]")

@@ -108,7 +108,7 @@ def to_transformers(tokenizer, model_max_length: int):
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argument_parser(PROG, __doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.jsonl/.txt/.parquet)")
+    parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.txt/.md/.rst/.jsonl/.parquet)")
     parser.add_argument("--vocab-size", type=int, required=True, help="BPE vocabulary target incl. bytes and specials")
     parser.add_argument("--out", required=True, help="output folder for save_pretrained")
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count to merge [2]")

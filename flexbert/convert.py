@@ -109,20 +109,32 @@ def _model_from_checkpoint(checkpoint, path: str, tokenizer):
     return model.eval()
 
 
-def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None) -> Path:
+def _stage(message: str) -> None:
+    """One console line per step of a conversion (loading torch alone takes seconds)."""
+    print(f"convert: {message}", flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None, report=_quiet) -> Path:
     """Write a Hugging Face ModernBERT folder from a Composer checkpoint; returns the folder."""
     from flexbert.checkpoint import load_checkpoint_file
 
+    report(f"reading {checkpoint_path}")
     checkpoint = load_checkpoint_file(str(checkpoint_path))
     with tempfile.TemporaryDirectory() as scratch:
         hf_tokenizer = (_load_tokenizer(tokenizer) if tokenizer
                         else _embedded_tokenizer(checkpoint, scratch, str(checkpoint_path)))
+        report("building the model from the checkpoint's embedded config")
         model = _model_from_checkpoint(checkpoint, str(checkpoint_path), hf_tokenizer)
+        report(f"writing {out_dir}")
         model.save_pretrained(out_dir, tokenizer=hf_tokenizer)
     return Path(out_dir)
 
 
-def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
+def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None, report=_quiet) -> Path:
     """Write a Composer checkpoint (weights + embedded config and tokenizer) from a HF ModernBERT folder."""
     import json
 
@@ -149,6 +161,7 @@ def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
             raise ConvertError(f"{folder}: config.json has no pad_token_id and there is no tokenizer; pass --tokenizer")
         overrides["pad_token_id"] = hf_tokenizer.pad_token_id
     try:
+        report(f"reading {folder}")
         model = load_modernbert_folder(folder, FlexBertForMaskedLM, **overrides)
     except FileNotFoundError as err:
         raise ConvertError(str(err)) from None
@@ -163,6 +176,7 @@ def hf_to_composer(hf_dir, out_path, tokenizer: Optional[str] = None) -> Path:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    report(f"writing {out_path}")
     torch.save(checkpoint, tmp)
     os.replace(tmp, out)  # a crash never leaves a half-written checkpoint under the final name
     return out
@@ -187,6 +201,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    import time
+
+    start = time.time()
+    _stage("loading torch and transformers")
     from flexbert.checkpoint import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.hf_interop import NotExpressibleError, WeightsFileError
@@ -196,13 +214,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if out.exists() and not args.overwrite and (out.is_file() or any(out.iterdir())):
             raise ConvertError(f"{out} already exists; pass --overwrite to replace it")
         if args.command == "composer-to-hf":
-            composer_to_hf(args.checkpoint, out, tokenizer=args.tokenizer)
+            composer_to_hf(args.checkpoint, out, tokenizer=args.tokenizer, report=_stage)
         else:
-            hf_to_composer(args.hf_dir, out, tokenizer=args.tokenizer)
+            hf_to_composer(args.hf_dir, out, tokenizer=args.tokenizer, report=_stage)
     except (ConvertError, CheckpointError, NotExpressibleError, WeightsFileError, FlexBertConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    if args.command == "composer-to-hf":
+        files = ", ".join(sorted(p.name for p in out.iterdir()))
+        print(f"wrote {out} ({files}) in {time.time() - start:.0f}s; load it with "
+              f"transformers.AutoModelForMaskedLM.from_pretrained({str(out)!r})")
+    else:
+        print(f"wrote {out} in {time.time() - start:.0f}s; start a run from it with load_path={out}")
     return 0
 
 

@@ -83,7 +83,12 @@ def _load_all() -> None:
         importlib.import_module(mod.name)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m flexbert.registry",
+                            description="List every registered block, kernel, optimizer, schedule, callback and "
+                                        "logger: the names a run file may use.").parse_args(argv)
     # Under `python -m`, this file runs as __main__: the registries live in the imported flexbert.registry.
     from flexbert import registry as canonical
 

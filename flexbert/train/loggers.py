@@ -26,7 +26,7 @@ from composer.loggers import Logger, LoggerDestination, WandBLogger
 from composer.utils import dist
 
 from flexbert.registry import Registry
-from flexbert.schema import check_kwargs
+from flexbert.schema import ConfigError, check_kwargs
 
 LOGGERS: Registry = Registry("logger", "loggers")
 
@@ -150,8 +150,18 @@ class _WandBLogger(WandBLogger):
 
 def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Optional[str] = None,
            group: Optional[str] = None, tags: Optional[list] = None, log_artifacts: bool = False,
-           mode: Optional[str] = None, init_kwargs: Optional[dict] = None) -> WandBLogger:
+           mode: Optional[str] = None, init_kwargs: Optional[dict] = None,
+           run_config: Optional[Mapping[str, Any]] = None) -> WandBLogger:
+    """`run_config` (the whole resolved run file) becomes the W&B run's config, so runs compare by any key."""
+    try:
+        import wandb  # noqa: F401  (Composer's own message for a missing package is a traceback)
+    except ImportError:
+        raise ConfigError("loggers.wandb: the wandb package is not installed; `pip install wandb`, or run without "
+                          "W&B by adding `loggers.wandb=null` to the command (or removing `loggers.wandb` from the "
+                          "run file)") from None
     init_kwargs = dict(init_kwargs or {})
+    if run_config is not None:
+        init_kwargs["config"] = {**dict(run_config), **dict(init_kwargs.get("config") or {})}
     # No account configured: log offline (wandb sync later) rather than failing or prompting.
     if mode is None and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         mode = "offline"
@@ -217,13 +227,19 @@ class EvalSummary(LoggerDestination):
 LOGGERS.add("eval_summary", EvalSummary, "one console line per evaluation: step, mean train loss since the last, eval metrics")
 
 
-def build_loggers(section: Mapping[str, Any] | None, metrics_path: Optional[Path]) -> list[LoggerDestination]:
-    """The schema's `loggers` plus metrics.jsonl; the console logger is the Trainer's own (`log_to_console`)."""
+def build_loggers(section: Mapping[str, Any] | None, metrics_path: Optional[Path],
+                  run_config: Optional[Mapping[str, Any]] = None) -> list[LoggerDestination]:
+    """The schema's `loggers` plus metrics.jsonl; the console logger is the Trainer's own (`log_to_console`).
+    A logger set to null (`loggers.wandb=null`) is off. `run_config` is handed to loggers that record a config."""
     out: list[LoggerDestination] = []
     for name, kwargs in (section or {}).items():
+        if kwargs is None:
+            continue
         factory = LOGGERS.get(name)
-        kwargs = dict(kwargs or {})
+        kwargs = dict(kwargs)
         check_kwargs(factory, kwargs, f"loggers.{name}")
+        if run_config is not None and name == "wandb":
+            kwargs["run_config"] = run_config
         out.append(factory(**kwargs))
     if metrics_path is not None:
         out.append(MetricsJsonl(metrics_path))

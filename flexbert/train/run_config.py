@@ -302,8 +302,13 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base
         sources.append(_read_yaml(Path(path)))
         where = str(path)
     cli = _overrides(overrides)
-    sources.append(cli)
     merged = OmegaConf.merge(*sources) if sources else OmegaConf.create({})
+    for override in overrides:  # in order, so `loggers={} loggers.x=...` keeps x
+        key, value = (part.strip() for part in override.split("=", 1))
+        if value == "{}":  # `loggers={}` empties the section; a merge would keep its entries
+            OmegaConf.update(merged, key, {}, merge=False)
+        else:
+            merged = OmegaConf.merge(merged, _overrides([override]))
     dollar = _dollar_references(merged)
     try:
         raw = OmegaConf.to_container(merged, resolve=True)

@@ -13,9 +13,10 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from flexbert.train.run_config import RunConfig, load_run_config, schema_help
+if TYPE_CHECKING:  # the run config pulls in torch; `main.py --help` answers without it
+    from flexbert.train.run_config import RunConfig
 
 
 def _world_size() -> int:
@@ -48,6 +49,7 @@ def build_trainer(cfg: RunConfig):
     from flexbert.train.parallelism import prepare_model
     from flexbert.train.resume_checks import check_resume
     from flexbert.train.rng_resume import ResumeRngStates
+    from flexbert.train.run_outputs import claim_save_folder
     from flexbert.train.validate import eval_sizes, validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
@@ -58,6 +60,11 @@ def build_trainer(cfg: RunConfig):
     if cfg.autoresume and _global_rank() == 0:
         repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
     plan = validate_run(cfg, _world_size(), _global_rank())
+    if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run)
+        removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
+        if removed:
+            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from "
+                  f"{plan.save_folder}")
 
     # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
     # reproducible; Composer reseeds per rank for the training loop.
@@ -101,7 +108,7 @@ def build_trainer(cfg: RunConfig):
     resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
     callbacks.append(resume_rng)
     metrics_path = Path(plan.save_folder) / "metrics.jsonl" if plan.save_folder else None
-    loggers = build_loggers(cfg.loggers, metrics_path)
+    loggers = build_loggers(cfg.loggers, metrics_path, run_config=cfg.to_dict())  # W&B records the whole run file
 
     ignore_keys = ["state/callbacks/LoaderStateCallback"] if plan.phase_start else None
     prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
@@ -214,6 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python main.py RUN.yaml [key.sub=value ...] [--dry-run]` / `composer main.py ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-config" in argv:
+        from flexbert.train.run_config import schema_help
+
         print(schema_help())
         return 0
     if not argv or argv[0] in ("-h", "--help"):
@@ -228,6 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.folder_lock import FolderBusyError
     from flexbert.schema import ConfigError
     from flexbert.train.checkpoint_safety import CheckpointSaveError
+    from flexbert.train.run_config import load_run_config
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
     # one clear line. Errors during fit keep their traceback, except the ones that already say what happened.
@@ -259,6 +269,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {checkpoint_refusal(err)}", file=sys.stderr)
         return 2
+    rank0 = _global_rank() == 0
+    if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:
+        from flexbert.train.checkpoint_safety import find_resume_checkpoint
+        from flexbert.train.run_summary import resume_line
+
+        found = find_resume_checkpoint(cfg.resolved_save_folder()) if cfg.autoresume else None
+        checkpoint, how = (found.resolve(), "autoresume") if found is not None else (cfg.load_path, "load_path")
+        print(resume_line(checkpoint, int(trainer.state.timestamp.batch), how), flush=True)
     try:
         if not fit(trainer, cfg, reset_time):
             print(f"nothing to do: the loaded checkpoint (autoresume's, or load_path's when reset_time is off) is "
@@ -272,4 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(_peer_error_line(err), file=sys.stderr)
         return 1
+    if rank0:
+        from flexbert.train.run_summary import closing_lines
+
+        print("\n".join(closing_lines(cfg.resolved_save_folder(), int(trainer.state.timestamp.batch),
+                                       cfg.tokenizer())), flush=True)
     return 0

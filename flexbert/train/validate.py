@@ -188,6 +188,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     from flexbert.train.checkpoint_safety import find_resume_checkpoint
     from flexbert.train.loggers import build_loggers
     from flexbert.train.resume_checks import check_intact, check_training_state
+    from flexbert.train.run_outputs import check_save_folder
 
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",
             "device_train_microbatch_size")
@@ -203,6 +204,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     precision = resolve_precision(cfg)
     save_folder = cfg.resolved_save_folder()
     resuming = bool(cfg.autoresume and find_resume_checkpoint(save_folder) is not None)
+    check_save_folder(save_folder, cfg.to_dict(), resuming, cfg.save_overwrite)  # never replace another run silently
     phase_start = bool(cfg.load_path) and not resuming
     tokenizer = build_tokenizer(cfg)
     load_path = prepare_load_path(cfg.load_path) if cfg.load_path else None

@@ -219,3 +219,139 @@ def test_evaluation_without_a_batch_says_why_its_metrics_are_nan(tiny_corpus, tm
     assert main(argv) == 0
     said = [w for w in recwarn if "evaluation 'eval' saw no batch, so its metrics are NaN" in str(w.message)]
     assert len(said) == 1, [str(w.message) for w in recwarn]
+
+
+# ------------------------------------------------------------------------ refused before anything is built
+
+
+@pytest.mark.parametrize("key,value,fix", [
+    ("save_interval", "0ba", "leave save_folder unset"),
+    ("save_interval", "-2ba", "leave save_folder unset"),
+    ("eval_interval", "0ba", "leave eval_loader out"),
+    ("eval_interval", "0tok", "leave eval_loader out"),
+    ("console_log_interval", "0ba", "log_to_console: false"),
+    ("max_duration", "0ba", "positive length"),
+    ("callbacks.log_grad_norm.batch_log_interval", 0, "positive number of batches"),
+    ("callbacks.optimizer_monitor.batch_log_interval", 0, "positive number of batches"),
+])
+def test_intervals_of_zero_or_below_are_refused_naming_the_key(tiny_corpus, tmp_path, capsys, key, value, fix):
+    folder = tmp_path / "run"
+    for extra in ([], ["--dry-run"]):
+        assert main([*_argv(tiny_corpus, folder), f"{key}={value}", *extra]) == 2
+        message = _one_error(capsys.readouterr().err)
+        assert f"{key.rsplit('.', 1)[-1]}" in message and str(value) in message and fix in message, message
+    assert not folder.exists()
+
+
+def test_reference_interval_forms_stay_valid(tiny_corpus, tmp_path, capsys):
+    """The forms the reference's run files use: `<n>ba` at the top level, bare integers for callback intervals."""
+    argv = [*_argv(tiny_corpus, tmp_path / "run"), "eval_interval=2000ba", "save_interval=0.5dur",
+            "console_log_interval=1ba", "callbacks.log_grad_norm.batch_log_interval=10",
+            "callbacks.packing_efficiency.log_interval=10", "--dry-run"]
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("compile_config.mdoe=max-autotune", "unknown key `compile_config.mdoe` (did you mean 'mode'?)"),
+    ("fsdp_config.sharding_stratgy=FULL_SHARD", "unknown key `fsdp_config.sharding_stratgy` (did you mean 'sharding_strategy'?)"),
+    ("dist_timeout=0", "`dist_timeout: 0.0` must be a positive number of seconds"),
+])
+def test_trainer_arguments_are_checked_before_data_and_model(tiny_corpus, tmp_path, capsys, monkeypatch, override,
+                                                             expected):
+    import flexbert.train.builders as builders
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("data or model built before the Trainer arguments were checked")
+
+    monkeypatch.setattr(builders, "build_loader", not_reached)
+    monkeypatch.setattr(builders, "build_optimization", not_reached)
+    argv = [*_argv(tiny_corpus, tmp_path / "run"), override, "model.gradient_checkpointing=false"]
+    for extra in ([], ["--dry-run"]):
+        assert main([*argv, *extra]) == 2
+        message = _one_error(capsys.readouterr().err)
+        assert expected in message, message
+
+
+def test_unwritable_save_folder_is_one_line(tiny_corpus, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import flexbert.folder_lock as folder_lock
+
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(_argv(tiny_corpus, tmp_path / "a_file" / "run")) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"save_folder '{tmp_path / 'a_file' / 'run'}': cannot write there (Not a directory)" in message
+
+    def read_only(folder, *args):  # root writes anywhere, so the read-only file system is the lock's own error
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+
+    monkeypatch.setattr(folder_lock, "hold_folder", read_only)
+    assert main(_argv(tiny_corpus, tmp_path / "ro")) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"'{tmp_path / 'ro'}': cannot write there (Read-only file system)" in message and "writable" in message
+
+
+# ---------------------------------------------------------------------- resuming from what the folder holds
+
+
+def test_autoresume_over_only_damaged_checkpoints_names_them(tiny_corpus, reference, tmp_path, capsys):
+    folder = _copy(reference, tmp_path)
+    names = sorted(p.name for p in folder.glob("ep*-rank0.pt"))
+    for name in names:
+        _corrupt_largest_tensor(folder / name)
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2)) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert all(str(folder / name) in message for name in names) and "CRC" in message, message
+    assert "/tmp/tmp" not in message and "move these files out of the folder" in message
+    assert sorted(p.name for p in folder.glob("ep*-rank0.pt")) == names
+
+
+def test_lr_lambdas_advice_under_autoresume_is_one_that_works(tiny_corpus, reference, tmp_path, capsys):
+    folder = _copy(reference, tmp_path)
+    newest = folder / f"ep0-ba{STEPS}-rank0.pt"
+    _edit_checkpoint(newest, lambda c: c["state"]["schedulers"]["LambdaLR"].pop("lr_lambdas"))
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2)) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert message.startswith(f"error: {newest}: state.schedulers.LambdaLR lacks lr_lambdas"), message
+    assert "move it out of the save folder" in message
+    assert f"autoresume: false, load_path: {newest}, load_weights_only: true" in message
+    newest.rename(tmp_path / newest.name)  # the advice: autoresume then continues from the previous checkpoint
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2)) == 0
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 3))
+
+
+def test_autoresume_without_optimizer_state_warns_that_moments_start_fresh(tiny_corpus, reference, tmp_path, recwarn):
+    folder = _copy(reference, tmp_path)
+    newest = folder / f"ep0-ba{STEPS}-rank0.pt"
+    _edit_checkpoint(newest, lambda c: c["state"].pop("optimizers"))
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 1)) == 0
+    said = [str(w.message) for w in recwarn if "Adam moments start fresh" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(f"autoresume from {newest}: "), [str(w.message) for w in recwarn]
+    assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 2))  # continued, not restarted
+
+
+def test_load_path_without_optimizer_state_warns(tiny_corpus, reference, tmp_path, recwarn):
+    start = tmp_path / "weights_and_time.pt"
+    shutil.copy(reference / f"ep0-ba{STEPS}-rank0.pt", start)
+    _edit_checkpoint(start, lambda c: c["state"].pop("optimizers"))
+    argv = _argv(tiny_corpus, tmp_path / "run", steps=2, load_path=str(start), reset_time="true", autoresume="false")
+    assert main([*argv, "--dry-run"]) == 0
+    said = [str(w.message) for w in recwarn if "Adam moments start fresh" in str(w.message)]
+    assert said and said[0].startswith(f"load_path {start} holds no optimizer state") and "load_weights_only" in said[0]
+    recwarn.clear()
+    assert main([*argv, "load_weights_only=true", "--dry-run"]) == 0  # said explicitly: nothing to warn about
+    assert not [w for w in recwarn if "Adam moments" in str(w.message)]
+
+
+def test_autoresume_from_a_weights_only_checkpoint_is_refused_keeping_the_run(tiny_corpus, reference, tmp_path, capsys):
+    """A weights-only checkpoint has no step count: Composer would restart the run at step 0 over its own files."""
+    folder = _copy(reference, tmp_path)
+    newest = folder / f"ep0-ba{STEPS}-rank0.pt"
+    _edit_checkpoint(newest, lambda c: c.update(state={k: c["state"][k] for k in ("model", "integrations", "metadata")}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+    assert main(_argv(tiny_corpus, folder, steps=STEPS + 2)) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"autoresume from {newest}: the checkpoint holds the weights alone" in message
+    assert f"load_path: {newest}, load_weights_only: true" in message
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.is_symlink()}
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}

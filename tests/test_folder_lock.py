@@ -88,3 +88,11 @@ def test_second_sweep_into_a_held_out_folder_fails_naming_the_holder(tmp_path, h
     assert code == 2 and "Traceback" not in err
     assert f"pid {first.pid}" in err and "sweep 'blocks_demo'" in err, err
     assert not (out / "runs").exists() and not (out / "sweep_state.json").exists()
+
+
+def test_a_run_refused_at_validation_leaves_no_lock(tiny_corpus, tmp_path, capsys):
+    folder = tmp_path / "run"
+    argv = [str(ROOT / "yamls/demo.yaml"), *fi.run_overrides(tiny_corpus, folder, 2, 2), "precision=fp64"]
+    assert main(argv) == 2
+    assert "precision" in capsys.readouterr().err
+    assert not (folder / ".lock").exists() and not folder.exists()

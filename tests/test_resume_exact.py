@@ -123,3 +123,28 @@ def test_kill_loop_ci_variant_with_dropout_warmup_and_unaligned_saves(tiny_corpu
     assert result.passed, (seed, result.kills, result.problems)
     assert [k["mode"] for k in result.kills] == ["save", "step"]
     assert [r["batch"] for r in fi.metrics_lines(tmp_path / "interrupted")] == list(range(1, 10))
+
+
+def test_killed_attempts_checkpoints_count_towards_the_number_kept(tiny_corpus, reference, tmp_path):
+    """save_num_checkpoints_to_keep 2: an earlier attempt left ba2 and ba4; the resumed run writes ba6 and keeps
+    ba4, ba6 -- what the uninterrupted run keeps."""
+    folder = tmp_path / "resumed"
+    _as_killed_after(reference, folder, RESUME_AT)
+    shutil.copy(folder / f"ep0-ba{RESUME_AT}-rank0.pt", folder / f"ep0-ba{RESUME_AT - EVERY}-rank0.pt")
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
+    kept = sorted(name for name in os.listdir(folder) if fi.CHECKPOINT_NAME.match(name))
+    assert kept == sorted(name for name in os.listdir(reference) if fi.CHECKPOINT_NAME.match(name))
+    assert kept == [f"ep0-ba{RESUME_AT}-rank0.pt", f"ep0-ba{STEPS}-rank0.pt"]
+    assert os.readlink(folder / LATEST) == f"ep0-ba{STEPS}-rank0.pt"
+
+
+def test_the_closing_summary_averages_the_steps_before_the_kill_too(tiny_corpus, reference, tmp_path, capsys):
+    """One evaluation at the last step: its line's train loss is the mean over every step of the uninterrupted run."""
+    folder = tmp_path / "resumed"
+    _as_killed_after(reference, folder, RESUME_AT)
+    capsys.readouterr()
+    assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder), "loggers.eval_summary={}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"step {STEPS}/{STEPS} |")]
+    losses = [r[fi.LOSS_KEY] for r in fi.metrics_lines(reference)]
+    assert len(losses) == STEPS and len(lines) == 1
+    assert f"| train loss {sum(losses) / STEPS:.3f} |" in lines[0], (lines, losses)

@@ -20,7 +20,7 @@ from composer.utils import dist
 
 from flexbert.optim.grad_norm import LogGradNorm
 from flexbert.registry import Registry
-from flexbert.schema import check_kwargs
+from flexbert.schema import ConfigError, check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -174,5 +174,9 @@ def build_callbacks(section: Mapping[str, Any] | None) -> list[Callback]:
         cls = CALLBACKS.get(name)
         kwargs = dict(kwargs or {})
         check_kwargs(cls.__init__, kwargs, f"callbacks.{name}")
+        for key, value in kwargs.items():
+            # Composer's monitors take an interval of 0 and then divide by it mid-run (or never log).
+            if key.endswith("interval") and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f"`callbacks.{name}.{key}: {value}` must be a positive number of batches, e.g. 10")
         callbacks.append(cls(**kwargs))
     return callbacks

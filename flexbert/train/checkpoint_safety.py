@@ -22,6 +22,11 @@ What this module adds (installed by `build_trainer`):
   case). A sharded folder is complete when its `.metadata` index reads: torch.distributed.checkpoint writes it
   last, after every rank's `.distcp` file, and Composer points `latest-rank0.pt` at the folder. `repair_latest` (rank 0, before the Trainer reads the link) re-points the link atomically (temporary
   link + `os.replace`) and deletes partial files left by killed writers.
+- `check_some_checkpoint_intact(folder)`: when every checkpoint in the folder is damaged, autoresume stops naming
+  them (Composer would open `latest` itself and fail on its temporary copy of the file).
+- `count_earlier_checkpoints(trainer)`: Composer's `CheckpointSaver` rotates (`save_num_checkpoints_to_keep`)
+  only the checkpoints its own process wrote; on a resume, the checkpoints the killed attempts wrote are added to
+  its list, oldest first, so the folder ends with the same number as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -186,3 +191,42 @@ def repair_latest(folder: str | os.PathLike | None) -> Optional[Path]:
     os.replace(temporary, link)  # atomic: readers see the old link or the new one, never none
     _fsync_path(str(folder), directory=True)
     return target
+
+
+def check_some_checkpoint_intact(folder: str | os.PathLike | None) -> None:
+    """Autoresume found nothing to resume from (`find_resume_checkpoint` is None): fine when the folder holds no
+    checkpoint, an error naming each damaged one when it holds only damaged ones."""
+    from flexbert.checkpoint import CheckpointError
+
+    if not folder or not Path(folder).is_dir():
+        return
+    folder = Path(folder)
+    paths = [path for _, _, path in _checkpoints(folder)]
+    if not paths and (folder / LATEST).exists():
+        paths = [(folder / LATEST).resolve()]
+    if paths:
+        damage = "; ".join(f"{path}: {damaged_member(path)}" for path in reversed(paths))
+        raise CheckpointError(
+            f"autoresume: no intact checkpoint in '{folder}' ({damage}); restore an intact copy, or move these files "
+            f"out of the folder to start the run again from step 0")
+
+
+def count_earlier_checkpoints(trainer) -> None:
+    """Give the trainer's CheckpointSaver the checkpoints already in its folder up to the resumed step (written by
+    earlier, killed attempts of this run), oldest first, so that `save_num_checkpoints_to_keep` counts them.
+    Later ones are left out: the run writes those names again."""
+    from composer.callbacks import CheckpointSaver
+    from composer.utils import dist, format_name_with_dist
+
+    resumed_at = int(trainer.state.timestamp.batch)
+    sharded = trainer.state.fsdp_sharded_state_dict_enabled
+    for saver in trainer.state.callbacks:
+        if not isinstance(saver, CheckpointSaver) or saver.num_checkpoints_to_keep < 0 or saver.saved_checkpoints:
+            continue
+        folder = Path(format_name_with_dist(str(saver.folder), trainer.state.run_name))
+        if "://" in str(folder) or not folder.is_dir() or (dist.get_global_rank() != 0 and not sharded):
+            continue
+        # Composer records a checkpoint by the file it wrote; a sharded one by a file inside its folder (it removes
+        # the folder).
+        saver.saved_checkpoints = [str(path / "__0_0.distcp" if path.is_dir() else path)
+                                   for _, batch, path in _checkpoints(folder) if batch <= resumed_at]

@@ -181,7 +181,8 @@ _SUMMARY_NAMES = {"LanguageCrossEntropy": "loss", "MaskedAccuracy": "masked accu
 class EvalSummary(LoggerDestination):
     """One console line per evaluation: the step, the mean training loss of the steps since the previous
     evaluation, and each evaluation metric -- instead of every metric at every console interval. Printed through
-    tqdm, above Composer's progress bar when it shows."""
+    tqdm, above Composer's progress bar when it shows. The losses since the previous evaluation are saved with
+    each checkpoint, so a resumed run's line averages the steps before the kill too."""
 
     def __init__(self, train_key: str = "loss/train/total"):
         self.train_key = train_key
@@ -202,6 +203,14 @@ class EvalSummary(LoggerDestination):
             elif key.startswith("metrics/") and not key.startswith("metrics/train/"):
                 label, name = key.removeprefix("metrics/").split("/", 1)
                 self._eval[f"{label} {_SUMMARY_NAMES.get(name, name)}"] = float(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The losses since the last evaluation travel in the checkpoint: a resumed run's next line averages the
+        # same steps as the uninterrupted run's.
+        return {"train_losses": list(self._train)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train = [float(v) for v in state.get("train_losses", [])]
 
     def line(self) -> str:
         state = self._state

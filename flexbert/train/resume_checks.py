@@ -8,6 +8,9 @@ the same file first (memory-mapped, through the safe loader) and say what is wro
 - `check_resume_fits`: the checkpoint autoresume found in the save folder must fit the model the run file describes
   (every missing, unexpected and mis-shaped tensor listed, as for `load_path`);
 - `check_training_state`: the optimizer and scheduler states have the entries torch's `load_state_dict` reads;
+- `missing_training_state`: a checkpoint without optimizer state (written with `save_weights_only: true`, or by a
+  converter) loads with fresh Adam moments: one warning says so; autoresume refuses a weights-only checkpoint,
+  which holds no step count either and would restart the run at step 0 over its own checkpoints and metrics;
 - `resumed_hyperparameter_notes`: autoresume continues the run as it was saved -- the checkpoint's learning rate and
   weight decay win over values changed in the run file since; one line says so for each changed value.
 """
@@ -54,22 +57,51 @@ def check_intact(path: str) -> None:
         raise CheckpointError(f"{path}: damaged checkpoint: {problem}; use an earlier checkpoint of the run")
 
 
-def check_training_state(path: str) -> None:
+def _weights_alone(path: str, autoresume: bool) -> str:
+    """How to start from a checkpoint's weights alone: autoresume takes no load_weights_only (Composer loads the
+    whole state of the run's own checkpoint), so there it takes a new phase."""
+    if autoresume:
+        return (f"autoresume cannot continue from it: move it out of the save folder (autoresume then takes the "
+                f"previous checkpoint), or start a new phase from its weights with autoresume: false, "
+                f"load_path: {path}, load_weights_only: true and another save_folder")
+    return "set load_weights_only: true to take the weights alone (the schedule and optimizer moments then start fresh)"
+
+
+def check_training_state(path: str, autoresume: bool = False) -> None:
     state = load_checkpoint_file(path)["state"]
     required = _required_keys()
     for section, kind in (("optimizers", "optimizer"), ("schedulers", None)):
         entries = state.get(section) or {}
         if not isinstance(entries, Mapping):
             raise CheckpointError(f"{path}: state.{section} is a {type(entries).__name__}, not a mapping: the "
-                                  "checkpoint is damaged; set load_weights_only: true to take its weights alone")
+                                  f"checkpoint is damaged; {_weights_alone(path, autoresume)}")
         for name, value in entries.items():
             needed = required.get(kind or name, set())
             missing = sorted(needed - set(value)) if isinstance(value, Mapping) else sorted(needed)
             if missing:
                 raise CheckpointError(
                     f"{path}: state.{section}.{name} lacks {', '.join(missing)}: the {kind or 'scheduler'} state is "
-                    "damaged or was written by other code; set load_weights_only: true to take the weights alone "
-                    "(the schedule and optimizer moments then start fresh)")
+                    f"damaged or was written by other code; {_weights_alone(path, autoresume)}")
+
+
+def missing_training_state(path: str, autoresume: bool) -> str | None:
+    """A warning when the checkpoint holds no optimizer state (None when it does); raises for autoresume from a
+    weights-only checkpoint (no step count: Composer would restart the run at step 0 from it)."""
+    state = load_checkpoint_file(path)["state"]
+    if autoresume and "timestamp" not in state:
+        raise CheckpointError(
+            f"autoresume from {path}: the checkpoint holds the weights alone (saved with save_weights_only: true): no "
+            f"step count, optimizer or schedule to continue from, so the run would restart at step 0 over its own "
+            f"checkpoints and metrics; to train on from these weights start a new phase: autoresume: false, "
+            f"load_path: {path}, load_weights_only: true and another save_folder")
+    optimizers = state.get("optimizers")
+    if isinstance(optimizers, Mapping) and any(isinstance(o, Mapping) and o.get("state") for o in optimizers.values()):
+        return None
+    if autoresume:
+        return (f"autoresume from {path}: the checkpoint holds no optimizer state: the Adam moments start fresh "
+                f"(the step count and schedule continue)")
+    return (f"load_path {path} holds no optimizer state: the Adam moments start fresh (set load_weights_only: true "
+            f"to start from its weights alone and silence this)")
 
 
 def _saved_hyperparameters(state: Mapping[str, Any]) -> dict[str, float]:
@@ -103,9 +135,15 @@ def check_resume(path: str, composer_model: torch.nn.Module, optimizer_cfg: Mapp
                  announce: bool) -> None:
     """All of the above for the checkpoint autoresume will load; `announce` (rank 0) prints the notes."""
     import sys
+    import warnings
+    from pathlib import Path
 
+    path = str(Path(path).resolve())  # the checkpoint file itself, not the `latest` link that names it
     check_resume_fits(path, composer_model)
-    check_training_state(path)
+    check_training_state(path, autoresume=True)
+    warning = missing_training_state(path, autoresume=True)
+    if announce and warning:
+        warnings.warn(warning)
     if announce:
         for note in resumed_hyperparameter_notes(path, optimizer_cfg):
             print(f"note: {note}", file=sys.stderr)

@@ -373,12 +373,23 @@ def parse_duration(key: str, value: Any):
                              f"0.5dur") from None
 
 
+# What each duration key is for, and how to turn that off instead of writing a zero: Composer takes a zero or
+# negative interval silently and then never saves (not even the final checkpoint), never evaluates, never logs.
+_NONE_INSTEAD = {
+    "max_duration": "a run trains for a positive length, e.g. max_duration: 1000ba",
+    "save_interval": "e.g. save_interval: 1000ba or 0.25dur; for no checkpoints leave save_folder unset",
+    "eval_interval": "e.g. eval_interval: 1000ba or 0.25dur; for no evaluation leave eval_loader out",
+    "console_log_interval": "e.g. console_log_interval: 100ba; for no console metrics set log_to_console: false",
+}
+
+
 def check_durations(cfg: RunConfig) -> None:
     for key in DURATION_KEYS:
         value = getattr(cfg, key)
         if value is not None:
             setattr(cfg, key, str(value) if not isinstance(value, str) else value)
-            parse_duration(key, value)
+            if parse_duration(key, value).value <= 0:
+                raise RunConfigError(f"{cfg.source}: `{key}: {value}` must be positive; {_NONE_INSTEAD[key]}")
 
 
 def require(cfg: RunConfig, *keys: str) -> None:

@@ -31,6 +31,17 @@ def _global_rank() -> int:
     return dist.get_global_rank()
 
 
+def _hold_save_folder(folder: str, run_name: Optional[str]) -> None:
+    from flexbert.folder_lock import hold_folder
+    from flexbert.train.run_config import RunConfigError
+
+    try:
+        hold_folder(folder, "training run", run_name)
+    except OSError as err:  # read-only file system, no permission, a file where the folder should be
+        raise RunConfigError(f"save_folder '{folder}': cannot write there ({err.strerror or err}); choose a writable "
+                             f"folder or fix its permissions") from None
+
+
 def build_trainer(cfg: RunConfig):
     """Every object of the run, wired into a Composer Trainer (not yet fitted). Returns (trainer, reset_time)."""
     from composer import Trainer
@@ -39,12 +50,12 @@ def build_trainer(cfg: RunConfig):
 
     from flexbert.checkpoint import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
     from flexbert.data.loader import LoaderStateCallback, SeqLenLogger
-    from flexbert.folder_lock import hold_folder
     from flexbert.optim.restart import RestartOverride
     from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import build_algorithms, build_loader, build_model, build_optimization
     from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard, build_callbacks
-    from flexbert.train.checkpoint_safety import find_resume_checkpoint, install_atomic_checkpoint_writes, repair_latest
+    from flexbert.train.checkpoint_safety import (count_earlier_checkpoints, find_resume_checkpoint,
+                                                   install_atomic_checkpoint_writes, repair_latest)
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
     from flexbert.train.resume_checks import check_resume
@@ -54,12 +65,13 @@ def build_trainer(cfg: RunConfig):
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
     install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoint_safety)
-    save_folder = cfg.resolved_save_folder()
+    plan = validate_run(cfg, _world_size(), _global_rank())
+    # The folder is taken only once the run is known to be valid: a refused run leaves nothing behind in it.
+    save_folder = plan.save_folder
     if save_folder and "://" not in save_folder and _global_rank() == 0:  # rank 0 alone writes the folder
-        hold_folder(save_folder, "training run", cfg.run_name)  # a second run into it fails naming this one
+        _hold_save_folder(save_folder, cfg.run_name)  # a second run into it fails naming this one
     if cfg.autoresume and _global_rank() == 0:
         repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
-    plan = validate_run(cfg, _world_size(), _global_rank())
     if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run)
         removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
         if removed:
@@ -110,7 +122,8 @@ def build_trainer(cfg: RunConfig):
     metrics_path = Path(plan.save_folder) / "metrics.jsonl" if plan.save_folder else None
     loggers = build_loggers(cfg.loggers, metrics_path, run_config=cfg.to_dict())  # W&B records the whole run file
 
-    ignore_keys = ["state/callbacks/LoaderStateCallback"] if plan.phase_start else None
+    # A new phase starts its data and its console summary's loss average afresh.
+    ignore_keys = ["state/callbacks/LoaderStateCallback", "state/callbacks/EvalSummary"] if plan.phase_start else None
     prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
     trainer = Trainer(
         run_name=cfg.run_name,
@@ -151,6 +164,8 @@ def build_trainer(cfg: RunConfig):
         python_log_level=cfg.python_log_level,
     )
     resume_rng.take_from(trainer)
+    if plan.resuming:
+        count_earlier_checkpoints(trainer)  # save_num_checkpoints_to_keep counts the killed attempts' checkpoints
     reset_time = cfg.resets_time and plan.phase_start
     return trainer, reset_time
 

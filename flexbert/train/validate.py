@@ -160,6 +160,28 @@ def _check_durations(cfg: RunConfig) -> None:
                                  f"{cfg.max_duration}); write both in {t_max.value} or as fractions (0.1dur)")
 
 
+def _check_trainer_arguments(cfg: RunConfig) -> None:
+    """The settings Composer's Trainer takes as they are: checked here, before any data or weights, because the
+    Trainer reports them only after both are built."""
+    import dataclasses
+    import logging
+    import os
+
+    from composer.utils.parallelism import FSDPConfig
+
+    from flexbert.schema import check_keys, check_kwargs
+
+    if cfg.compile_config is not None:
+        check_kwargs(torch.compile, cfg.compile_config, "compile_config", RunConfigError)
+    if cfg.fsdp_config is not None and os.environ.get("FSDP_VERSION", "1") != "2":  # version 2 maps keys itself
+        # FSDPConfig takes any keyword and keeps it unused: a misspelt setting would be ignored without a word.
+        check_keys(cfg.fsdp_config, [f.name for f in dataclasses.fields(FSDPConfig)], "fsdp_config", RunConfigError)
+    if cfg.python_log_level is not None and not isinstance(logging.getLevelName(str(cfg.python_log_level).upper()), int):
+        raise RunConfigError(f"`python_log_level: {cfg.python_log_level}`: use debug, info, warning, error or critical")
+    if cfg.dist_timeout <= 0:
+        raise RunConfigError(f"`dist_timeout: {cfg.dist_timeout}` must be a positive number of seconds, e.g. 600")
+
+
 def eval_sizes(cfg: RunConfig, device_eval: int) -> tuple[int, int]:
     """(device eval batch, eval microbatch) in sequences: the batch rounded down to whole microbatches."""
     micro = cfg.device_eval_microbatch_size or min(device_eval, cfg.device_train_microbatch_size)
@@ -185,14 +207,15 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     from flexbert.optim.builders import build_scheduler
     from flexbert.train.builders import build_algorithms, build_seq_len_warmup, build_tokenizer
     from flexbert.train.callbacks import build_callbacks
-    from flexbert.train.checkpoint_safety import find_resume_checkpoint
+    from flexbert.train.checkpoint_safety import check_some_checkpoint_intact, find_resume_checkpoint
     from flexbert.train.loggers import build_loggers
-    from flexbert.train.resume_checks import check_intact, check_training_state
+    from flexbert.train.resume_checks import check_intact, check_training_state, missing_training_state
     from flexbert.train.run_outputs import check_save_folder
 
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",
             "device_train_microbatch_size")
     _check_durations(cfg)
+    _check_trainer_arguments(cfg)
     if cfg.resets_time and not cfg.load_path and rank == 0:
         key = "reset_time" if cfg.reset_time else "reset_time_once"
         warnings.warn(f"`{key}` has no effect without load_path: only a phase that starts from another run's "
@@ -204,6 +227,8 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     precision = resolve_precision(cfg)
     save_folder = cfg.resolved_save_folder()
     resuming = bool(cfg.autoresume and find_resume_checkpoint(save_folder) is not None)
+    if cfg.autoresume and not resuming:
+        check_some_checkpoint_intact(save_folder)
     check_save_folder(save_folder, cfg.to_dict(), resuming, cfg.save_overwrite)  # never replace another run silently
     phase_start = bool(cfg.load_path) and not resuming
     tokenizer = build_tokenizer(cfg)
@@ -218,6 +243,9 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
         check_checkpoint_fits(load_path, composer_model, strict=cfg.load_strict_model_weights)
         if local_file and not cfg.load_weights_only:
             check_training_state(load_path)  # optimizer / scheduler entries torch will read
+            warning = missing_training_state(load_path, autoresume=False)
+            if warning and rank == 0:
+                warnings.warn(warning)
     if cfg.model.pretrained_checkpoint:
         check_pretrained_checkpoint(cfg.model.pretrained_checkpoint, composer_model.model)
     if cfg.init_from_checkpoint is not None:

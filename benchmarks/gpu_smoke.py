@@ -56,6 +56,7 @@ from flexbert.model.attention_kernels import (
     select_kernel,
 )
 from flexbert.model.flash_attn_adapter import flash_attn_available, unavailable_reason
+from flexbert.model.flex_blocks import cpu_backward_supported
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.optim.builders import build_optimizer
 
@@ -154,6 +155,8 @@ def fill_rows(rows: int, seq: int, seed: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------- a. kernels
 def kernel_unavailable(name: str, device: torch.device) -> Optional[str]:
     """Why the registered kernel `name` cannot run here (None: it can)."""
+    if name == "flex_attention" and device.type == "cpu" and not cpu_backward_supported():
+        return f"torch {torch.__version__} runs no FlexAttention backward on the CPU"
     if not name.startswith("flash_attn"):
         return None
     if device.type != "cuda":
@@ -218,7 +221,7 @@ def check_kernels(s: Settings) -> list[dict]:
                     rows.append(row(case, SKIP, skipped[key]))
                     continue
                 errors = worst[key]
-                computes_bf16 = name.startswith("flash_attn")  # fp32 inputs are cast to bf16
+                computes_bf16 = name.startswith("flash_attn")  # FlexAttention computes in the input dtype  # fp32 inputs are cast to bf16
                 tol = KERNEL_TOL[torch.bfloat16 if computes_bf16 else dtype]
                 packing = max(errors, key=errors.get)
                 rows.append(row(case, PASS if errors[packing] <= tol else FAIL,

@@ -13,7 +13,7 @@ CPU, bf16 autocast on CUDA.
 Throughput counts REAL tokens only. Cases (about `--tokens` real tokens per step each):
 - varlen:    variable-length documents, max length 1024, lengths ~ normal(40%, 30% of max) clipped to [16, max];
 - fixed1024: documents of exactly 1024 tokens;
-- long8192:  one document of `--tokens` (8192) tokens.
+- long8192:  documents of exactly 8192 tokens (--tokens / 8192 of them; one of `--tokens` tokens when fewer).
 Timing: one subprocess per case holds both models; each round runs a dense matmul probe, then one step of each
 model on the same documents (varlen: freshly drawn every round), in alternating order, so a shared, busy machine
 slows both alike. Over the `--steps` timed rounds (after `--warmup`): tokens/s = real tokens / seconds, both summed,
@@ -95,7 +95,7 @@ def document_lengths(case: str, tokens: int, seed: int) -> list[int]:
     if case == "fixed1024":
         return [MAX_LEN] * max(1, tokens // MAX_LEN)
     if case == "long8192":
-        return [tokens]
+        return [min(tokens, 8192)] * max(1, tokens // 8192)
     rng = np.random.default_rng(seed)
     lengths: list[int] = []
     while sum(lengths) < tokens:

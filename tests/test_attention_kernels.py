@@ -323,10 +323,12 @@ def test_attention_flops_brute_force(lengths, window):
 # ------------------------------------------------------------------------------------ selection
 @pytest.fixture
 def fake_machine(monkeypatch):
-    """Pretend which flash-attn versions import (the stand-in below) and whether the GPU is Hopper."""
-    state = {"fa2": False, "fa3": False, "hopper": False}
+    """Pretend which flash-attn versions import (the stand-in below), whether the GPU is Hopper and whether
+    FlexAttention compiles there (Triton)."""
+    state = {"fa2": False, "fa3": False, "hopper": False, "flex": False}
     monkeypatch.setattr(fa, "_import_varlen_func", lambda version: fa2_standin if state[f"fa{version}"] else None)
     monkeypatch.setattr(ak, "_is_hopper", lambda device: state["hopper"])
+    monkeypatch.setattr(ak, "flex_attention_usable", lambda device: state["flex"] and device.type == "cuda")
 
     def pretend(**settings):
         state.update(settings)
@@ -377,6 +379,37 @@ def test_select_auto_on_cuda(fake_machine):
     assert kind(select_kernel(None, cuda, bf16, 64)) == "sliding_window"
     det = select_kernel(None, cuda, bf16, None, deterministic=True)
     assert kind(det) == "flash_attn3" and det.deterministic and not ATTENTION_KERNELS.get("flash_attn3").deterministic
+
+
+def test_select_auto_takes_flex_attention_on_cuda_without_flash_attn(fake_machine):
+    cuda, bf16 = torch.device("cuda", 0), torch.bfloat16
+    fake_machine(flex=True)  # no flash-attn: FlexAttention for global and local layers, in any dtype
+    for dtype in (bf16, torch.float16, torch.float32):
+        for window in (None, 64):
+            assert kind(select_kernel("auto", cuda, dtype, window)) == "flex_attention"
+    # attention dropout: FlexAttention has none, so auto keeps the SDPA kernels
+    assert kind(select_kernel(None, cuda, bf16, None, dropout_p=0.1)) == "sdpa"
+    assert kind(select_kernel(None, cuda, bf16, 64, dropout_p=0.1)) == "sliding_window"
+    assert kind(select_kernel(None, "cpu", bf16, 64)) == "sliding_window"  # never on the CPU (eager, dense)
+    fake_machine(fa3=True, hopper=True)  # FA3 on global layers, FlexAttention where FA3 does not apply
+    assert kind(select_kernel(None, cuda, bf16, None)) == "flash_attn3"
+    assert kind(select_kernel(None, cuda, bf16, 64)) == "flex_attention"
+    fake_machine(fa2=True)  # flash-attn 2 wins in half precision; fp32 is not cast to bf16
+    assert kind(select_kernel(None, cuda, bf16, 64)) == "flash_attn2"
+    assert kind(select_kernel(None, cuda, torch.float32, 64)) == "flex_attention"
+    # by name it runs anywhere (eager on the CPU), but an explicit choice with attention dropout is an error
+    assert kind(select_kernel("flex_attention", "cpu", torch.float32, 64)) == "flex_attention"
+    with pytest.raises(ValueError, match="attn_kernel: flex_attention has no attention dropout; set "
+                                         "model_config.attention_probs_dropout_prob: 0.0"):
+        select_kernel("flex_attention", cuda, bf16, None, dropout_p=0.1)
+
+
+def test_flex_attention_usable_needs_cuda_and_triton(monkeypatch):
+    assert not ak.flex_attention_usable(torch.device("cpu"))
+    monkeypatch.setattr(ak.importlib.util, "find_spec", lambda name: object() if name == "triton" else None)
+    assert ak.flex_attention_usable(torch.device("cuda", 0))
+    monkeypatch.setattr(ak.importlib.util, "find_spec", lambda name: None)
+    assert not ak.flex_attention_usable(torch.device("cuda", 0))
 
 
 def test_packed_index_checks():

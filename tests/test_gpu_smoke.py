@@ -35,7 +35,7 @@ def test_cpu_tiny_run_passes_every_check(tmp_path):
     assert report["status"] == "PASS"
 
     kernels = {r["case"]: r for r in checks["a"]["rows"]}
-    for name in ("sdpa", "sliding_window"):
+    for name in ("sdpa", "sliding_window", "flex_attention"):
         for dtype in ("bfloat16", "float32"):
             for layer in ("global", "local w=64"):
                 errors = kernels[f"{name} {dtype} {layer}"]["errors"]
@@ -61,3 +61,28 @@ def test_a_raising_check_is_one_fail_line_and_the_rest_still_run():
     assert results["y"]["status"] == "PASS" and results["z"]["status"] == "SKIP"
     assert results["z"]["reason"] == "needs a GPU"
     assert gpu_smoke.check_status([gpu_smoke.row("a", "PASS", ""), gpu_smoke.row("b", "FAIL", "")]) == "FAIL"
+
+
+def test_kit_pins_exact_versions_and_leaves_the_image_packages_alone():
+    from benchmarks.gpu_kit.__main__ import pinned
+
+    specs = pinned()
+    names = {spec.split("==")[0].lower() for spec, _ in specs}
+    assert {"mosaicml", "mosaicml-streaming", "torch-optimi", "omegaconf", "antlr4-python3-runtime"} <= names
+    assert not names & {"torch", "transformers", "numpy", "triton", "flash-attn", "wandb"}
+    assert all("==" in spec for spec, _ in specs)
+    assert [spec for spec, sdist in specs if sdist] == ["antlr4-python3-runtime==4.9.3"]
+
+
+def test_kit_turns_a_hung_or_crashed_check_into_one_fail_entry(tmp_path):
+    import argparse
+    import os
+
+    from benchmarks.gpu_kit.__main__ import run_check
+
+    args = argparse.Namespace(device="cpu", tiny=True)
+    with open(tmp_path / "log", "w") as log:
+        hung = run_check("a", args, dict(os.environ), timeout=0.5, log=log)
+        crashed = run_check("nonexistent", args, dict(os.environ), timeout=60, log=log)
+    assert hung["status"] == "FAIL" and hung["error"] == "timed out after its budget of 0 s"
+    assert crashed["status"] == "FAIL" and crashed["error"]

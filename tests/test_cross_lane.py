@@ -68,4 +68,4 @@ def test_checkpoint_of_the_other_lane_converts_and_resumes_here(other_lane_run, 
                                    eval_interval="10ba", save_interval="3ba")
     assert train([str(ROOT / "yamls" / "demo.yaml"), *overrides]) == 0
     resumed = torch.load(tmp_path / "resumed" / "latest-rank0.pt", map_location="cpu", weights_only=False)
-    assert resumed["state"]["timestamp"]["batch"] == 3  # 2 batches there, 1 here
+    assert resumed["state"]["timestamp"]["Timestamp"]["batch"] == 3  # 2 batches there, 1 here

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional
 
+from flexbert.lane_compat import make_tokenizer_folder_portable
 from data_prep._io import (
     BadRecords,
     DataError,
@@ -153,6 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         hf_tokenizer = to_transformers(tokenizer, args.model_max_length)
         with atomic_output_dir(args.out, args.overwrite, inputs=args.input, tool=PROG) as tmp:
             hf_tokenizer.save_pretrained(str(tmp))
+            make_tokenizer_folder_portable(tmp)
             record = {
                 "inputs": [str(f) for f in files],
                 "documents": stats["docs"],

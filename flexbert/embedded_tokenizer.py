@@ -77,7 +77,7 @@ def _write(path: Path, extension: str, content: Any) -> None:
 def restore_embedded_tokenizer(hf_state: Optional[Mapping[str, Any]], folder: str | Path, source: str):
     """The checkpoint's tokenizer, its files written into `folder` (which must outlive the tokenizer: slow
     tokenizers keep reading their vocabulary file). None if the checkpoint carries no tokenizer."""
-    from transformers import AutoTokenizer
+    from flexbert.lane_compat import load_tokenizer_folder
 
     entries = (hf_state or {}).get("tokenizer")
     if not entries:
@@ -90,7 +90,7 @@ def restore_embedded_tokenizer(hf_state: Optional[Mapping[str, Any]], folder: st
     for key, name in names.items():
         _write(folder / name, entries[key]["file_extension"], entries[key]["content"])
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        return load_tokenizer_folder(folder, trust_remote_code=False)
     except Exception as err:
         raise EmbeddedTokenizerError(f"{source}: the embedded tokenizer cannot be loaded "
                                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "

@@ -21,9 +21,14 @@ from typing import Any
 import torch
 
 from flexbert.config import FlexBertConfig
+from flexbert.lane_compat import make_tokenizer_folder_portable
 
 # Keys ModernBertConfig stores that we map; everything else in a ModernBERT config.json is informational.
 _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id")
+# The attention pattern and RoPE in both spellings: transformers 5 saves only its own (`layer_types`,
+# `rope_parameters`) and 4.x then falls back to its default thetas, so every export writes both.
+_LAYOUT_KEYS = ("global_rope_theta", "local_rope_theta", "global_attn_every_n_layers", "local_attention",
+                "layer_types", "sliding_window", "rope_parameters")
 
 
 class NotExpressibleError(ValueError):
@@ -115,7 +120,8 @@ def modernbert_config_dict(config: FlexBertConfig, classifier: bool = False) -> 
         "tie_word_embeddings": config.tie_word_embeddings,
         # transformers 5.x spells the attention pattern and RoPE this way; 4.x ignores these keys.
         "layer_types": layer_types,
-        "sliding_window": window // 2 if config.sliding_window > 0 else None,
+        # 5.x's setter stores local_attention = 2 * sliding_window and refuses None, also for all-global models.
+        "sliding_window": window // 2,
         "rope_parameters": {
             "full_attention": {"rope_type": "default", "rope_theta": global_theta},
             "sliding_attention": {"rope_type": "default", "rope_theta": local_theta},
@@ -297,7 +303,8 @@ def save_modernbert_folder(model, save_directory, tokenizer=None, **unused: Any)
 
     architecture = getattr(model, "hf_architecture", "ModernBertForMaskedLM")
     hf_class = getattr(transformers, architecture)
-    hf_config = ModernBertConfig(**modernbert_config_dict(model.config, classifier=architecture != "ModernBertForMaskedLM"))
+    config_values = modernbert_config_dict(model.config, classifier=architecture != "ModernBertForMaskedLM")
+    hf_config = ModernBertConfig(**config_values)
     hf_config.architectures = [architecture]
     state = {flexbert_to_hf_name(k): v.detach() for k, v in model.state_dict().items()}
     with torch.device("meta"):
@@ -307,8 +314,13 @@ def save_modernbert_folder(model, save_directory, tokenizer=None, **unused: Any)
     target = Path(save_directory)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     hf_model.save_pretrained(tmp, safe_serialization=True)
+    config_file = tmp / "config.json"
+    written = json.loads(config_file.read_text())
+    written.update({key: config_values[key] for key in _LAYOUT_KEYS})
+    config_file.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+        make_tokenizer_folder_portable(tmp)
     target.mkdir(parents=True, exist_ok=True)
     for item in tmp.iterdir():  # move file by file: a folder that already holds other files keeps them
         os.replace(item, target / item.name)

@@ -84,9 +84,13 @@ def load_tokenizer(name: str):
     kwargs = tokenizer_source_kwargs(name)  # before importing AutoTokenizer (seconds): a refusal comes at once
     from transformers import AutoTokenizer
 
+    from flexbert.lane_compat import load_tokenizer_folder
+
     path = Path(str(name)).expanduser()
     try:
-        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name), trust_remote_code=False, **kwargs)
+        if path.is_dir():
+            return load_tokenizer_folder(path, trust_remote_code=False, **kwargs)
+        return AutoTokenizer.from_pretrained(str(name), trust_remote_code=False, **kwargs)
     except Exception as err:  # transformers raises OSError, ValueError or Hub errors for a bad name
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TokenizerSourceError(f"tokenizer '{name}' cannot be loaded: {first_line}") from None

@@ -56,6 +56,9 @@ class FlexBertAttention(nn.Module):
         self.rope_scale_base = config.rotary_emb_scale_base
         self.kernel_name = config.attn_kernel
         self.probs_dropout = config.attention_probs_dropout_prob
+        # A plain bool, fixed at build: torch >= 2.9 traces float attributes as symbolic values under
+        # torch.compile(dynamic=True), and a decision taken from one ("dropout on") crashes the trace.
+        self.has_probs_dropout = config.attention_probs_dropout_prob > 0.0
         self.deterministic = config.deterministic_fa2
         if not self.spec.fused_input:
             self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attn_qkv_bias)
@@ -66,7 +69,7 @@ class FlexBertAttention(nn.Module):
     def prepare(self, packed: PackedSequences, device: torch.device, dtype: torch.dtype) -> None:
         """Eager, before the layer runs on this batch: the kernel for (device, dtype, dropout) and the batch's cache
         entries `forward` will read. `dtype` is what q and k will be (the autocast dtype under autocast)."""
-        dropout_on = self.training and self.probs_dropout > 0.0
+        dropout_on = self.training and self.has_probs_dropout
         if self._prepared is None or self._prepared[:3] != (device, dtype, dropout_on):
             kernel = select_kernel(self.kernel_name, device, dtype, self.window,
                                    dropout_p=self.probs_dropout if dropout_on else 0.0, deterministic=self.deterministic)
@@ -125,9 +128,10 @@ class FlexBertAttention(nn.Module):
             qk, v = qkv.split([2, 1], dim=1)  # (T, 2, heads, head_dim), (T, 1, heads, head_dim) views
             q, k = self._rotate(qk, packed) if self.spec.rope else qk.unbind(1)
             v = v.squeeze(1)
-        dropout_p = self.probs_dropout if self.training else 0.0
+        dropout_on = self.training and self.has_probs_dropout
+        dropout_p = self.probs_dropout if dropout_on else 0.0
         prepared = self._prepared
-        if prepared is not None and prepared[:3] == (q.device, q.dtype, dropout_p > 0.0):
+        if prepared is not None and prepared[:3] == (q.device, q.dtype, dropout_on):
             kernel = prepared[3]
         else:  # called without `prepare` (a layer on its own): decide here
             kernel = select_kernel(

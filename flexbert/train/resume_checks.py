@@ -28,12 +28,18 @@ from flexbert.checkpoint import CheckpointError, load_checkpoint_file, mismatch_
 MODEL_PREFIX = "model."
 
 
+# LambdaLR entries newer torch writes and its load_state_dict does not need (it updates the scheduler's attributes
+# from what is there and keeps the default for the rest): torch >= 2.9 writes `_is_initial`, torch 2.7 does not, and
+# a torch 2.7 checkpoint resumes under torch 2.11.
+_OPTIONAL_SCHEDULER_KEYS = frozenset({"_is_initial"})
+
+
 def _required_keys() -> dict[str, set[str]]:
     """The entries torch's own optimizer / LambdaLR (what Composer compiles every schedule to) state dicts hold."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return {"optimizer": set(optimizer.state_dict()), "LambdaLR": set(scheduler.state_dict())}
+    return {"optimizer": set(optimizer.state_dict()), "LambdaLR": set(scheduler.state_dict()) - _OPTIONAL_SCHEDULER_KEYS}
 
 
 def check_resume_fits(path: str, composer_model: torch.nn.Module) -> None:

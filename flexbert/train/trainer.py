@@ -72,11 +72,6 @@ def build_trainer(cfg: RunConfig):
         _hold_save_folder(save_folder, cfg.run_name)  # a second run into it fails naming this one
     if cfg.autoresume and _global_rank() == 0:
         repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
-    if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run)
-        removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
-        if removed:
-            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from "
-                  f"{plan.save_folder}")
 
     # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
     # reproducible; Composer reseeds per rank for the training loop.
@@ -91,6 +86,12 @@ def build_trainer(cfg: RunConfig):
         load_pretrained_checkpoint(cfg.model.pretrained_checkpoint, composer_model.model)
     if cfg.init_from_checkpoint is not None and not plan.resuming:
         init_from_checkpoint(composer_model.model, cfg.init_from_checkpoint, str(Path(cfg.source).parent))
+    if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run),
+        # only once every check of the checkpoints above has passed: a refused start leaves the folder as it was
+        removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
+        if removed:
+            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from "
+                  f"{plan.save_folder}")
     optimizer, scheduler = build_optimization(cfg, composer_model)
 
     micro = cfg.device_train_microbatch_size

@@ -59,11 +59,12 @@ def dropout_overrides(p: float) -> dict[str, float]:
 
 
 def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: int, **extra) -> list[str]:
-    """Tiny settings, checkpoints every `save_interval` batches, autoresume on (harmless on an empty folder)."""
+    """Tiny settings, checkpoints every `save_interval` batches, autoresume on (harmless on an empty folder). The
+    run file's loggers stay on: their state (the console summary's losses) is part of what a resume must restore."""
     from benchmarks.tiny_setup import tiny_run_overrides
 
     values = dict(max_duration=f"{max_duration}ba", save_interval=f"{save_interval}ba",
-                  eval_interval=f"{max_duration}ba", loggers="{}", autoresume="true", log_to_console="false")
+                  eval_interval=f"{max_duration}ba", autoresume="true", log_to_console="false")
     values.update(extra)
     return tiny_run_overrides(data, folder, **values)
 
@@ -208,7 +209,6 @@ def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random
 
 def final_model_state(folder: Path) -> dict:
     from flexbert.safe_unpickle import safe_torch_load  # like every checkpoint reader: no code from the file
-
     from flexbert.train.checkpoint_safety import LATEST
 
     return safe_torch_load(folder / LATEST)["state"]["model"]

@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_seq_len = args.max_seq_len or _power_of_two(p90 / 4, 64, 1024)
         shared = ["--text-field", args.text_field, "--txt-doc", args.txt_doc, *(["--skip-bad"] if args.skip_bad else []),
                   *(["--quiet"] if args.quiet else [])]
-        with atomic_output_dir(out, args.overwrite, inputs=args.input) as tmp:
+        with atomic_output_dir(out, args.overwrite, inputs=args.input, tool=PROG) as tmp:
             print(f"{PROG}: {len(lengths):,} documents / {chars / 1e6:.2f}M characters -> vocab {vocab}, "
                   f"max_seq_len {max_seq_len} (90% of documents <= {p90:,} characters)")
             if train_tokenizer.main(["--input", *map(str, files), "--vocab-size", str(vocab),

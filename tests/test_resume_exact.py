@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks import fault_injection as fi
-from flexbert.train.checkpoint_safety import LATEST
+from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def _as_killed_after(reference: Path, folder: Path, step: int, line_written: boo
     gone; with line_written=False also step `step`'s own metrics line (Composer saves before loggers write)."""
     shutil.copytree(reference, folder, symlinks=True)
     for name in os.listdir(folder):
-        match = fi.CHECKPOINT_NAME.match(name)
+        match = CHECKPOINT_NAME.match(name)
         if match and int(match.group(2)) > step:
             os.remove(folder / name)
     os.remove(folder / LATEST)
@@ -132,8 +132,8 @@ def test_killed_attempts_checkpoints_count_towards_the_number_kept(tiny_corpus, 
     _as_killed_after(reference, folder, RESUME_AT)
     shutil.copy(folder / f"ep0-ba{RESUME_AT}-rank0.pt", folder / f"ep0-ba{RESUME_AT - EVERY}-rank0.pt")
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
-    kept = sorted(name for name in os.listdir(folder) if fi.CHECKPOINT_NAME.match(name))
-    assert kept == sorted(name for name in os.listdir(reference) if fi.CHECKPOINT_NAME.match(name))
+    kept = sorted(name for name in os.listdir(folder) if CHECKPOINT_NAME.match(name))
+    assert kept == sorted(name for name in os.listdir(reference) if CHECKPOINT_NAME.match(name))
     assert kept == [f"ep0-ba{RESUME_AT}-rank0.pt", f"ep0-ba{STEPS}-rank0.pt"]
     assert os.readlink(folder / LATEST) == f"ep0-ba{STEPS}-rank0.pt"
 

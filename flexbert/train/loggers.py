@@ -162,8 +162,11 @@ def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Op
     init_kwargs = dict(init_kwargs or {})
     if run_config is not None:
         init_kwargs["config"] = {**dict(run_config), **dict(init_kwargs.get("config") or {})}
-    # No account configured: log offline (wandb sync later) rather than failing or prompting.
-    if mode is None and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+    # WANDB_MODE is passed on explicitly: wandb reads the environment once per process, so a process that already
+    # used wandb would otherwise ignore a WANDB_MODE set since. No account configured: log offline (wandb sync
+    # later) rather than failing or prompting.
+    mode = mode or os.environ.get("WANDB_MODE") or None
+    if mode is None and not os.environ.get("WANDB_API_KEY"):
         mode = "offline"
     if mode:
         init_kwargs["mode"] = mode

@@ -48,6 +48,7 @@ from unittest import mock
 import torch
 
 from benchmarks import common
+from benchmarks import stable_adamw_check
 from benchmarks import train_step
 from flexbert.model.attention_kernels import (
     ATTENTION_KERNELS,
@@ -463,6 +464,21 @@ def check_main(s: Settings) -> list[dict]:
                 losses=losses, seconds=seconds, fallbacks=fallbacks)]
 
 
+# ------------------------------------------------------------------------------------------------- g. optimizer
+def check_optimizer(s: Settings) -> list[dict]:
+    rows = []
+    for r in stable_adamw_check.compare(s.device):
+        if r["skipped"]:
+            rows.append(row(r["case"], SKIP, r["skipped"]))
+            continue
+        unit = "" if r["dtype"] == "float32" else " bf16 spacings"
+        rows.append(row(r["case"], PASS if r["error"] <= r["tolerance"] else FAIL,
+                        f"max |ours - formula| {r['error']:.2g}{unit}, tol {r['tolerance']:.0g}{unit} "
+                        f"(weights moved up to {r['max_update']:.1e})",
+                        **{k: v for k, v in r.items() if k not in ("case", "skipped")}))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- driver
 CHECKS = {
     "a": ("attention kernels vs eager", check_kernels),
@@ -471,6 +487,7 @@ CHECKS = {
     "d": ("peak memory, one microbatch", check_memory),
     "e": ("train step vs transformers", check_train_step),
     "f": ("main.py amp_bf16 + compile", check_main),
+    "g": ("StableAdamW paths vs its formula", check_optimizer),
 }
 
 

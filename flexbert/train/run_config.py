@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.checkpoint import InitFromCheckpointConfig
-from flexbert.config import check_model_config
+from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
@@ -45,8 +45,9 @@ class ModelSection:
 
     name: str = field("flex_bert", doc="model class; this project builds `flex_bert` encoders")
     pretrained_model_name: Optional[str] = field(
-        "bert-base-uncased", doc="Hugging Face config whose values are the defaults of model_config (built in: "
-        "bert-base-uncased, bert-large-uncased, answerdotai/ModernBERT-base/-large; or a local folder with config.json)")
+        DEFAULT_PRETRAINED_MODEL_NAME, doc="the config whose values are the defaults of model_config (built-in presets: "
+        "bert-base-uncased, bert-large-uncased, prajjwal1/bert-tiny, answerdotai/ModernBERT-base/-large; or a local "
+        "folder with config.json)")
     tokenizer_name: Optional[str] = field(None, doc="tokenizer (local folder or Hub name) when top-level tokenizer_name is unset")
     disable_train_metrics: bool = field(False, doc="skip training-set metrics (faster: no logits in training steps)")
     recompute_metric_loss: bool = field(

@@ -10,8 +10,9 @@ The trainer's path through this module, before Composer's Trainer opens the file
 1. `prepare_load_path`: the file exists and is not a Hugging Face folder; `install_composer_guard()` makes
    Composer's own torch.load (weights_only=False) run only on files the restricted unpickler accepted
    (see `flexbert.safe_unpickle` for why this is the hook to use).
-2. `read_checkpoint_model_config`: the architecture stored in the checkpoint; `merge_checkpoint_model_config`
-   combines it with the run file's `model_config`, listing disagreements key by key.
+2. `read_checkpoint_model_config`: the architecture stored in the checkpoint;
+   `flexbert.pretrained_configs.resolve_model_config` combines it with the run file's `model_config`, listing
+   disagreements key by key.
 3. `check_checkpoint_fits`: the checkpoint's tensors against the built model -- missing, unexpected and
    mis-shaped keys listed, instead of Composer's first-mismatch error deep inside `Trainer.__init__`.
 4. `init_from_checkpoint` (run-file key `init_from_checkpoint`): tile a smaller model into this one
@@ -142,29 +143,6 @@ def read_checkpoint_model_config(path: str) -> Optional[dict[str, Any]]:
     return embedded_model_config(load_checkpoint_file(path))
 
 
-def merge_checkpoint_model_config(given: Mapping[str, Any], from_checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint's architecture, with the YAML's values where it gives them.
-
-    Shapes and block choices must agree (a mismatch would fail on load anyway); they are reported key by key.
-    Settings that may change between phases (RoPE theta, window, dropouts, kernel, ...) take the YAML's value.
-    """
-    must_match = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "embedding_layer", "attention_layer", "bert_layer", "mlp_layer", "normalization",
-                  "attn_qkv_bias", "attn_out_bias", "mlp_in_bias", "mlp_out_bias", "decoder_bias", "head_pred_bias",
-                  "embed_norm", "final_norm", "skip_first_prenorm", "head_pred_norm", "tie_word_embeddings")
-    mismatches = [
-        f"  {key}: run file {given[key]!r} vs checkpoint {from_checkpoint[key]!r}"
-        for key in must_match
-        if key in given and key in from_checkpoint and given[key] != from_checkpoint[key]
-    ]
-    if mismatches:
-        raise CheckpointError("model_config does not match the checkpoint's architecture:\n" + "\n".join(mismatches))
-    merged = dict(from_checkpoint)
-    merged.pop("pad_token_id", None)  # taken from the tokenizer
-    merged.update(given)
-    return merged
-
-
 # ------------------------------------------------------------------------------------------------ fitting the model
 
 
@@ -239,7 +217,7 @@ def _config_from_cfg(checkpoint_cfg: Union[str, Mapping], run_dir: Optional[str]
     under its model_config)."""
     from omegaconf import OmegaConf
 
-    from flexbert.pretrained_configs import pretrained_defaults
+    from flexbert.pretrained_configs import resolve_model_config
 
     if isinstance(checkpoint_cfg, Mapping):
         return dict(checkpoint_cfg)
@@ -251,8 +229,7 @@ def _config_from_cfg(checkpoint_cfg: Union[str, Mapping], run_dir: Optional[str]
     model = run.get("model") if isinstance(run, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("model_config"), dict):
         raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {path}: has no model.model_config")
-    base = pretrained_defaults(model.get("pretrained_model_name") or "bert-base-uncased")
-    return {**base, **model["model_config"]}
+    return resolve_model_config(model["model_config"], model.get("pretrained_model_name"))
 
 
 def read_model_weights(path: str, pad_token_id: Optional[int] = None) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:

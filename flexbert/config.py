@@ -1,8 +1,10 @@
-"""`FlexBertConfig`: the `model.model_config` section of the FlexBERT YAML schema, typed and validated once.
+"""`ModelConfig` / `FlexBertConfig`: the `model.model_config` section of the FlexBERT YAML schema, typed and validated once.
 
+`ModelConfig` declares every key once (type, default, one-line doc; `python main.py --help-config` lists them);
+`FlexBertConfig` is the transformers config the model is built from, with those keys, defaults and checks.
 Every key of the FlexBERT schema is accepted with the reference framework's meaning and default. Unlike the
 reference framework, which subclassed `BertConfig` and silently dropped what it did not know:
-- an unknown key fails with the closest valid name;
+- an unknown key fails with the closest valid name; a value of the wrong type names the key and the expected type;
 - a bad value (unknown block name, heads not dividing hidden, odd window, ...) fails naming the allowed choices;
 - legacy keys are accepted with a warning and have no effect;
 - `pad_token_id` has no default: builders take it from the tokenizer (the reference inherited BERT's 0).
@@ -14,91 +16,115 @@ this module only checks that the names exist and fit together.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import typing
 import warnings
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional, Union
 
 from transformers import PretrainedConfig
 
 from flexbert.registry import closest
-from flexbert.schema import ConfigError, check_keys
+from flexbert.schema import ConfigError, check_keys, coerce, field
 
-# key -> default. The defaults are the reference FlexBERT's; ModernBERT's values live in yamls/.
-MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
+# The reference's own default for `model.pretrained_model_name`: a file that names no other supplies this config.
+DEFAULT_PRETRAINED_MODEL_NAME = "bert-base-uncased"
+
+
+@dataclass
+class ModelConfig:
+    """`model.model_config`: every key once, with type, default and doc.
+
+    The defaults are the reference FlexBERT's as a run file gets them: its FlexBertConfig's own defaults, and for
+    the keys it inherits from BERT (shapes, positions, attention dropout) the values of bert-base-uncased, which
+    the reference's default `pretrained_model_name` supplies. So `ModelConfig()` is the bert-base-uncased preset
+    (`flexbert.pretrained_configs`), and a key no layer sets means the same in a run file, an eval file, a
+    checkpoint's config and `FlexBertConfig(...)`. ModernBERT's values live in its presets and in yamls/.
+    """
+
     # shapes
-    "vocab_size": 50368,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 8192,
-    # blocks
-    "embedding_layer": "absolute_pos",
-    "attention_layer": "base",
-    "bert_layer": "prenorm",
-    "mlp_layer": "mlp",
-    "normalization": "rmsnorm",
-    "norm_kwargs": {},
-    "hidden_act": "gelu",
-    "head_pred_act": "silu",
-    "head_class_act": "silu",
-    "padding": "unpadded",
-    "unpad_embeddings": False,
-    "pad_logits": False,
+    vocab_size: int = field(30522, doc="embedding rows; run files round it up to a multiple of 8, and it must cover the tokenizer")
+    hidden_size: int = field(768, doc="width of the residual stream")
+    num_hidden_layers: int = field(12, doc="encoder layers")
+    num_attention_heads: int = field(12, doc="attention heads; must divide hidden_size")
+    intermediate_size: int = field(3072, doc="MLP inner width (glu: width of each of the two input halves)")
+    max_position_embeddings: int = field(512, doc="rows of the learned position table (embedding_layer absolute_pos)")
+    # blocks (names: `python -m flexbert.list_registries`)
+    embedding_layer: str = field("absolute_pos", doc="sans_pos (tokens only; RoPE gives positions) or absolute_pos (learned positions)")
+    attention_layer: str = field("base", doc="base (no positional signal), rope, parallel, rope_parallel")
+    bert_layer: str = field("prenorm", doc="prenorm, postnorm, parallel_prenorm (fused qkv + MLP input projection)")
+    mlp_layer: str = field("mlp", doc="mlp, glu, parallel_glu")
+    normalization: str = field("rmsnorm", doc="layernorm, rmsnorm, triton_layernorm, triton_rmsnorm")
+    norm_kwargs: dict = field(default_factory=dict, doc="`eps` (default 1e-5) and `bias` (default true) of every norm")
+    hidden_act: str = field("gelu", doc="MLP activation (gelu, gelu_tanh, silu, relu, ...)")
+    head_pred_act: str = field("silu", doc="activation of the MLM prediction head")
+    head_class_act: str = field("silu", doc="activation of the classification head")
+    padding: Literal["unpadded", "padded"] = field("unpadded", doc="reference execution mode; runs are always unpadded here (same numbers)")
+    unpad_embeddings: bool = field(False, doc="reference: unpad before the embeddings; padding is always removed first here")
+    pad_logits: bool = field(False, doc="return padded (batch, seq, vocab) logits instead of packed (tokens, vocab)")
     # attention pattern and RoPE
-    "sliding_window": -1,
-    "global_attn_every_n_layers": -1,
-    "rotary_emb_base": 10000.0,
-    "rotary_emb_dim": None,
-    "rotary_emb_scale_base": None,
-    "rotary_emb_interleaved": False,
-    "local_attn_rotary_emb_base": -1,
-    "local_attn_rotary_emb_dim": None,
-    "attn_kernel": "auto",  # extension: which attention kernel (see flexbert.model.attention_kernels)
+    sliding_window: int = field(-1, doc="TOTAL local attention window (each side sees half); -1: every layer global")
+    global_attn_every_n_layers: int = field(-1, doc="layer i is global iff i % n == 0; -1 with a window: every layer local")
+    rotary_emb_base: float = field(10000.0, doc="RoPE theta of global layers")
+    rotary_emb_dim: Optional[int] = field(None, doc="rotated dimensions per head; null: the whole head")
+    rotary_emb_scale_base: Optional[float] = field(None, doc="xPos scaling base; null: off")
+    rotary_emb_interleaved: bool = field(False, doc="rotate interleaved pairs (GPT-J) instead of halves (GPT-NeoX)")
+    local_attn_rotary_emb_base: Optional[float] = field(-1.0, doc="RoPE theta of local layers; -1 or null: rotary_emb_base")
+    local_attn_rotary_emb_dim: Optional[int] = field(None, doc="rotated dimensions of local layers; null: rotary_emb_dim")
+    attn_kernel: str = field("auto", doc="extension: attention kernel (auto: flash-attn when installed, else SDPA)")
     # dropouts
-    "attention_probs_dropout_prob": 0.0,
-    "attn_out_dropout_prob": 0.0,
-    "embed_dropout_prob": 0.0,
-    "mlp_dropout_prob": 0.0,
-    "head_pred_dropout": 0.0,
-    "head_class_dropout": 0.0,
+    attention_probs_dropout_prob: float = field(0.1, doc="dropout on attention probabilities (bert-base-uncased's 0.1; ModernBERT 0.0)")
+    attn_out_dropout_prob: float = field(0.0, doc="dropout after the attention output projection")
+    embed_dropout_prob: float = field(0.0, doc="dropout after the embeddings")
+    mlp_dropout_prob: float = field(0.0, doc="dropout after the MLP")
+    head_pred_dropout: float = field(0.0, doc="dropout in the MLM prediction head")
+    head_class_dropout: float = field(0.0, doc="dropout in the classification head")
     # biases
-    "attn_qkv_bias": False,
-    "attn_out_bias": False,
-    "mlp_in_bias": False,
-    "mlp_out_bias": False,
-    "decoder_bias": True,
-    "head_pred_bias": False,
-    "head_class_bias": False,
+    attn_qkv_bias: bool = field(False, doc="bias on the Q/K/V projection")
+    attn_out_bias: bool = field(False, doc="bias on the attention output projection")
+    mlp_in_bias: bool = field(False, doc="bias on the MLP input projection")
+    mlp_out_bias: bool = field(False, doc="bias on the MLP output projection")
+    decoder_bias: bool = field(True, doc="bias on the MLM decoder (vocabulary projection)")
+    head_pred_bias: bool = field(False, doc="bias on the MLM head's dense layer")
+    head_class_bias: bool = field(False, doc="bias on the classification head's dense layer")
     # norm placement
-    "embed_norm": True,
-    "final_norm": False,
-    "skip_first_prenorm": False,
-    "head_pred_norm": True,
-    "head_class_norm": False,
+    embed_norm: bool = field(True, doc="norm after the embeddings")
+    final_norm: bool = field(False, doc="norm after the last encoder layer")
+    skip_first_prenorm: bool = field(False, doc="layer 0 skips its attention pre-norm (the embedding norm precedes it)")
+    head_pred_norm: bool = field(True, doc="norm in the MLM prediction head")
+    head_class_norm: Union[bool, str] = field(False, doc="norm in the classification head (the reference also takes a string: any non-empty one is on)")
     # init
-    "init_method": "default",
-    "init_std": 0.02,
-    "init_cutoff_factor": 2.0,
-    "init_small_embedding": False,
+    init_method: str = field("default", doc="default, normal, mitchell, kaiming_normal, fan_in, full_megatron")
+    init_std: float = field(0.02, doc="standard deviation of normal and full_megatron init")
+    init_cutoff_factor: float = field(2.0, doc="truncation of the init at cutoff_factor x std")
+    init_small_embedding: bool = field(False, doc="tiny uniform init of the token embeddings (RWKV small init)")
     # loss and head
-    "loss_function": "cross_entropy",
-    "loss_kwargs": {},
-    "masked_prediction": False,
-    "pooling_type": "cls",
-    "compile_model": False,
+    loss_function: str = field("cross_entropy", doc="cross_entropy or fa_cross_entropy")
+    loss_kwargs: dict = field(default_factory=dict, doc="ignore_index, label_smoothing, lse_square_scale (z-loss), reduction, inplace_backward")
+    masked_prediction: bool = field(False, doc="run the MLM head on masked positions only (old name: sparse_prediction)")
+    pooling_type: Literal["cls", "mean", "max"] = field("cls", doc="classification pooling: first token, mean or max over the real tokens")
+    compile_model: bool = field(False, doc="torch.compile each encoder layer (ignored on CPU)")
     # different first layers
-    "num_initial_layers": 1,
-    "initial_attention_layer": None,
-    "initial_bert_layer": None,
-    "initial_mlp_layer": None,
+    num_initial_layers: int = field(1, doc="how many first layers take the initial_* blocks")
+    initial_attention_layer: Optional[str] = field(None, doc="attention block of the first layers; null: attention_layer")
+    initial_bert_layer: Optional[str] = field(None, doc="layer block of the first layers; null: bert_layer")
+    initial_mlp_layer: Optional[str] = field(None, doc="MLP block of the first layers; null: mlp_layer")
     # flash-attn switches
-    "deterministic_fa2": False,
-    "use_fa2": True,
-    "use_sdpa_attn_mask": False,
+    deterministic_fa2: bool = field(False, doc="flash-attn's deterministic backward (slower)")
+    use_fa2: bool = field(True, doc="reference switch; the kernel is chosen by attn_kernel here")
+    use_sdpa_attn_mask: bool = field(False, doc="reference switch; attention masks are never materialized here")
     # embeddings
-    "tie_word_embeddings": True,
-    "pad_token_id": None,
+    tie_word_embeddings: bool = field(True, doc="the MLM decoder shares the token embedding matrix")
+    pad_token_id: Optional[int] = field(None, doc="no default: run files take the tokenizer's pad id (the reference inherited BERT's 0)")
+
+
+_FIELD_TYPES = typing.get_type_hints(ModelConfig)
+
+# key -> declared default, in declaration order.
+MODEL_CONFIG_DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for f in dataclasses.fields(ModelConfig)
 }
 
 # Accepted for old run files and checkpoint configs, with a warning; they change nothing here.
@@ -162,27 +188,32 @@ BLOCK_KEYS = (
     ("attn_kernel", "attention_kernel"),
 )
 
-_CHOICES = {
-    "padding": ("unpadded", "padded"),
-    "pooling_type": ("cls", "mean", "max"),
-}
-
 
 class FlexBertConfigError(ConfigError):
     """A `model_config` key or value that cannot work; the message names the key and the fix."""
+
+
+def check_model_config(values: Mapping[str, Any], where: str = "model_config",
+                       error: type = FlexBertConfigError) -> dict[str, Any]:
+    """The keys a file, a checkpoint or a caller sets, each checked against its declaration: an unknown key fails
+    naming the closest valid one, a value of the wrong type names the key and the expected type. Legacy keys and
+    transformers' own config keys pass through unchanged (FlexBertConfig warns about the former)."""
+    out = {}
+    for key, value in values.items():
+        if key in _FIELD_TYPES:
+            out[key] = coerce(value, _FIELD_TYPES[key], f"{where}.{key}", error)
+        elif key in LEGACY_KEYS or _is_hf_key(key):
+            out[key] = value
+        else:
+            raise error(f"unknown {where} key `{key}`{closest(key, list(MODEL_CONFIG_DEFAULTS) + list(LEGACY_KEYS))}")
+    return out
 
 
 class FlexBertConfig(PretrainedConfig):
     model_type = "flex_bert"
 
     def __init__(self, **kwargs: Any):
-        given = dict(kwargs)
-        unknown = [k for k in given if k not in MODEL_CONFIG_DEFAULTS and k not in LEGACY_KEYS and not _is_hf_key(k)]
-        if unknown:
-            key = unknown[0]
-            raise FlexBertConfigError(
-                f"unknown model_config key `{key}`{closest(key, list(MODEL_CONFIG_DEFAULTS) + list(LEGACY_KEYS))}"
-            )
+        given = check_model_config(kwargs)
         without_effect = {k: LEGACY_KEYS[k] for k in given if k in LEGACY_KEYS and k != "pretrained_model_name"}
         # a moot key set to its default asks for what happens anyway
         without_effect.update({k: MOOT_KEYS[k] for k in given if k in MOOT_KEYS and given[k] != MODEL_CONFIG_DEFAULTS[k]})
@@ -269,8 +300,6 @@ class FlexBertConfig(PretrainedConfig):
                 f"{self.num_attention_heads} heads do not divide hidden_size {self.hidden_size}; "
                 f"pick a divisor such as {self._divisor_hint()}",
             )
-        for key, choices in _CHOICES.items():
-            self.check_choice(key, getattr(self, key), choices)
         if not isinstance(self.sliding_window, int) or (self.sliding_window != -1 and self.sliding_window <= 0):
             self._fail("sliding_window", f"must be -1 (off) or a positive even integer, got {self.sliding_window!r}")
         if self.sliding_window > 0 and self.sliding_window % 2:
@@ -327,3 +356,10 @@ class FlexBertConfig(PretrainedConfig):
         """Only the schema's keys, as they would appear under `model.model_config`."""
         out = {k: getattr(self, k) for k in MODEL_CONFIG_DEFAULTS}
         return copy.deepcopy(out)
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        # save_pretrained writes only what differs from the class defaults; a config.json carries every schema key
+        # instead, so a saved model means the same to a version of this code whose defaults differ
+        out = super().to_diff_dict()
+        out.update(self.model_config_dict())
+        return out

@@ -4,7 +4,7 @@ Every configurable component (embedding, attention kernel, MLP, norm, layer, ini
 optimizer, scheduler, callback, ...) registers itself under its YAML name with a one-line
 description. Builders look names up here; an unknown name fails with the closest valid one.
 
-`python -m flexbert.registry` prints every registry with its names and descriptions.
+`python -m flexbert.list_registries` prints every registry with its names and descriptions.
 """
 
 from __future__ import annotations
@@ -70,38 +70,5 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def _load_all() -> None:
-    """Import every module that registers something, so the listing is complete."""
-    import importlib
-    import pkgutil
-
-    import flexbert
-
-    for mod in pkgutil.walk_packages(flexbert.__path__, prefix="flexbert."):
-        if mod.name.endswith("__main__") or mod.name in ("flexbert.registry", "flexbert.demo"):
-            continue
-        importlib.import_module(mod.name)
-
-
-def main(argv=None) -> None:
-    import argparse
-
-    argparse.ArgumentParser(prog="python -m flexbert.registry",
-                            description="List every registered block, kernel, optimizer, schedule, callback and "
-                                        "logger: the names a run file may use.").parse_args(argv)
-    # Under `python -m`, this file runs as __main__: the registries live in the imported flexbert.registry.
-    from flexbert import registry as canonical
-
-    _load_all()
-    tables = canonical.Registry.all
-    for kind in sorted(tables):
-        reg = tables[kind]
-        print(f"{kind} (`{reg.config_key}`):")
-        width = max((len(n) for n in reg.names()), default=0)
-        for name in reg.names():
-            print(f"  {name:<{width}}  {reg.description(name)}")
-        print()
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the listing needs every module that registers, so it lives in the tool layer
+    raise SystemExit("the listing moved: python -m flexbert.list_registries")

@@ -14,10 +14,10 @@ from flexbert.checkpoint import (
     CheckpointError,
     check_checkpoint_fits,
     load_checkpoint_file,
-    merge_checkpoint_model_config,
     read_checkpoint_model_config,
 )
 from flexbert.config import FlexBertConfig
+from flexbert.pretrained_configs import merge_checkpoint_model_config
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.safe_unpickle import (
     CHAINED_VALIDATION_ENV,

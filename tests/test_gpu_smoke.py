@@ -24,13 +24,14 @@ def test_cpu_tiny_run_passes_every_check(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     checks = report["checks"]
-    assert sorted(checks) == list("abcdef")
+    assert sorted(checks) == list("abcdefg")
     for key, check in checks.items():
         assert check["error"] is None, (key, check["error"])
         expected = "SKIP" if key in CUDA_ONLY else "PASS"
         assert check["status"] == expected, (key, check)
         if expected == "PASS":  # every row of a check that must run on CPU really ran, except the CUDA kernels
-            assert all(r["status"] == "PASS" or r["case"].startswith("flash_attn") for r in check["rows"]), check
+            assert all(r["status"] == "PASS" or r["case"].startswith(("flash_attn", "triton "))
+                       for r in check["rows"]), check
     assert "GPU" in checks["d"]["reason"]
     assert report["status"] == "PASS"
 
@@ -47,6 +48,15 @@ def test_cpu_tiny_run_passes_every_check(tmp_path):
     step = checks["e"]["rows"][0]
     assert step["ours_tok_s"] > 0 and step["peer_tok_s"] > 0 and step["peer_attn"] == "sdpa"
     assert len(checks["f"]["rows"][0]["losses"]) == 3
+    throughput = {r["case"]: r for r in checks["e"]["rows"]}
+    assert set(throughput) == {"1024-token docs x2, 2 layers, float32", "2048-token docs x1, 2 layers, float32",
+                               "ours tok/s 2048 / 1024"}
+    # on CPU every goal is reported and none is judged
+    assert report["targets"] and set(report["targets"].values()) == {"n/a"}
+    optimizer = {r["case"]: r for r in checks["g"]["rows"]}
+    assert {c for c, r in optimizer.items() if r["status"] == "PASS"} == {
+        f"{path} {dtype}, 8 steps" for path in ("foreach", "for-loop") for dtype in ("float32", "bfloat16")}
+    assert "CUDA only" in optimizer["triton float32, 8 steps"]["detail"]
 
 
 def test_a_raising_check_is_one_fail_line_and_the_rest_still_run():
@@ -85,4 +95,21 @@ def test_kit_turns_a_hung_or_crashed_check_into_one_fail_entry(tmp_path):
         hung = run_check("a", args, dict(os.environ), timeout=0.5, log=log)
         crashed = run_check("nonexistent", args, dict(os.environ), timeout=60, log=log)
     assert hung["status"] == "FAIL" and hung["error"] == "timed out after its budget of 0 s"
-    assert crashed["status"] == "FAIL" and crashed["error"]
+    assert crashed["status"] == "FAIL"  # the usage error's own line, whatever Python version runs it
+    assert crashed["error"] == ("exited 2 without a result: python -m benchmarks.gpu_smoke: error: --checks: unknown ['nonexistent']; "
+                                f"choose from {', '.join(gpu_smoke.CHECKS)}")
+
+
+def test_kit_run_without_install_writes_smoke_json_and_log(tmp_path):
+    """`run` end to end on this environment's packages (--no-install): each check in its own process, the merged
+    smoke.json with the goals, smoke.log with every check's output."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_kit", "run", "--no-install", "--device", "cpu",
+                           "--tiny", "--checks", "g", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert report["status"] == "PASS" and list(report["checks"]) == ["g"]
+    assert report["checks"]["g"]["status"] == "PASS"
+    assert not (tmp_path / "site").exists()  # nothing installed
+    log = (tmp_path / "smoke.log").read_text()
+    assert "(g) StableAdamW paths vs its formula: PASS" in log

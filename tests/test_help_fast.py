@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-COMMANDS = ["main.py", "flexbert.convert", "flexbert.eval", "flexbert.sweep", "flexbert.registry",
+COMMANDS = ["main.py", "flexbert.convert", "flexbert.eval", "flexbert.sweep", "flexbert.list_registries",
             "data_prep.prepare", "data_prep.build_demo_corpus", "data_prep.build_demo_tasks",
             "data_prep.tokenize_to_mds", "data_prep.train_tokenizer", "benchmarks.fault_injection"]
 

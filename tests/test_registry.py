@@ -1,4 +1,4 @@
-"""`python -m flexbert.registry` lists every registered name of every registry with its description."""
+"""`python -m flexbert.list_registries` lists every registered name of every registry with its description."""
 
 import subprocess
 import sys
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_listing_covers_every_registry_and_name():
-    result = subprocess.run([sys.executable, "-m", "flexbert.registry"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "flexbert.list_registries"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     expected = {

@@ -108,7 +108,7 @@ class LoaderConfig:
     """`train_loader` / `eval_loader`."""
 
     dataset: DatasetConfig = schema.field(doc="where the documents come from")
-    name: str = schema.field("text", doc="loader (`python -m flexbert.registry`)")
+    name: str = schema.field("text", doc="loader (`python -m flexbert.list_registries`)")
     drop_last: bool = schema.field(True, doc="eval pass only: drop a last batch with fewer rows (training never ends)")
     num_workers: int = schema.field(0, doc="0: produce inline; > 0: one prefetch thread holding max(2, n) batches")
     sequence_packing: bool = schema.field(False, doc="pack several documents per sequence slot row (best fit); "

@@ -115,14 +115,14 @@ class ProgressBar(Callback):
 
 
 def build_model(spec, task, task_data, tokenizer):
-    from flexbert.checkpoint import merge_checkpoint_model_config
     from flexbert.config import FlexBertConfig
     from flexbert.eval.starting_point import load_into, pretrained_weights
     from flexbert.model.classification import FlexBertForSequenceClassification
+    from flexbert.pretrained_configs import resolve_model_config
 
     state, start_config = pretrained_weights(spec, int(tokenizer.pad_token_id))
     given = {**spec.model_config, **task.model_config}
-    values = merge_checkpoint_model_config(given, start_config) if start_config else dict(given)
+    values = resolve_model_config(given, spec.pretrained_model_name, start_config or None)
     problem = task.data["problem_type"]
     values.update(pad_token_id=int(tokenizer.pad_token_id), num_labels=task_data.num_labels, problem_type=problem)
     if task_data.labels:

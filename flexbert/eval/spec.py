@@ -46,6 +46,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
 from flexbert import schema
+from flexbert.config import check_model_config
 from flexbert.registry import closest
 
 
@@ -112,6 +113,7 @@ class EvalSpec:
     save_model: str = "none"
     tasks: list[TaskSpec] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    pretrained_model_name: Optional[str] = None  # the preset under model_config (None: bert-base-uncased)
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
@@ -199,9 +201,11 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
         source=source, base_run_name=str(cfg["base_run_name"]), precision=str(cfg["precision"]),
         parallel=bool(cfg["parallel"]), tokenizer_name=cfg["tokenizer_name"] or model.get("tokenizer_name"),
         max_seq_len=int(cfg["max_seq_len"]), starting_point=start, use_pretrained=bool(model.get("use_pretrained", True)),
-        model_config=dict(model.get("model_config") or {}), optimizer=dict(cfg["optimizer"]),
+        model_config=check_model_config(model.get("model_config") or {}, "model.model_config", EvalConfigError),
+        optimizer=dict(cfg["optimizer"]),
         scheduler=dict(cfg["scheduler"]), callbacks=dict(cfg["callbacks"] or {}), loggers=dict(cfg["loggers"] or {}),
         algorithms=dict(cfg["algorithms"] or {}), out_dir=out, save_model=str(cfg["save_model"]), raw=cfg,
+        pretrained_model_name=model.get("pretrained_model_name"),
     )
     for name, task in tasks.items():
         spec.tasks.append(_task(str(name), task or {}, cfg, spec))
@@ -224,7 +228,7 @@ def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: Eval
     trainer.update(task.get("trainer_kwargs") or {})
     data = dict(task.get("data") or {})
     _check_keys(data, DATA_KEYS, f"{prefix}data.")
-    model_config = dict(task.get("model_config") or {})
+    model_config = check_model_config(task.get("model_config") or {}, f"{prefix}model_config", EvalConfigError)
     if name in UNSUPPORTED:
         raise EvalConfigError(f"task `{name}` is not supported: {UNSUPPORTED[name]}, not sequence classification")
     if not data.get("train") and name not in GLUE_TASKS:

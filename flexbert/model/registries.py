@@ -1,7 +1,7 @@
 """The model's block registries, keyed by the `model_config` names of the FlexBERT schema.
 
 Each block module registers its entries on import; `names(kind)` imports them all first so that
-`check_blocks` (run whenever a model is built) and `python -m flexbert.registry` always see the complete tables.
+`check_blocks` (run whenever a model is built) and `python -m flexbert.list_registries` always see the complete tables.
 """
 
 from __future__ import annotations

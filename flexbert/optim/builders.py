@@ -1,7 +1,7 @@
 """Builders for the schema's `optimizer` and `scheduler` sections: `build_optimizer(cfg, model)`,
 `build_scheduler(cfg)`, their typed configs and the `OPTIMIZERS` / `SCHEDULERS` registries.
 
-Names are looked up in registries (`python -m flexbert.registry` lists them); an unknown name or key fails naming
+Names are looked up in registries (`python -m flexbert.list_registries` lists them); an unknown name or key fails naming
 the closest valid one. Scheduler keys the chosen schedule does not use (the reference framework's run files carry
 `alpha_f` / `t_decay` under every schedule) are accepted with a warning rather than silently.
 """
@@ -51,7 +51,7 @@ SCHEDULERS: Registry = Registry("scheduler", "scheduler.name")
 class OptimizerConfig:
     """The schema's `optimizer` section. Defaults are the reference framework's, else ModernBERT's."""
 
-    name: str = schema.field(doc="optimizer (`python -m flexbert.registry`)")
+    name: str = schema.field(doc="optimizer (`python -m flexbert.list_registries`)")
     lr: float = schema.field(doc="peak learning rate")
     betas: tuple[float, float] = schema.field((0.9, 0.98), doc="Adam (b1, b2)")
     eps: float = schema.field(1e-6, doc="Adam epsilon")
@@ -114,7 +114,7 @@ def build_optimizer(cfg: Mapping[str, Any] | OptimizerConfig, model: torch.nn.Mo
 class SchedulerConfig:
     """The schema's `scheduler` section plus the knobs of Composer's own warmup schedulers."""
 
-    name: str = schema.field(doc="schedule (`python -m flexbert.registry`)")
+    name: str = schema.field(doc="schedule (`python -m flexbert.list_registries`)")
     t_warmup: Any = schema.field("0dur", doc="linear warmup length")
     t_decay: Any = schema.field("0.1dur", doc="warmup_stable_decay / one_minus_sqrt: decay length at the end")
     t_max: Any = schema.field("1dur", doc="schedule length T (default: max_duration)")

@@ -67,17 +67,11 @@ def assign_special_tokens(tokenizer, roles: Mapping[str, int], name: str) -> Non
 
 
 def model_config_values(cfg: RunConfig, checkpoint_config: Optional[Mapping] = None) -> dict[str, Any]:
-    """model_config as the run means it: the `pretrained_model_name` config's values, then the checkpoint's
-    architecture (a phase start), then the run file's own keys."""
-    from flexbert.pretrained_configs import pretrained_defaults
+    """model_config as the run means it: the `pretrained_model_name` preset, then the checkpoint's architecture (a
+    phase start), then the run file's own keys (`flexbert.pretrained_configs.resolve_model_config`)."""
+    from flexbert.pretrained_configs import resolve_model_config
 
-    given = dict(cfg.model.model_config)
-    base = pretrained_defaults(cfg.model.pretrained_model_name or "bert-base-uncased")
-    if checkpoint_config is not None:
-        from flexbert.checkpoint import merge_checkpoint_model_config
-
-        return merge_checkpoint_model_config(given, {**base, **checkpoint_config})
-    return {**base, **given}
+    return resolve_model_config(cfg.model.model_config, cfg.model.pretrained_model_name, checkpoint_config)
 
 
 def model_config_from(cfg: RunConfig, tokenizer=None, checkpoint_config: Optional[Mapping] = None) -> FlexBertConfig:
@@ -100,7 +94,7 @@ def model_config_from(cfg: RunConfig, tokenizer=None, checkpoint_config: Optiona
         if given["vocab_size"] < len(tokenizer):
             raise RunConfigError(
                 f"model_config.vocab_size {given['vocab_size']} is smaller than the tokenizer ({len(tokenizer)} tokens): "
-                f"token ids would fall outside the embedding; use at least {len(tokenizer)} (rounded up to a multiple of 64)"
+                f"token ids would fall outside the embedding; use at least {len(tokenizer)} (rounded up to a multiple of 8)"
             )
     return FlexBertConfig(**given)
 

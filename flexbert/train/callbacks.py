@@ -1,6 +1,6 @@
 """Callbacks by schema name (`callbacks: {name: {kwargs}}`): Composer's own where they exist, small ones here.
 
-`python -m flexbert.registry` lists them. Every callback's kwargs are checked against its constructor, so a
+`python -m flexbert.list_registries` lists them. Every callback's kwargs are checked against its constructor, so a
 typo fails before training with the closest valid argument.
 """
 

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flexbert.checkpoint import InitFromCheckpointConfig
+from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
@@ -44,20 +45,23 @@ class ModelSection:
 
     name: str = field("flex_bert", doc="model class; this project builds `flex_bert` encoders")
     pretrained_model_name: Optional[str] = field(
-        "bert-base-uncased", doc="Hugging Face config whose values are the defaults of model_config (built in: "
-        "bert-base-uncased, bert-large-uncased, answerdotai/ModernBERT-base/-large; or a local folder with config.json)")
+        DEFAULT_PRETRAINED_MODEL_NAME, doc="the config whose values are the defaults of model_config (built-in presets: "
+        "bert-base-uncased, bert-large-uncased, prajjwal1/bert-tiny, answerdotai/ModernBERT-base/-large; or a local "
+        "folder with config.json)")
     tokenizer_name: Optional[str] = field(None, doc="tokenizer (local folder or Hub name) when top-level tokenizer_name is unset")
     disable_train_metrics: bool = field(False, doc="skip training-set metrics (faster: no logits in training steps)")
     recompute_metric_loss: bool = field(
         False, doc="LanguageCrossEntropy recomputed per token from the logits (true) or the mean of the batches' "
         "training losses, label smoothing and z-loss included (false)")
     pretrained_checkpoint: Optional[str] = field(None, doc="Composer checkpoint whose model weights initialise the model")
-    model_config: dict = field(default_factory=dict, doc="the FlexBertConfig keys (`python -m flexbert.registry` lists block names)")
+    model_config: dict = field(default_factory=dict, doc="keys over the pretrained_model_name config; each listed below as "
+                               "model.model_config.KEY")
     gradient_checkpointing: bool = field(False, doc="recompute each encoder layer in the backward pass (less memory); "
                                                     "with FSDP use fsdp_config.activation_checkpointing")
     use_pretrained: bool = field(False, doc="hf_bert models only: Hub weights; true is refused (use pretrained_checkpoint)")
 
     def __post_init__(self):
+        self.model_config = check_model_config(self.model_config, "model_config", ConfigError)
         if self.use_pretrained:
             raise ConfigError("`use_pretrained: true` loads Hub weights into Hugging Face BERT models (model.name "
                               "hf_bert), which this project does not build; to start from weights, set "
@@ -103,7 +107,7 @@ class RunConfig:
     progress_bar: bool = field(False, doc="Composer's progress bar")
     log_to_console: bool = field(True, doc="metrics to the console")
     console_log_interval: Any = field("1ba", doc="console logging interval")
-    callbacks: dict = field(default_factory=dict, doc="name -> settings (`python -m flexbert.registry` lists them)")
+    callbacks: dict = field(default_factory=dict, doc="name -> settings (`python -m flexbert.list_registries` lists them)")
     algorithms: dict = field(default_factory=dict, doc="Composer algorithms by snake_case name -> settings; "
                                                         "seq_warmup (sequence-length warmup) is applied by the loader")
     loggers: dict = field(default_factory=dict, doc="wandb: {project, entity, ...} (offline without an account)")
@@ -435,11 +439,16 @@ def schema_help() -> str:
 
     from flexbert.data.seq_len_warmup import SeqLenWarmupConfig
 
+    from flexbert.config import ModelConfig
+
     rows = [r for r in describe(RunConfig) if r[0] not in ("source", "variables")]
     rows += describe(SeqLenWarmupConfig, "algorithms.seq_warmup")
-    return ("Run-file keys (type, [default], doc). model.model_config keys: `python -m flexbert.registry`.\n"
-            "Top-level keys outside this list are variables, allowed when used as ${name} or {name}.\n\n"
-            + format_rows(rows))
+    rows += describe(ModelConfig, "model.model_config")
+    return ("Run-file keys (type, [default], doc). Block and kernel names: `python -m flexbert.list_registries`.\n"
+            "Top-level keys outside this list are variables, allowed when used as ${name} or {name}.\n"
+            "model.model_config defaults are bert-base-uncased's; `model.pretrained_model_name` names another "
+            "preset\n(bert-large-uncased, prajjwal1/bert-tiny, answerdotai/ModernBERT-base/-large) or a folder whose "
+            "config.json replaces them.\n\n" + format_rows(rows))
 
 
 __all__ = ["RunConfig", "RunConfigError", "ModelSection", "load_run_config",

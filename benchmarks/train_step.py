@@ -147,6 +147,7 @@ def flexbert_config(layers: int, **overrides) -> FlexBertConfig:
         sliding_window=128, global_attn_every_n_layers=3, rotary_emb_base=160000.0, local_attn_rotary_emb_base=10000.0,
         embed_norm=True, final_norm=True, skip_first_prenorm=True, init_method="full_megatron",
         tie_word_embeddings=True, decoder_bias=True, masked_prediction=True, max_position_embeddings=8192,
+        attention_probs_dropout_prob=0.0,
     ), **overrides})
 
 

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A ModernBERT-shaped model small enough for many CPU forward passes.
 TINY_MODERNBERT = dict(
     vocab_size=128,
+    attention_probs_dropout_prob=0.0,  # ModernBERT's; the declared default is bert-base-uncased's 0.1
     hidden_size=64,
     num_hidden_layers=4,
     num_attention_heads=4,

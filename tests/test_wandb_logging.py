@@ -49,8 +49,11 @@ def test_offline_run_logs_the_whole_run_file(tiny_corpus, tmp_path, monkeypatch)
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import main
 
+    import wandb
+
     for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(key, value)
+    wandb.teardown()  # wandb reads its settings once per process: an earlier test's run must not fix WANDB_DIR
     overrides = tiny_run_overrides(tiny_corpus, tmp_path / "run", **SHORT)
     assert main([str(_run_file_with_wandb(tmp_path)), *overrides]) == 0
     logged = _offline_config(tmp_path)

@@ -72,7 +72,7 @@ class ModelConfig:
     rotary_emb_interleaved: bool = field(False, doc="rotate interleaved pairs (GPT-J) instead of halves (GPT-NeoX)")
     local_attn_rotary_emb_base: Optional[float] = field(-1.0, doc="RoPE theta of local layers; -1 or null: rotary_emb_base")
     local_attn_rotary_emb_dim: Optional[int] = field(None, doc="rotated dimensions of local layers; null: rotary_emb_dim")
-    attn_kernel: str = field("auto", doc="extension: attention kernel (auto: flash-attn when installed, else SDPA)")
+    attn_kernel: str = field("auto", doc="extension: attention kernel (auto: flash-attn when it applies, else FlexAttention on CUDA, SDPA / sliding_window on CPU)")
     # dropouts
     attention_probs_dropout_prob: float = field(0.1, doc="dropout on attention probabilities (bert-base-uncased's 0.1; ModernBERT 0.0)")
     attn_out_dropout_prob: float = field(0.0, doc="dropout after the attention output projection")

@@ -102,7 +102,7 @@ def launch(cmd: list[str], log_path: Path) -> subprocess.Popen:
 
 def newest_checkpoint_batch(folder: Path) -> int:
     """Batch of the newest `ep*-ba*-rank0.pt` in `folder` (0: none); written atomically, so complete."""
-    from flexbert.train.checkpoint_safety import CHECKPOINT_NAME  # torch-heavy module: not imported for --help
+    from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME  # torch-heavy module: not imported for --help
 
     if not folder.is_dir():
         return 0
@@ -146,7 +146,7 @@ class _Progress:
 
 def partial_checkpoint_exists(folder: Path) -> bool:
     """A checkpoint is being written (its `.partial-*` file exists; renamed onto its name when complete)."""
-    from flexbert.train.checkpoint_safety import PARTIAL_PREFIX
+    from flexbert.checkpoints.crash_safe import PARTIAL_PREFIX
 
     try:
         return any(name.startswith(PARTIAL_PREFIX) and name.endswith(".pt") for name in os.listdir(folder))
@@ -208,8 +208,8 @@ def kill_after_progress(proc: subprocess.Popen, folder: Path, rng: random.Random
 
 
 def final_model_state(folder: Path) -> dict:
-    from flexbert.safe_unpickle import safe_torch_load  # like every checkpoint reader: no code from the file
-    from flexbert.train.checkpoint_safety import LATEST
+    from flexbert.checkpoints.safe_unpickle import safe_torch_load  # like every checkpoint reader: no code from the file
+    from flexbert.checkpoints.crash_safe import LATEST
 
     return safe_torch_load(folder / LATEST)["state"]["model"]
 

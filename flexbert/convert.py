@@ -50,8 +50,8 @@ def _load_tokenizer(name: str):
 def _embedded_tokenizer(checkpoint, folder: str, source: str):
     """The tokenizer files a Composer checkpoint carries, restored under an allow-list of file names (None if
     absent). Composer's own restore helper writes whatever names the checkpoint holds, so it is not used."""
-    from flexbert.checkpoint import huggingface_state
-    from flexbert.embedded_tokenizer import EmbeddedTokenizerError, restore_embedded_tokenizer
+    from flexbert.checkpoints.loading import huggingface_state
+    from flexbert.checkpoints.embedded_tokenizer import EmbeddedTokenizerError, restore_embedded_tokenizer
 
     try:
         return restore_embedded_tokenizer(huggingface_state(checkpoint), folder, source)
@@ -62,7 +62,7 @@ def _embedded_tokenizer(checkpoint, folder: str, source: str):
 def _special_token_ids(checkpoint, tokenizer) -> dict[str, int]:
     """bos/cls/eos/sep ids for config.json: the embedded config's, else the tokenizer's CLS and SEP. Without them
     ModernBertConfig would fill in the ModernBERT tokenizer's ids (50281, 50282) whatever the vocabulary."""
-    from flexbert.checkpoint import huggingface_state
+    from flexbert.checkpoints.loading import huggingface_state
 
     content = huggingface_state(checkpoint)["model"]["config"]["content"]
     cls_id = getattr(tokenizer, "cls_token_id", None) if tokenizer is not None else None
@@ -79,8 +79,8 @@ def _special_token_ids(checkpoint, tokenizer) -> dict[str, int]:
 def _model_from_checkpoint(checkpoint, path: str, tokenizer):
     import torch
 
-    from flexbert.checkpoint import embedded_model_config, mismatch_message, model_state
-    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.checkpoints.loading import embedded_model_config, mismatch_message, model_state
+    from flexbert.checkpoints.keys import state_dict_mismatches
     from flexbert.config import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
 
@@ -120,7 +120,7 @@ def _quiet(message: str) -> None:
 
 def composer_to_hf(checkpoint_path, out_dir, tokenizer: Optional[str] = None, report=_quiet) -> Path:
     """Write a Hugging Face ModernBERT folder from a Composer checkpoint; returns the folder."""
-    from flexbert.checkpoint import load_checkpoint_file
+    from flexbert.checkpoints.loading import load_checkpoint_file
 
     report(f"reading {checkpoint_path}")
     checkpoint = load_checkpoint_file(str(checkpoint_path))
@@ -205,7 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start = time.time()
     _stage("loading torch and transformers")
-    from flexbert.checkpoint import CheckpointError
+    from flexbert.checkpoints.loading import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.hf_interop import NotExpressibleError, WeightsFileError
 

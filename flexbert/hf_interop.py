@@ -274,7 +274,7 @@ def load_modernbert_folder(path, model_class, **config_overrides: Any):
     """A Hugging Face ModernBERT folder (config.json + safetensors) as `model_class` (FlexBertForMaskedLM or a
     FlexBERT classification model). A classification model loaded from an MLM folder keeps the MLM head as its
     `head` (same parameters) and a freshly initialized `classifier`, as transformers does; the decoder is dropped."""
-    from flexbert.checkpoint_keys import load_state_dict_checked
+    from flexbert.checkpoints.keys import load_state_dict_checked
 
     classifier = getattr(model_class, "hf_architecture", "ModernBertForMaskedLM") != "ModernBertForMaskedLM"
     folder = Path(path)

@@ -15,13 +15,14 @@ import flexbert
 from flexbert.registry import Registry
 
 # Not imported for the listing: entry points that register nothing.
-_SKIPPED = ("flexbert.list_registries", "flexbert.demo")
+_SKIPPED = ("flexbert.list_registries", "flexbert.demo")  # and the modules under them
 
 
 def load_all() -> None:
     """Import every module that registers something, so the listing is complete."""
     for mod in pkgutil.walk_packages(flexbert.__path__, prefix="flexbert."):
-        if mod.name.endswith("__main__") or mod.name in _SKIPPED:
+        skipped = any(mod.name == name or mod.name.startswith(name + ".") for name in _SKIPPED)
+        if mod.name.endswith("__main__") or skipped:
             continue
         importlib.import_module(mod.name)
 

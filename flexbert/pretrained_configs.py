@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from flexbert.checkpoint_keys import CheckpointError
+from flexbert.checkpoints.keys import CheckpointError
 from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, MODEL_CONFIG_DEFAULTS, FlexBertConfigError, ModelConfig
 
 BERT_BASE_UNCASED = ModelConfig()  # the declared defaults are bert-base-uncased's config.json

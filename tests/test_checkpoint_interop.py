@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexbert.checkpoint import (
+from flexbert.checkpoints.loading import (
     CheckpointError,
     check_checkpoint_fits,
     load_checkpoint_file,
@@ -19,7 +19,7 @@ from flexbert.checkpoint import (
 from flexbert.config import FlexBertConfig
 from flexbert.pretrained_configs import merge_checkpoint_model_config
 from flexbert.model.modeling import FlexBertForMaskedLM
-from flexbert.safe_unpickle import (
+from flexbert.checkpoints.safe_unpickle import (
     CHAINED_VALIDATION_ENV,
     COMPOSER_VALIDATION_ENV,
     UnsafeCheckpointError,
@@ -98,7 +98,7 @@ def test_composer_loads_only_files_the_safe_loader_accepts(tmp_path, monkeypatch
     monkeypatch.setenv(COMPOSER_VALIDATION_ENV, "tests.test_checkpoint_interop._user_validator")
     monkeypatch.delenv(CHAINED_VALIDATION_ENV, raising=False)
     install_composer_guard()
-    assert os.environ[COMPOSER_VALIDATION_ENV] == "flexbert.safe_unpickle.validate_for_composer"
+    assert os.environ[COMPOSER_VALIDATION_ENV] == "flexbert.checkpoints.safe_unpickle.validate_for_composer"
     torch.save({"state": {"model": {}}, "x": _Payload()}, tmp_path / "evil.pt")
     CALLS.clear()
     with pytest.raises(UnsafeCheckpointError, match="_record_call"):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from flexbert.checkpoint import CheckpointError, init_from_checkpoint, load_checkpoint_file
+from flexbert.checkpoints.loading import CheckpointError, init_from_checkpoint, load_checkpoint_file
 from flexbert.config import FlexBertConfig
 from flexbert.convert import main as convert_main
-from flexbert.embedded_tokenizer import TOKENIZER_FILE_NAMES, EmbeddedTokenizerError, restore_embedded_tokenizer
+from flexbert.checkpoints.embedded_tokenizer import TOKENIZER_FILE_NAMES, EmbeddedTokenizerError, restore_embedded_tokenizer
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.trainer import main as train_main
 from benchmarks.tiny_setup import tiny_run_overrides

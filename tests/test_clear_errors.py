@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import fault_injection as fi
-from flexbert.train.checkpoint_safety import LATEST
+from flexbert.checkpoints.crash_safe import LATEST
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import main
 

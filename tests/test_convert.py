@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, ModernBertConfig, ModernBertForMaskedLM, pipeline
 
-from flexbert.checkpoint import load_checkpoint_file
+from flexbert.checkpoints.loading import load_checkpoint_file
 from flexbert.config import FlexBertConfig
 from flexbert.convert import main
 from flexbert.model.modeling import FlexBertForMaskedLM

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from data_prep import build_demo_tasks
-from flexbert import demo
+from flexbert.demo import run as demo
 from benchmarks.tiny_setup import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

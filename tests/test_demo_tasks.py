@@ -79,7 +79,7 @@ def test_no_tweet_of_the_task_is_in_the_pretraining_corpus(tasks, tmp_path):
 
 
 def test_gap_in_stds_is_the_difference_over_the_pooled_std():
-    from flexbert.demo_compare import format_table, gap_in_stds
+    from flexbert.demo.compare import format_table, gap_in_stds
 
     p = {"values": {"1": 0.70, "2": 0.72, "3": 0.74}, "mean": 0.72, "std": 0.02}
     r = {"values": {"1": 0.60, "2": 0.61, "3": 0.62}, "mean": 0.61, "std": 0.01}

@@ -77,7 +77,7 @@ def _sharded_round_trip(rank, folder):
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, StateDictType
 
-    from flexbert.safe_unpickle import install_composer_guard
+    from flexbert.checkpoints.safe_unpickle import install_composer_guard
 
     install_composer_guard()  # what build_trainer does: every checkpoint Composer opens is validated first
     models = []

@@ -60,7 +60,7 @@ def test_learns_a_keyword_task_from_a_hugging_face_folder(tmp_path, start, task_
 
 
 def test_encoder_and_mlm_head_come_from_the_checkpoint_and_random_init_does_not(tmp_path, start, task_files):
-    from flexbert.checkpoint import load_checkpoint_file, model_state
+    from flexbert.checkpoints.loading import load_checkpoint_file, model_state
     from flexbert.eval.finetune import build_model, read_task
     from flexbert.eval.spec import load_eval_file
     from flexbert.eval.starting_point import load_tokenizer

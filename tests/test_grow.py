@@ -5,9 +5,9 @@ import pytest
 import torch
 import yaml
 
-from flexbert.checkpoint import CheckpointError, init_from_checkpoint
+from flexbert.checkpoints.loading import CheckpointError, init_from_checkpoint
 from flexbert.config import FlexBertConfig
-from flexbert.grow import GrowError, grown_state_dict, place, source_layer
+from flexbert.checkpoints.grow import GrowError, grown_state_dict, place, source_layer
 from flexbert.model.modeling import FlexBertForMaskedLM
 from tests.helpers import TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint

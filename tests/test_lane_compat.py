@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from flexbert.tokenizer_source import load_tokenizer
-from flexbert.train.resume_checks import check_training_state
+from flexbert.checkpoints.resume_checks import check_training_state
 
 VOCAB = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "[MASK]": 4, "a": 5, "b": 6}
 
@@ -56,7 +56,7 @@ def _scheduler_state(drop=()):
 
 def test_a_torch27_scheduler_state_without_is_initial_passes_the_resume_check(tmp_path, monkeypatch):
     """torch 2.7 writes no `_is_initial` (torch >= 2.9 does); torch 2.11's LambdaLR loads that state."""
-    import flexbert.train.resume_checks as rc
+    import flexbert.checkpoints.resume_checks as rc
 
     states = {"torch 2.7": _scheduler_state(drop=("_is_initial",)), "torch 2.11": _scheduler_state()}
     states["torch 2.11"]["schedulers"]["LambdaLR"]["_is_initial"] = False

@@ -24,7 +24,7 @@ import torch
 from composer.core import Callback
 
 from benchmarks import fault_injection as fi
-from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
+from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_killed_after_its_last_checkpoint_the_rerun_is_a_no_op(tiny_corpus, refe
 
 def test_missing_latest_link_resumes_from_newest_complete_checkpoint(reference, tmp_path):
     """A kill between Composer's os.remove(latest) and os.symlink(latest): autoresume must not restart at 0."""
-    from flexbert.train.checkpoint_safety import find_resume_checkpoint, repair_latest
+    from flexbert.checkpoints.crash_safe import find_resume_checkpoint, repair_latest
 
     folder = tmp_path / "run"
     shutil.copytree(reference, folder, symlinks=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks import fault_injection as fi
-from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
+from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
 
 ROOT = Path(__file__).resolve().parents[1]

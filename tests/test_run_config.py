@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexbert.checkpoint import load_checkpoint_file, model_state
+from flexbert.checkpoints.loading import load_checkpoint_file, model_state
 from flexbert.schema import ConfigError
 from flexbert.train.run_config import RunConfigError, load_run_config, schema_help
 from flexbert.train.trainer import main

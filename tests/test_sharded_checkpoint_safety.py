@@ -1,5 +1,5 @@
 """Sharded (torch.distributed.checkpoint) checkpoints under the safe loader and autoresume
-(flexbert/safe_unpickle.py, flexbert/train/checkpoint_safety.py): the `.metadata` index and every non-tensor value
+(flexbert/checkpoints/safe_unpickle.py, flexbert/checkpoints/crash_safe.py): the `.metadata` index and every non-tensor value
 of a `.distcp` file pass an allow-list before torch unpickles them in full; a folder whose index is missing or
 truncated is not resumed from. The 2-rank round trip through Composer's reader is in test_distributed_fsdp.py."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dist_cp
 
-from flexbert.safe_unpickle import (UnreadableCheckpointError, UnsafeCheckpointError, checkpoint_refusal,
+from flexbert.checkpoints.safe_unpickle import (UnreadableCheckpointError, UnsafeCheckpointError, checkpoint_refusal,
                                     validate_for_composer)
-from flexbert.train.checkpoint_safety import LATEST, find_resume_checkpoint, repair_latest
+from flexbert.checkpoints.crash_safe import LATEST, find_resume_checkpoint, repair_latest
 
 
 class RunsCode:
@@ -92,7 +92,7 @@ def _load_through_composer(folder, monkeypatch):
     """What Composer's `load_path` / autoresume does with a sharded folder, with our guard installed."""
     from composer.utils.checkpoint import FileSystemReaderWithValidation
 
-    from flexbert.safe_unpickle import COMPOSER_VALIDATION_ENV, install_composer_guard
+    from flexbert.checkpoints.safe_unpickle import COMPOSER_VALIDATION_ENV, install_composer_guard
 
     monkeypatch.delenv(COMPOSER_VALIDATION_ENV, raising=False)
     install_composer_guard()

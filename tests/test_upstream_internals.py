@@ -3,7 +3,7 @@ exactly one place; if an upgrade renames or reshapes one, this file fails first 
 failing (or silently changing behaviour) deep inside training.
 
 - composer.utils.checkpoint._write_checkpoint_file(state_dict, filename): wrapped so a checkpoint is written under a
-  temporary name and renamed (flexbert/train/checkpoint_safety.py).
+  temporary name and renamed (flexbert/checkpoints/crash_safe.py).
 - composer.optim.scheduler._convert_time(time, state, ssr): turns `dur` / `ep` into max_duration's unit, as Composer's
   own schedulers do (flexbert/optim/schedulers.py).
 - composer.models.huggingface._is_registered_causal_lm(model): set to answer False while our model is wrapped, so

@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # intermixed: `EVAL.yaml --out DIR key=value` is as valid as `EVAL.yaml key=value --out DIR`
     args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
-    from flexbert.checkpoint import CheckpointError
+    from flexbert.checkpoints.loading import CheckpointError
     from flexbert.config import FlexBertConfigError
     from flexbert.errors import DataError
     from flexbert.eval.metrics import MetricError

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from flexbert.checkpoint import CheckpointError
+from flexbert.checkpoints.loading import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def load_tokenizer(spec, scratch: Path):
     elif spec.starting_point and Path(spec.starting_point).is_dir():
         name = spec.starting_point
     elif spec.starting_point:
-        from flexbert.checkpoint import huggingface_state, load_checkpoint_file
-        from flexbert.embedded_tokenizer import EmbeddedTokenizerError, restore_embedded_tokenizer
+        from flexbert.checkpoints.loading import huggingface_state, load_checkpoint_file
+        from flexbert.checkpoints.embedded_tokenizer import EmbeddedTokenizerError, restore_embedded_tokenizer
 
         try:  # only allow-listed plain file names become files, never code
             tokenizer = restore_embedded_tokenizer(huggingface_state(load_checkpoint_file(spec.starting_point)),
@@ -49,7 +49,7 @@ def load_tokenizer(spec, scratch: Path):
 
 def pretrained_weights(spec, pad_token_id: int) -> tuple[Optional[dict[str, torch.Tensor]], dict[str, Any]]:
     """(FlexBERT-named state or None, model_config of the starting model or {})."""
-    from flexbert.checkpoint import read_model_weights
+    from flexbert.checkpoints.loading import read_model_weights
 
     if not spec.starting_point:
         return None, {}
@@ -62,7 +62,7 @@ def pretrained_weights(spec, pad_token_id: int) -> tuple[Optional[dict[str, torc
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Copy the encoder (every `bert.*` tensor, required) and the head (all of `head.*` or none) into `model`;
     returns the names that kept their initialization."""
-    from flexbert.checkpoint import mismatch_message
+    from flexbert.checkpoints.loading import mismatch_message
 
     expected = model.state_dict()
     encoder = {k: v for k, v in state.items() if k.startswith("bert.")}

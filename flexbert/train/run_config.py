@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flexbert.checkpoint import InitFromCheckpointConfig
+from flexbert.checkpoints.loading import InitFromCheckpointConfig
 from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig

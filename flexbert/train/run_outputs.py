@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from flexbert.schema import ConfigError
-from flexbert.train.checkpoint_safety import LATEST, _checkpoints
+from flexbert.checkpoints.crash_safe import LATEST, _checkpoints
 
 RUN_CONFIG_FILE = "run_config.json"
 DERIVED = ("metrics.jsonl", "curves.png", "hf")  # files a run (or the tools after it) derive from its checkpoints

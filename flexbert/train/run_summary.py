@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from flexbert.train.checkpoint_safety import LATEST
+from flexbert.checkpoints.crash_safe import LATEST
 
 # metrics.jsonl key -> console name
 _FINAL = {"loss/train/total": "train loss", "metrics/eval/LanguageCrossEntropy": "eval loss",

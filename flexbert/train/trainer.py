@@ -48,23 +48,23 @@ def build_trainer(cfg: RunConfig):
     from composer.core import Evaluator
     from composer.utils import reproducibility
 
-    from flexbert.checkpoint import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
+    from flexbert.checkpoints.loading import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
     from flexbert.data.loader import LoaderStateCallback, SeqLenLogger
     from flexbert.optim.restart import RestartOverride
-    from flexbert.safe_unpickle import install_composer_guard
+    from flexbert.checkpoints.safe_unpickle import install_composer_guard
     from flexbert.train.builders import build_algorithms, build_loader, build_model, build_optimization
     from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard, build_callbacks
-    from flexbert.train.checkpoint_safety import (count_earlier_checkpoints, find_resume_checkpoint,
+    from flexbert.checkpoints.crash_safe import (count_earlier_checkpoints, find_resume_checkpoint,
                                                    install_atomic_checkpoint_writes, repair_latest)
     from flexbert.train.loggers import build_loggers
     from flexbert.train.parallelism import prepare_model
-    from flexbert.train.resume_checks import check_resume
+    from flexbert.checkpoints.resume_checks import check_resume
     from flexbert.train.rng_resume import ResumeRngStates
     from flexbert.train.run_outputs import claim_save_folder
     from flexbert.train.validate import eval_sizes, validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
-    install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoint_safety)
+    install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoints.crash_safe)
     plan = validate_run(cfg, _world_size(), _global_rank())
     # The folder is taken only once the run is known to be valid: a refused run leaves nothing behind in it.
     save_folder = plan.save_folder
@@ -248,11 +248,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _show_each_warning_once()
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
-    from flexbert.checkpoint import CheckpointError
+    from flexbert.checkpoints.loading import CheckpointError
     from flexbert.errors import DataError
     from flexbert.folder_lock import FolderBusyError
     from flexbert.schema import ConfigError
-    from flexbert.train.checkpoint_safety import CheckpointSaveError
+    from flexbert.checkpoints.crash_safe import CheckpointSaveError
     from flexbert.train.run_config import load_run_config
 
     # Everything before fit is validation and building: its errors are configuration or input problems, shown as
@@ -279,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_peer_error_line(err), file=sys.stderr)
         return 2
     except BaseException as err:  # torch.distributed.checkpoint wraps a refused sharded checkpoint in one
-        from flexbert.safe_unpickle import checkpoint_refusal
+        from flexbert.checkpoints.safe_unpickle import checkpoint_refusal
 
         if checkpoint_refusal(err) is None:
             raise
@@ -287,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     rank0 = _global_rank() == 0
     if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:
-        from flexbert.train.checkpoint_safety import find_resume_checkpoint
+        from flexbert.checkpoints.crash_safe import find_resume_checkpoint
         from flexbert.train.run_summary import resume_line
 
         found = find_resume_checkpoint(cfg.resolved_save_folder()) if cfg.autoresume else None

@@ -197,7 +197,7 @@ def _meta_model(cfg: RunConfig, tokenizer, checkpoint_config):
 
 def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     """Check the whole run without reading data or allocating weights; raise one clear error or return the plan."""
-    from flexbert.checkpoint import (
+    from flexbert.checkpoints.loading import (
         check_checkpoint_fits,
         check_init_from_checkpoint,
         check_pretrained_checkpoint,
@@ -207,9 +207,9 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     from flexbert.optim.builders import build_scheduler
     from flexbert.train.builders import build_algorithms, build_seq_len_warmup, build_tokenizer
     from flexbert.train.callbacks import build_callbacks
-    from flexbert.train.checkpoint_safety import check_some_checkpoint_intact, find_resume_checkpoint
+    from flexbert.checkpoints.crash_safe import check_some_checkpoint_intact, find_resume_checkpoint
     from flexbert.train.loggers import build_loggers
-    from flexbert.train.resume_checks import check_intact, check_training_state, missing_training_state
+    from flexbert.checkpoints.resume_checks import check_intact, check_training_state, missing_training_state
     from flexbert.train.run_outputs import check_save_folder
 
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",

@@ -9,14 +9,14 @@ Layout (Composer 0.24 wrote the released ones, Composer 0.32 writes ours, the sa
 The trainer's path through this module, before Composer's Trainer opens the file:
 1. `prepare_load_path`: the file exists and is not a Hugging Face folder; `install_composer_guard()` makes
    Composer's own torch.load (weights_only=False) run only on files the restricted unpickler accepted
-   (see `flexbert.safe_unpickle` for why this is the hook to use).
+   (see `flexbert.checkpoints.safe_unpickle` for why this is the hook to use).
 2. `read_checkpoint_model_config`: the architecture stored in the checkpoint;
    `flexbert.pretrained_configs.resolve_model_config` combines it with the run file's `model_config`, listing
    disagreements key by key.
 3. `check_checkpoint_fits`: the checkpoint's tensors against the built model -- missing, unexpected and
    mis-shaped keys listed, instead of Composer's first-mismatch error deep inside `Trainer.__init__`.
 4. `init_from_checkpoint` (run-file key `init_from_checkpoint`): tile a smaller model into this one
-   (`flexbert.grow`).
+   (`flexbert.checkpoints.grow`).
 Files are opened with `mmap=True` and the last one is cached, so steps 1-3 cost one parse of the pickle.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from flexbert import schema
-from flexbert.checkpoint_keys import CheckpointError, mismatch_message
+from flexbert.checkpoints.keys import CheckpointError, mismatch_message
 from flexbert.config import MODEL_CONFIG_DEFAULTS
 from flexbert.registry import closest
 
@@ -49,7 +49,7 @@ def prepare_load_path(path: str) -> str:
 
     Also installs the guard that makes Composer open checkpoints only after the safe loader accepted them."""
     from flexbert.hf_interop import is_modernbert_folder
-    from flexbert.safe_unpickle import install_composer_guard
+    from flexbert.checkpoints.safe_unpickle import install_composer_guard
 
     install_composer_guard()
     path = str(path)
@@ -74,7 +74,7 @@ _cache: dict[tuple, dict[str, Any]] = {}
 
 def load_checkpoint_file(path: Union[str, Path]) -> dict[str, Any]:
     """A Composer checkpoint, opened by the allow-listed loader (tensors memory-mapped), structure checked."""
-    from flexbert.safe_unpickle import UnreadableCheckpointError, safe_torch_load
+    from flexbert.checkpoints.safe_unpickle import UnreadableCheckpointError, safe_torch_load
 
     path = str(path)
     if not Path(path).is_file():
@@ -150,7 +150,7 @@ def check_checkpoint_fits(path: str, composer_model: torch.nn.Module, strict: bo
     """Compare `state.model` of the file with the model Composer will load it into (keys `model.bert...`).
 
     strict=False (`load_strict_model_weights: false`) tolerates missing and unexpected keys, not wrong shapes."""
-    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.checkpoints.keys import state_dict_mismatches
 
     if "://" in str(path) or Path(path).is_dir():
         return
@@ -184,7 +184,7 @@ class InitFromCheckpointConfig:
                                                              "tile_weights_from_middle: where the smaller tensors go")
 
     def __post_init__(self):
-        from flexbert.grow import TILE_MODES
+        from flexbert.checkpoints.grow import TILE_MODES
 
         if self.mode not in TILE_MODES:
             raise schema.ConfigError(f"`mode` '{self.mode}' is unknown{closest(self.mode, TILE_MODES)}; "
@@ -250,7 +250,7 @@ def read_model_weights(path: str, pad_token_id: Optional[int] = None) -> tuple[d
 
 def _check_source(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], pad_token_id: int, source: str) -> None:
     """The smaller model's weights against its declared architecture (built on the meta device: no memory)."""
-    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.checkpoints.keys import state_dict_mismatches
     from flexbert.config import FlexBertConfig
     from flexbert.model.modeling import FlexBertForMaskedLM
 
@@ -268,8 +268,8 @@ def _check_source(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], 
 def init_from_checkpoint(model, cfg: Any, run_dir: Optional[str] = None):
     """Initialise `model` (a FlexBertForMaskedLM) from a smaller model's weights, tiled by `cfg.mode`.
 
-    Returns the `flexbert.grow.GrowReport` (layer mapping, tensors that kept their init)."""
-    from flexbert.grow import GrowError, grow_into
+    Returns the `flexbert.checkpoints.grow.GrowReport` (layer mapping, tensors that kept their init)."""
+    from flexbert.checkpoints.grow import GrowError, grow_into
 
     settings = InitFromCheckpointConfig.from_dict(cfg)
     path, state = _init_source(settings, model.config.pad_token_id, run_dir)
@@ -306,7 +306,7 @@ def check_init_from_checkpoint(cfg: Any, pad_token_id: int, run_dir: Optional[st
 
 
 def _pretrained_state(path: str, model) -> dict[str, torch.Tensor]:
-    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.checkpoints.keys import state_dict_mismatches
 
     if "://" in path:
         raise CheckpointError(f"model.pretrained_checkpoint '{path}': remote paths are not supported; download it first")

@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from flexbert.safe_unpickle import damaged_member
+from flexbert.checkpoints.safe_unpickle import damaged_member
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def repair_latest(folder: str | os.PathLike | None) -> Optional[Path]:
 def check_some_checkpoint_intact(folder: str | os.PathLike | None) -> None:
     """Autoresume found nothing to resume from (`find_resume_checkpoint` is None): fine when the folder holds no
     checkpoint, an error naming each damaged one when it holds only damaged ones."""
-    from flexbert.checkpoint import CheckpointError
+    from flexbert.checkpoints.loading import CheckpointError
 
     if not folder or not Path(folder).is_dir():
         return

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(repr(prompt), "->", ", ".join(f"{g['token_str']!r} ({g['score']:.2f})" for g in guesses))
 
     _step(f"fine-tuning on {EVAL_FILE}'s task: the pretrained checkpoint vs the same model from random initialization")
-    from flexbert.demo_compare import compare
+    from flexbert.demo.compare import compare
 
     table = compare(EVAL_FILE, run_dir / "latest-rank0.pt", run_dir, eval_overrides)
     print(f"\n{table}")

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from flexbert.checkpoint import CheckpointError, load_checkpoint_file, mismatch_message
+from flexbert.checkpoints.loading import CheckpointError, load_checkpoint_file, mismatch_message
 
 MODEL_PREFIX = "model."
 
@@ -43,7 +43,7 @@ def _required_keys() -> dict[str, set[str]]:
 
 
 def check_resume_fits(path: str, composer_model: torch.nn.Module) -> None:
-    from flexbert.checkpoint_keys import state_dict_mismatches
+    from flexbert.checkpoints.keys import state_dict_mismatches
 
     state = load_checkpoint_file(path)["state"]["model"]
     missing, unexpected, misshaped = state_dict_mismatches(composer_model, state)
@@ -56,7 +56,7 @@ def check_resume_fits(path: str, composer_model: torch.nn.Module) -> None:
 
 def check_intact(path: str) -> None:
     """Every member of the file matches its CRC-32 (torch loads flipped tensor bytes without complaint)."""
-    from flexbert.safe_unpickle import damaged_member
+    from flexbert.checkpoints.safe_unpickle import damaged_member
 
     problem = damaged_member(path) if zipfile.is_zipfile(path) else None
     if problem:

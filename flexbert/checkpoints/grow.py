@@ -1,7 +1,7 @@
 """Growing a model from a smaller one: tile the small model's weights into the larger shapes.
 
 ModernBERT-large was initialised from ModernBERT-base this way (run-file key
-`init_from_checkpoint: {checkpoint_cfg, checkpoint_load_path, mode}`, see `flexbert.checkpoint`).
+`init_from_checkpoint: {checkpoint_cfg, checkpoint_load_path, mode}`, see `flexbert.checkpoints.loading`).
 
 Layers. New layer i takes old layer `round(i * L_old / L_new)` (Python's round, halves to even), clamped to
 `L_old - 1` (with L_new > 2 L_old the last value would otherwise fall one past the end). Base -> large:

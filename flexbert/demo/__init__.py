@@ -1,0 +1,1 @@
+"""`python -m flexbert.demo`: the embedded demo (`run`) and its pretrained-vs-random-init comparison (`compare`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from flexbert.demo.run import main
+
+sys.exit(main())

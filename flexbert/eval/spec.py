@@ -41,19 +41,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
 from flexbert import schema
 from flexbert.config import check_model_config
 from flexbert.registry import closest
+from flexbert.yaml_file import load_config_file
 
 
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(schema.ConfigError):
     """An evaluation-file problem; the message names the key and the fix."""
 
 
@@ -132,37 +130,12 @@ def _check_keys(section: Mapping[str, Any], valid: Sequence[str], prefix: str) -
     schema.check_keys(section, valid, prefix.rstrip("."), EvalConfigError)
 
 
-def _referenced(raw) -> set[str]:
-    import re
-
-    text = OmegaConf.to_yaml(raw, resolve=False)
-    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
-
-
 def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None,
                    require_start: bool = True) -> EvalSpec:
     """Merge defaults <- file <- `key.sub=value` overrides, then check every key. `require_start=False`: the
     starting checkpoint does not exist yet (a sweep checks its `eval:` section before pretraining)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalConfigError(f"{path}: no such evaluation file")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as err:
-        raise EvalConfigError(f"{path}: cannot parse YAML: {err}") from None
-    if not isinstance(raw, DictConfig):
-        kind = "a list" if isinstance(raw, ListConfig) else "not a mapping"
-        raise EvalConfigError(f"{path}: is {kind}; an evaluation file is a mapping of keys (base_run_name, "
-                              "starting_checkpoint_load_path, tasks, ...) -- see flexbert/eval/spec.py")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise EvalConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
-    try:
-        merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
-        free = _referenced(merged)
-        values = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        raise EvalConfigError(f"{path}: {err}") from None
+    read = load_config_file(path, overrides, kind="evaluation file", error=EvalConfigError)
+    values, free = read.values, read.referenced
     _check_keys({k: v for k, v in values.items() if k not in free}, list(TOP_LEVEL), "")
     cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
     return _build(cfg, str(path), out_dir, require_start)

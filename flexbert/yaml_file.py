@@ -75,8 +75,9 @@ def _override(text: str, error: type) -> DictConfig:
         raise error(f"command-line override `{text}` must look like key.sub=value")
     try:
         return OmegaConf.from_dotlist([text])
-    except OmegaConfBaseException as err:
-        raise error(f"command-line override `{text}`: {one_line(err)}") from None
+    except Exception as err:  # OmegaConf's grammar errors, or yaml's for the value
+        problem = getattr(err, "problem", None)
+        raise error(f"command-line override `{text}`: cannot parse it: {problem or one_line(err)}") from None
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], error: type = ConfigError) -> DictConfig:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from flexbert.checkpoint import InitFromCheckpointConfig
-from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config
+from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config, read_old_names
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
@@ -298,15 +297,9 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base
 
 def _legacy_aliases(raw: dict[str, Any]) -> None:
     """Old spellings the reference's run files still carry, mapped to today's key with a warning."""
-    model_config = (raw.get("model") or {}).get("model_config") if is_mapping(raw.get("model")) else None
-    if is_mapping(model_config) and "sparse_prediction" in model_config:
-        value = model_config.pop("sparse_prediction")
-        if "masked_prediction" in model_config and model_config["masked_prediction"] != value:
-            raise RunConfigError("model_config sets both `sparse_prediction` and `masked_prediction`, differently; "
-                                 "keep `masked_prediction`")
-        model_config.setdefault("masked_prediction", value)
-        warnings.warn("model_config.sparse_prediction is the old name of `masked_prediction`; read as such",
-                      UserWarning, stacklevel=3)
+    model = raw.get("model")
+    if is_mapping(model) and "model_config" in model:
+        model["model_config"] = read_old_names(model["model_config"], "model_config", RunConfigError)
 
 
 # ---------------------------------------------------------------------------------------------- checks

@@ -20,12 +20,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from flexbert import duration
 from flexbert.checkpoint import InitFromCheckpointConfig
 from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config, read_old_names
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
-from flexbert import duration
 from flexbert.schema import ConfigError, coerce, field, is_mapping, read_section
 from flexbert.yaml_file import load_config_file
 

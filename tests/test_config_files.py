@@ -183,3 +183,10 @@ def test_reference_single_task_finetuning_file_is_refused_with_the_reason(tmp_pa
     message = _one_line(str(caught.value))
     assert message.startswith(f"{path}: has run_name, train_loader, eval_loader, model.num_labels and no `tasks`")
     assert "sequence_classification.py" in message and "unknown key" not in message
+
+
+def test_a_pretraining_run_file_given_to_eval_says_which_command_runs_it(capsys):
+    demo = ROOT / "yamls/demo.yaml"
+    assert eval_main([str(demo)]) == 2
+    message = _one_line(capsys.readouterr().err)
+    assert message.startswith(f"error: {demo}: has run_name, train_loader") and f"python main.py {demo}" in message

@@ -85,8 +85,9 @@ PROBLEM_TYPES = (SINGLE, REGRESSION, MULTI)
 WHY_NOT = {
     "model.pretrained_checkpoint": "use starting_checkpoint_load_path",
 }
-# The reference's single-task fine-tuning run files (its sequence_classification.py) have these instead of `tasks`.
-SINGLE_TASK_RUN_KEYS = ("run_name", "train_loader", "eval_loader")
+# Run files -- pretraining ones, and the reference's single-task fine-tuning ones (its sequence_classification.py,
+# with `model.num_labels`) -- have these instead of `tasks`.
+RUN_FILE_KEYS = ("run_name", "train_loader", "eval_loader")
 
 
 @dataclass
@@ -138,16 +139,20 @@ def _check_keys(section: Mapping[str, Any], valid: Sequence[str], prefix: str) -
     schema.check_keys(section, valid, prefix.rstrip("."), EvalConfigError)
 
 
-def _check_single_task_run_file(values: Mapping[str, Any], source: str) -> None:
+def _check_not_a_run_file(values: Mapping[str, Any], source: str) -> None:
     model = values.get("model")
-    found = [k for k in SINGLE_TASK_RUN_KEYS if k in values]
+    found = [k for k in RUN_FILE_KEYS if k in values]
     found += ["model.num_labels"] if isinstance(model, Mapping) and "num_labels" in model else []
-    if found and "tasks" not in values:
-        raise EvalConfigError(
-            f"{source}: has {', '.join(found)} and no `tasks`: this is a run file of the reference's single-task "
-            f"sequence_classification.py, whose data come from a loader written in that script, so it cannot run "
-            f"here; write the task as an evaluation file: base_run_name, starting_checkpoint_load_path and "
-            f"tasks: {{NAME: {{data: {{train: FILE, validation: FILE}}}}}}")
+    if not found or "tasks" in values:
+        return
+    if "model.num_labels" not in found:
+        raise EvalConfigError(f"{source}: has {', '.join(found)} and no `tasks`: this is a pretraining run file; run "
+                              f"it with `python main.py {source}` (an evaluation file lists its `tasks`)")
+    raise EvalConfigError(
+        f"{source}: has {', '.join(found)} and no `tasks`: this is a run file of the reference's single-task "
+        f"sequence_classification.py, whose data come from a loader written in that script, so it cannot run "
+        f"here; write the task as an evaluation file: base_run_name, starting_checkpoint_load_path and "
+        f"tasks: {{NAME: {{data: {{train: FILE, validation: FILE}}}}}}")
 
 
 def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None,
@@ -156,7 +161,7 @@ def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Opt
     starting checkpoint does not exist yet (a sweep checks its `eval:` section before pretraining)."""
     read = load_config_file(path, overrides, kind="evaluation file", error=EvalConfigError)
     values, free = read.values, read.referenced
-    _check_single_task_run_file(values, str(path))
+    _check_not_a_run_file(values, str(path))
     _check_keys({k: v for k, v in values.items() if k not in free}, list(TOP_LEVEL), "")
     cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
     return _build(cfg, str(path), out_dir, require_start)

@@ -171,6 +171,8 @@ def test_reference_eval_file_keys_keep_their_meaning(tmp_path):
     other = load_eval_file(path, ["tasks.rte.seeds=[1]"], require_start=False).task("rte")
     assert "eval_subset_num_batches" not in other.trainer
 
+    with pytest.raises(EvalConfigError, match=r"eval_subset_num_batches` must be a positive number of batches or -1"):
+        load_eval_file(path, ["tasks.mnli.trainer_kwargs.eval_subset_num_batches=0"], require_start=False)
     with pytest.raises(EvalConfigError, match=r"sets both `sparse_prediction` and `masked_prediction`, differently"):
         load_eval_file(path, ["model.model_config.masked_prediction=true"], require_start=False)
 

@@ -227,6 +227,10 @@ def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: Eval
     trainer = {**TRAINER_DEFAULTS, **(cfg["trainer_kwargs"] or {})}
     _check_keys(task.get("trainer_kwargs") or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS], f"{prefix}trainer_kwargs.")
     trainer.update(task.get("trainer_kwargs") or {})
+    subset = trainer.get("eval_subset_num_batches", -1)
+    if isinstance(subset, bool) or not isinstance(subset, int) or not (subset == -1 or subset > 0):
+        raise EvalConfigError(f"`{prefix}trainer_kwargs.eval_subset_num_batches` must be a positive number of batches "
+                              f"or -1 (the whole validation set), got {subset!r}")
     data = dict(task.get("data") or {})
     _check_keys(data, DATA_KEYS, f"{prefix}data.")
     model_config = check_model_config(read_old_names(task.get("model_config") or {}, f"{prefix}model_config",

@@ -77,24 +77,25 @@ def choose_model(train_tokens: int, vocab: int):
 
 
 def write_run_file(path: Path, out: Path, run_name: str, manifest: dict, max_seq_len: int, size, epochs: int) -> None:
-    from omegaconf import OmegaConf
+    from flexbert.yaml_file import load_config_file, write_yaml
 
     name, hidden, layers, heads, intermediate = size
-    cfg = OmegaConf.load(DEMO_RUN_FILE)
-    cfg.data_local = str((out / "mds").resolve())
-    cfg.tokenizer_name = str((out / "tokenizer").resolve())
-    cfg.max_seq_len = max_seq_len
-    cfg.run_name = run_name
-    cfg.save_folder = f"runs/{{run_name}}"
-    mc = cfg.model.model_config
-    mc.vocab_size = manifest["vocab_size"]
-    mc.hidden_size, mc.num_hidden_layers, mc.num_attention_heads, mc.intermediate_size = hidden, layers, heads, intermediate
-    mc.max_position_embeddings = max_seq_len
-    mc.sliding_window = min(128, max_seq_len // 2)
-    cfg.max_duration = f"{epochs}ep"
+    # unresolved: the written file keeps the demo's ${max_seq_len}-style variables
+    cfg = load_config_file(DEMO_RUN_FILE, kind="run file", resolve=False).values
+    cfg["data_local"] = str((out / "mds").resolve())
+    cfg["tokenizer_name"] = str((out / "tokenizer").resolve())
+    cfg["max_seq_len"] = max_seq_len
+    cfg["run_name"] = run_name
+    cfg["save_folder"] = "runs/{run_name}"
+    mc = cfg["model"]["model_config"]
+    mc["vocab_size"] = manifest["vocab_size"]
+    mc.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate)
+    mc["max_position_embeddings"] = max_seq_len
+    mc["sliding_window"] = min(128, max_seq_len // 2)
+    cfg["max_duration"] = f"{epochs}ep"
     if "validation" not in manifest["splits"]:  # no document hashed into validation: train without evaluation
-        cfg.eval_loader = None
-    OmegaConf.save(cfg, path)
+        cfg["eval_loader"] = None
+    write_yaml(path, cfg)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -144,6 +144,26 @@ LEGACY_KEYS = {
     "pretrained_model_name": "the architecture is given by model_config",
 }
 
+# Old names of today's keys, which the reference's run and evaluation files still carry: read as today's key.
+RENAMED_KEYS = {"sparse_prediction": "masked_prediction"}
+
+
+def read_old_names(model_config: Any, where: str = "model_config", error: type = ConfigError) -> Any:
+    """`model_config` (a file's mapping) with each old key name replaced by today's, with a warning; a file that
+    sets both names to different values fails."""
+    if not isinstance(model_config, Mapping):
+        return model_config
+    out = dict(model_config)
+    for old, new in RENAMED_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise error(f"{where} sets both `{old}` and `{new}`, differently; keep `{new}`")
+            out.setdefault(new, value)
+            warnings.warn(f"{where}.{old} is the old name of `{new}`; read as such", UserWarning, stacklevel=3)
+    return out
+
+
 # Schema keys kept (a config round-trips with them) that change nothing because of how this project runs.
 MOOT_KEYS = {
     "padding": "execution is always unpadded, which gives the same numbers as padded",

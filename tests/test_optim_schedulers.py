@@ -130,8 +130,10 @@ def test_scheduler_config_errors():
         build_scheduler({"name": "warmup_stable_decay", "t_decy": "0tok"})
     with pytest.raises(ValueError, match=r"did you mean 'one_minus_sqrt'"):
         build_scheduler({"name": "one_minus_sqr"})
-    with pytest.raises(FlexBertConfigError, match=r"scheduler\.t_warmup.*not a Composer duration"):
+    with pytest.raises(FlexBertConfigError, match=r"scheduler\.t_warmup: 100` has no unit; write e\.g\. 100ba"):
         build_scheduler({"name": "constant_with_warmup", "t_warmup": 100})
+    with pytest.raises(FlexBertConfigError, match=r"scheduler\.t_warmup`: '100 steps' is not a Composer duration"):
+        build_scheduler({"name": "constant_with_warmup", "t_warmup": "100 steps"})
     with pytest.warns(UserWarning, match=r"scheduler\.t_decay"):
         build_scheduler({"name": "constant_with_warmup", "t_warmup": "0tok", "t_decay": "0tok"})
     with warnings.catch_warnings():

@@ -215,17 +215,16 @@ def _run_file(name: str, run_dir: Optional[str]) -> Path:
 def _config_from_cfg(checkpoint_cfg: Union[str, Mapping], run_dir: Optional[str] = None) -> dict[str, Any]:
     """The smaller model's model_config, as its own run would have built it (pretrained_model_name defaults
     under its model_config)."""
-    from omegaconf import OmegaConf
-
     from flexbert.pretrained_configs import resolve_model_config
+    from flexbert.yaml_file import load_config_file
 
     if isinstance(checkpoint_cfg, Mapping):
         return dict(checkpoint_cfg)
     path = _run_file(str(checkpoint_cfg), run_dir)
     try:
-        run = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:
-        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {path}: cannot read it ({err})") from None
+        run = load_config_file(path, kind="run file").values
+    except schema.ConfigError as err:
+        raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg: {err}") from None
     model = run.get("model") if isinstance(run, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("model_config"), dict):
         raise CheckpointError(f"init_from_checkpoint.checkpoint_cfg {path}: has no model.model_config")

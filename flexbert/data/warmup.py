@@ -45,13 +45,11 @@ def parse_tokens(value: int | str | None, key: str = "batch_size_warmup_tokens")
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         tokens = int(value)
     elif isinstance(value, str):
-        from composer.core import Time, TimeUnit
+        from composer.core import TimeUnit
 
-        try:
-            t = Time.from_timestring(value)
-        except ValueError as e:
-            raise ValueError(f"`{key}`: cannot parse {value!r} as a Composer time string ({e}); "
-                             f"write it like '50_000_000_000tok'") from None
+        from flexbert.duration import parse_duration
+
+        t = parse_duration(key, value)
         if t.unit != TimeUnit.TOKEN:
             raise ValueError(f"`{key}` must be in tokens ('...tok'), got {value!r} in unit {t.unit.value}")
         tokens = int(t.value)

@@ -31,16 +31,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     from flexbert.checkpoints.loading import CheckpointError
-    from flexbert.config import FlexBertConfigError
     from flexbert.errors import DataError
-    from flexbert.eval.metrics import MetricError
     from flexbert.eval.results import ResultFileError
     from flexbert.eval.runner import hold_output, output_files, report, run
-    from flexbert.eval.spec import EvalConfigError, load_eval_file
-    from flexbert.train.run_config import RunConfigError
+    from flexbert.eval.spec import load_eval_file
+    from flexbert.schema import ConfigError
 
-    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, RunConfigError,
-                   ResultFileError, KeyError)
+    # ConfigError: every problem of the evaluation file (its model_config, metrics, ... included)
+    user_errors = (ConfigError, DataError, CheckpointError, ResultFileError, KeyError)
     try:
         spec = load_eval_file(args.eval_file, args.overrides, args.out)
         if args.report:

@@ -184,6 +184,7 @@ def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = Non
         train_dataloader=train_loader,
         eval_dataloader=Evaluator(label="eval", dataloader=eval_loader, metric_names=list(metrics)),
         eval_interval=trainer_kwargs["eval_interval"],
+        eval_subset_num_batches=int(trainer_kwargs.get("eval_subset_num_batches", -1)),
         max_duration=trainer_kwargs["max_duration"],
         optimizers=optimizer,
         schedulers=scheduler,

@@ -28,6 +28,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
+from flexbert.schema import ConfigError
+
 SINGLE, REGRESSION, MULTI = "single_label_classification", "regression", "multi_label_classification"
 
 _BUILDERS: dict[str, dict[str, Callable[[int], Metric]]] = {
@@ -50,8 +52,8 @@ _BUILDERS: dict[str, dict[str, Callable[[int], Metric]]] = {
 DEFAULT_METRICS = {SINGLE: ["accuracy", "f1_macro"], REGRESSION: ["pearson", "spearman"], MULTI: ["f1_micro", "f1_macro"]}
 
 
-class MetricError(ValueError):
-    pass
+class MetricError(ConfigError):
+    """A task's `metrics` list names a metric that does not apply to it."""
 
 
 def metric_names(problem_type: str) -> list[str]:

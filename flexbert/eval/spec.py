@@ -30,7 +30,10 @@ Follows the reference framework's evaluation schema where it applies here:
         data: {train: a.jsonl, validation: b.jsonl, text_field: text, label_field: label, ...}   # or a GLUE name
 
 Unknown keys fail naming the closest valid one; the reference's keys that have no meaning here
-(`model.pretrained_checkpoint`, ...) fail saying why.
+(`model.pretrained_checkpoint`, ...) fail saying why. `model_config.sparse_prediction` is the old name of
+`masked_prediction`, read as such (as in run files): it concerns the MLM head, so fine-tuning, which uses the
+classification head, runs the same with either value (the reference's classifier ignores it too).
+`trainer_kwargs.eval_subset_num_batches` scores each evaluation on that many batches, as in the reference.
 """
 
 from __future__ import annotations
@@ -41,19 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from flexbert.eval.metrics import DEFAULT_METRICS, MULTI, REGRESSION, SINGLE
 from flexbert import schema
-from flexbert.config import check_model_config
+from flexbert.config import check_model_config, read_old_names
 from flexbert.registry import closest
+from flexbert.yaml_file import load_config_file
 
 
 TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(schema.ConfigError):
     """An evaluation-file problem; the message names the key and the fix."""
 
 
@@ -75,12 +76,18 @@ TRAINER_DEFAULTS = {
     "device_eval_batch_size": 64, "eval_interval": "1ep", "max_seq_len": None, "precision": None,
     "save_num_checkpoints_to_keep": 0, "optimizer": None, "scheduler": None, "console_log_interval": "50ba",
 }
+# Composer Trainer settings the reference passes through from trainer_kwargs; set only when the file sets them
+# (a default here would change the fingerprint of every finished run).
+OPTIONAL_TRAINER_KEYS = ("eval_subset_num_batches",)
 DATA_KEYS = ("train", "validation", "text_field", "text_pair_field", "label_field", "label_separator", "labels",
              "problem_type", "dataset")
 PROBLEM_TYPES = (SINGLE, REGRESSION, MULTI)
 WHY_NOT = {
     "model.pretrained_checkpoint": "use starting_checkpoint_load_path",
 }
+# Run files -- pretraining ones, and the reference's single-task fine-tuning ones (its sequence_classification.py,
+# with `model.num_labels`) -- have these instead of `tasks`.
+RUN_FILE_KEYS = ("run_name", "train_loader", "eval_loader")
 
 
 @dataclass
@@ -132,37 +139,29 @@ def _check_keys(section: Mapping[str, Any], valid: Sequence[str], prefix: str) -
     schema.check_keys(section, valid, prefix.rstrip("."), EvalConfigError)
 
 
-def _referenced(raw) -> set[str]:
-    import re
-
-    text = OmegaConf.to_yaml(raw, resolve=False)
-    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
+def _check_not_a_run_file(values: Mapping[str, Any], source: str) -> None:
+    model = values.get("model")
+    found = [k for k in RUN_FILE_KEYS if k in values]
+    found += ["model.num_labels"] if isinstance(model, Mapping) and "num_labels" in model else []
+    if not found or "tasks" in values:
+        return
+    if "model.num_labels" not in found:
+        raise EvalConfigError(f"{source}: has {', '.join(found)} and no `tasks`: this is a pretraining run file; run "
+                              f"it with `python main.py {source}` (an evaluation file lists its `tasks`)")
+    raise EvalConfigError(
+        f"{source}: has {', '.join(found)} and no `tasks`: this is a run file of the reference's single-task "
+        f"sequence_classification.py, whose data come from a loader written in that script, so it cannot run "
+        f"here; write the task as an evaluation file: base_run_name, starting_checkpoint_load_path and "
+        f"tasks: {{NAME: {{data: {{train: FILE, validation: FILE}}}}}}")
 
 
 def load_eval_file(path: str | Path, overrides: Sequence[str] = (), out_dir: Optional[str] = None,
                    require_start: bool = True) -> EvalSpec:
     """Merge defaults <- file <- `key.sub=value` overrides, then check every key. `require_start=False`: the
     starting checkpoint does not exist yet (a sweep checks its `eval:` section before pretraining)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalConfigError(f"{path}: no such evaluation file")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as err:
-        raise EvalConfigError(f"{path}: cannot parse YAML: {err}") from None
-    if not isinstance(raw, DictConfig):
-        kind = "a list" if isinstance(raw, ListConfig) else "not a mapping"
-        raise EvalConfigError(f"{path}: is {kind}; an evaluation file is a mapping of keys (base_run_name, "
-                              "starting_checkpoint_load_path, tasks, ...) -- see flexbert/eval/spec.py")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise EvalConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
-    try:
-        merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
-        free = _referenced(merged)
-        values = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        raise EvalConfigError(f"{path}: {err}") from None
+    read = load_config_file(path, overrides, kind="evaluation file", error=EvalConfigError)
+    values, free = read.values, read.referenced
+    _check_not_a_run_file(values, str(path))
     _check_keys({k: v for k, v in values.items() if k not in free}, list(TOP_LEVEL), "")
     cfg = {**copy.deepcopy(TOP_LEVEL), **{k: v for k, v in values.items() if k in TOP_LEVEL}}
     return _build(cfg, str(path), out_dir, require_start)
@@ -174,7 +173,8 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
     model = cfg["model"] or {}
     _check_keys(model, MODEL_KEYS, "model.")
     if model.get("name", "flex_bert") != "flex_bert":
-        raise EvalConfigError(f"`model.name: {model['name']}` is not supported here: only flex_bert models are built")
+        raise EvalConfigError(f"{source}: `model.name: {model['name']}` is not supported here: this project fine-tunes "
+                              f"FlexBERT encoders (model.name: flex_bert); other model classes have other architectures")
     start = cfg["starting_checkpoint_load_path"]
     if model.get("pretrained_model_name") and model.get("use_pretrained") and not start:
         start = model["pretrained_model_name"]  # the reference's way to start from a Hugging Face model
@@ -188,7 +188,7 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
     for section in ("callbacks", "loggers", "algorithms", "optimizer", "scheduler", "trainer_kwargs"):
         if not isinstance(cfg[section] or {}, Mapping):
             raise EvalConfigError(f"`{section}` must be a mapping")
-    _check_keys(cfg["trainer_kwargs"] or {}, list(TRAINER_DEFAULTS), "trainer_kwargs.")
+    _check_keys(cfg["trainer_kwargs"] or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS], "trainer_kwargs.")
     tasks = cfg["tasks"]
     if not tasks or not isinstance(tasks, Mapping):
         raise EvalConfigError(f"{source}: `tasks` is required: a mapping of task name -> settings")
@@ -201,7 +201,8 @@ def _build(cfg: dict[str, Any], source: str, out_dir: Optional[str], require_sta
         source=source, base_run_name=str(cfg["base_run_name"]), precision=str(cfg["precision"]),
         parallel=bool(cfg["parallel"]), tokenizer_name=cfg["tokenizer_name"] or model.get("tokenizer_name"),
         max_seq_len=int(cfg["max_seq_len"]), starting_point=start, use_pretrained=bool(model.get("use_pretrained", True)),
-        model_config=check_model_config(model.get("model_config") or {}, "model.model_config", EvalConfigError),
+        model_config=check_model_config(read_old_names(model.get("model_config") or {}, "model.model_config",
+                                                       EvalConfigError), "model.model_config", EvalConfigError),
         optimizer=dict(cfg["optimizer"]),
         scheduler=dict(cfg["scheduler"]), callbacks=dict(cfg["callbacks"] or {}), loggers=dict(cfg["loggers"] or {}),
         algorithms=dict(cfg["algorithms"] or {}), out_dir=out, save_model=str(cfg["save_model"]), raw=cfg,
@@ -224,17 +225,22 @@ def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: Eval
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise EvalConfigError(f"`{prefix}seeds` must be a non-empty list of integers, got {seeds!r}")
     trainer = {**TRAINER_DEFAULTS, **(cfg["trainer_kwargs"] or {})}
-    _check_keys(task.get("trainer_kwargs") or {}, list(TRAINER_DEFAULTS), f"{prefix}trainer_kwargs.")
+    _check_keys(task.get("trainer_kwargs") or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS], f"{prefix}trainer_kwargs.")
     trainer.update(task.get("trainer_kwargs") or {})
+    subset = trainer.get("eval_subset_num_batches", -1)
+    if isinstance(subset, bool) or not isinstance(subset, int) or not (subset == -1 or subset > 0):
+        raise EvalConfigError(f"`{prefix}trainer_kwargs.eval_subset_num_batches` must be a positive number of batches "
+                              f"or -1 (the whole validation set), got {subset!r}")
     data = dict(task.get("data") or {})
     _check_keys(data, DATA_KEYS, f"{prefix}data.")
-    model_config = check_model_config(task.get("model_config") or {}, f"{prefix}model_config", EvalConfigError)
+    model_config = check_model_config(read_old_names(task.get("model_config") or {}, f"{prefix}model_config",
+                                                     EvalConfigError), f"{prefix}model_config", EvalConfigError)
     if name in UNSUPPORTED:
         raise EvalConfigError(f"task `{name}` is not supported: {UNSUPPORTED[name]}, not sequence classification")
     if not data.get("train") and name not in GLUE_TASKS:
         known = ", ".join(GLUE_TASKS)
-        raise EvalConfigError(f"`{prefix}data` needs `train` and `validation` files (or name the task after a "
-                              f"GLUE/SuperGLUE task: {known}){closest(name, GLUE_TASKS)}")
+        raise EvalConfigError(f"`{prefix}data` needs `train` and `validation` files: nothing is downloaded from the "
+                              f"Hub here (or name the task after a GLUE/SuperGLUE task: {known}){closest(name, GLUE_TASKS)}")
     if data.get("train") and not data.get("validation"):
         raise EvalConfigError(f"`{prefix}data.validation` is required: the file the task is scored on")
     glue = GLUE_TASKS.get(name) if not data.get("train") else None

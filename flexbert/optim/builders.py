@@ -24,6 +24,7 @@ from composer.optim import (
 )
 
 from flexbert.config import FlexBertConfigError
+from flexbert.duration import parse_duration
 from flexbert.optim.param_groups import filter_bias_norm_wd
 from flexbert.optim.schedulers import OneMinusSqrtScheduler, WarmupStableDecayScheduler
 from flexbert.optim.stable_adamw import StableAdamW
@@ -128,17 +129,9 @@ class SchedulerConfig:
             value = getattr(self, key)
             if isinstance(value, Time):
                 continue
-            try:
-                if isinstance(value, bool) or not isinstance(value, str):
-                    raise ValueError
-                Time.from_timestring(value.replace("_", ""))
-            except ValueError:
-                raise FlexBertConfigError(
-                    f"`{key}: {value!r}` is not a Composer duration; write a number and a unit, "
-                    f"e.g. '3_000_000_000tok', '4000ba', '0.1dur'"
-                ) from None
+            parse_duration(key, value, FlexBertConfigError)
             setattr(self, key, value.replace("_", ""))
-        if Time.from_timestring(str(self.t_warmup)).value == 0:
+        if parse_duration("t_warmup", self.t_warmup).value == 0:
             self.t_warmup = "0dur"  # no warmup in any unit: then its unit can never disagree with t_max's
         SCHEDULERS.get(self.name)
 

@@ -18,6 +18,7 @@ from flexbert.sweep.report import markdown_table, write_report
 from flexbert.sweep.process import INTERRUPTS
 from flexbert.sweep.runner import (DEFAULT_LAUNCHER, command, display_path, plan_runs, run_sweep, should_resume,
                                    validate_runs)
+from flexbert.schema import ConfigError
 from flexbert.sweep.spec import SweepError, load_sweep
 from flexbert.sweep.state import SweepState
 
@@ -80,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
             rows = write_report(spec, out, state)
             print(f"sweep took {time.time() - start:.0f}s")
-    except SweepError as err:
+    except ConfigError as err:  # SweepError, and any other problem of a file the sweep reads
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(spec, rows))

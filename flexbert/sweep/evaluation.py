@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from flexbert.sweep.process import error_headline, error_tail, execute
 from flexbert.sweep.spec import SweepError
+from flexbert.yaml_file import write_yaml
 
 EVAL_FILE = "eval.yaml"
 
@@ -33,18 +32,16 @@ def eval_file(spec, out: Path) -> Optional[Path]:
         return spec.eval
     out.mkdir(parents=True, exist_ok=True)
     path = out / EVAL_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(spec.eval, sort_keys=False))
-    tmp.replace(path)
+    write_yaml(path, spec.eval)
     return path
 
 
 def validate_eval(spec, out: Path) -> list[str]:
     """Check the evaluation file and read its task data before any pretraining starts; returns the task names."""
     from flexbert.errors import DataError
-    from flexbert.eval.metrics import MetricError
     from flexbert.eval.runner import check_tasks
-    from flexbert.eval.spec import EvalConfigError, load_eval_file
+    from flexbert.eval.spec import load_eval_file
+    from flexbert.schema import ConfigError
 
     path = eval_file(spec, out)
     if path is None:
@@ -52,7 +49,7 @@ def validate_eval(spec, out: Path) -> list[str]:
     try:
         evaluation = load_eval_file(path, ["base_run_name=check"], str(out), require_start=False)
         check_tasks(evaluation.tasks)
-    except (EvalConfigError, DataError, MetricError) as err:
+    except (ConfigError, DataError) as err:
         raise SweepError(f"{spec.path}: eval: {err}") from None
     return [task.name for task in evaluation.tasks]
 

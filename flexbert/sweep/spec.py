@@ -16,7 +16,7 @@ A sweep file is YAML with these keys (anything else is an error naming the close
     eval: ../eval/demo.yaml        # optional: an evaluation file (flexbert.eval), or its content inline; each
                                    # variant's final checkpoint is fine-tuned on its tasks (see evaluation.py)
 
-Values are read with OmegaConf's YAML loader, the same one that reads run files and `key=value` overrides,
+Values are read by `flexbert.yaml_file`, the same reader as run files and their `key=value` overrides,
 so `1e-3`, `60ba`, `[0.9, 0.98]` mean what they mean in a run file. Whether a key exists in the run schema
 is checked later, by `validate.validate_variant`, with the same code that checks a run.
 """
@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from omegaconf import OmegaConf
-
 from flexbert import schema
+from flexbert.yaml_file import load_config_file, parse_value
 
 SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "eval")
 VARIANT_KEYS = ("name", "description", "overrides")
@@ -42,7 +41,7 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
 MAX_NAME = 120
 
 
-class SweepError(ValueError):
+class SweepError(schema.ConfigError):
     """A sweep file problem; the message names the file, the key and the fix."""
 
 
@@ -72,7 +71,7 @@ def render_value(value: Any) -> str:
     """A value as the right-hand side of a `key=value` override that OmegaConf parses back to `value`."""
     if isinstance(value, str):
         try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"k={value}"]))["k"] if value else None
+            parsed = parse_value(value) if value else None
         except Exception:  # not even parseable as a plain scalar: quote it
             parsed = None
         # Plain text when it reads back unchanged (mlp, 60ba); JSON quoting otherwise ('60', 'true', 'a: b').
@@ -177,14 +176,8 @@ def _grid_variants(where: str, grid: Any) -> list[dict[str, Any]]:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Parse and check a sweep file. Run keys are checked later (`validate.validate_variant`)."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"{path}: no such sweep file")
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as err:  # yaml syntax errors carry line numbers in their message
-        raise SweepError(f"{path}: cannot parse YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    # unresolved: a `${...}` in an override is the run file's variable, resolved when the run reads it
+    raw = load_config_file(path, kind="sweep file", error=SweepError, resolve=False).values
     _check_keys(str(path), raw, SWEEP_KEYS)
     if ("grid" in raw) == ("variants" in raw):
         which = "both" if "grid" in raw else "neither"

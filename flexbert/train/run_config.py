@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
+from flexbert import duration
 from flexbert.checkpoints.loading import InitFromCheckpointConfig
-from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config
+from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config, read_old_names
 from flexbert.data.loader import LoaderConfig
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
 from flexbert.schema import ConfigError, coerce, field, is_mapping, read_section
+from flexbert.yaml_file import load_config_file
 
 
 class RunConfigError(ConfigError):
@@ -183,35 +181,6 @@ _FINETUNE_MODEL_NAMES = ("flex_bert_classification", "hf_classifier", "mosaic_be
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path):
-    if not path.is_file():
-        raise RunConfigError(f"{path}: no such run file")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as err:  # yaml syntax errors carry line numbers in their message
-        raise RunConfigError(f"{path}: cannot parse YAML: {err}") from None
-    if not OmegaConf.is_dict(loaded):
-        raise RunConfigError(f"{path}: a run file is a mapping of `key: value` lines, this one is a "
-                             f"{type(OmegaConf.to_container(loaded)).__name__}")
-    return loaded
-
-
-def _overrides(overrides: Sequence[str]):
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise RunConfigError(f"command-line override `{bad[0]}` must look like key.sub=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise RunConfigError(f"command-line overrides: {err}") from None
-
-
-def _dollar_references(raw: Any) -> set[str]:
-    """Top-level names used as `${name}` or `${name.sub}` anywhere in the (unresolved) config."""
-    text = OmegaConf.to_yaml(raw, resolve=False)
-    return {m.group(1) for m in re.finditer(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)", text)}
-
-
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -298,26 +267,9 @@ def _default_run_name(raw: dict[str, Any]) -> None:
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base: Mapping | None = None) -> RunConfig:
     """Read, merge (`base` <- YAML file <- `key.sub=value` overrides), resolve and type a run file."""
-    sources = []
-    where = "run config"
-    if base is not None:
-        sources.append(OmegaConf.create(dict(base)))
-    if path is not None:
-        sources.append(_read_yaml(Path(path)))
-        where = str(path)
-    cli = _overrides(overrides)
-    merged = OmegaConf.merge(*sources) if sources else OmegaConf.create({})
-    for override in overrides:  # in order, so `loggers={} loggers.x=...` keeps x
-        key, value = (part.strip() for part in override.split("=", 1))
-        if value == "{}":  # `loggers={}` empties the section; a merge would keep its entries
-            OmegaConf.update(merged, key, {}, merge=False)
-        else:
-            merged = OmegaConf.merge(merged, _overrides([override]))
-    dollar = _dollar_references(merged)
-    try:
-        raw = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        raise RunConfigError(f"{where}: cannot resolve interpolation: {err}") from None
+    where = str(path) if path is not None else "run config"
+    read = load_config_file(path, overrides, kind="run file", error=RunConfigError, base=base)
+    raw, dollar, cli = read.values, read.referenced, read.override_keys
     _check_kind_of_file(raw, where)
     unknown = [k for k in raw if k not in SCHEMA_KEYS]
     placeholders = {m.group(1) for s in _strings({k: v for k, v in raw.items() if k not in unknown})
@@ -345,36 +297,17 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), base
 
 def _legacy_aliases(raw: dict[str, Any]) -> None:
     """Old spellings the reference's run files still carry, mapped to today's key with a warning."""
-    model_config = (raw.get("model") or {}).get("model_config") if is_mapping(raw.get("model")) else None
-    if is_mapping(model_config) and "sparse_prediction" in model_config:
-        value = model_config.pop("sparse_prediction")
-        if "masked_prediction" in model_config and model_config["masked_prediction"] != value:
-            raise RunConfigError("model_config sets both `sparse_prediction` and `masked_prediction`, differently; "
-                                 "keep `masked_prediction`")
-        model_config.setdefault("masked_prediction", value)
-        warnings.warn("model_config.sparse_prediction is the old name of `masked_prediction`; read as such",
-                      UserWarning, stacklevel=3)
+    model = raw.get("model")
+    if is_mapping(model) and "model_config" in model:
+        model["model_config"] = read_old_names(model["model_config"], "model_config", RunConfigError)
 
 
 # ---------------------------------------------------------------------------------------------- checks
 
 
 def parse_duration(key: str, value: Any):
-    """A Composer Time from a run-file duration, or an error naming the key and the accepted forms."""
-    from composer.core import Time
-
-    if isinstance(value, Time):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise RunConfigError(f"`{key}`: {value!r} is not a duration; use e.g. 1000ba, 10_000_000tok, 1ep or 0.5dur")
-    if isinstance(value, (int, float)):
-        raise RunConfigError(f"`{key}: {value}` has no unit; write e.g. {value}ba (batches), {value}ep (epochs), "
-                             f"{value}sp (samples) or {value}tok (tokens)")
-    try:
-        return Time.from_timestring(value.replace("_", ""))
-    except ValueError:
-        raise RunConfigError(f"`{key}`: {value!r} is not a duration; use e.g. 1000ba, 10_000_000tok, 1ep or "
-                             f"0.5dur") from None
+    """A Composer Time from a run-file duration, or a RunConfigError naming the key and the accepted forms."""
+    return duration.parse_duration(key, value, RunConfigError)
 
 
 # What each duration key is for, and how to turn that off instead of writing a zero: Composer takes a zero or

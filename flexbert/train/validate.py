@@ -140,7 +140,7 @@ _SAME_UNIT_SCHEDULES = ("constant_with_warmup", "cosine_with_warmup", "linear_de
 
 
 def _check_durations(cfg: RunConfig) -> None:
-    from composer.core import Time, TimeUnit
+    from composer.core import TimeUnit
 
     max_duration = parse_duration("max_duration", cfg.max_duration)
     if max_duration.unit == TimeUnit.EPOCH:
@@ -149,11 +149,11 @@ def _check_durations(cfg: RunConfig) -> None:
     if max_duration.unit == TimeUnit.DURATION:
         raise RunConfigError(f"`max_duration: {cfg.max_duration}` cannot be a fraction of itself; use ba, tok or sp")
     if cfg.scheduler.name in _SAME_UNIT_SCHEDULES:
-        def unit(value):
-            time = value if isinstance(value, Time) else Time.from_timestring(str(value))
+        def unit(key, value):
+            time = parse_duration(f"scheduler.{key}", value)
             return max_duration.unit if time.unit == TimeUnit.DURATION else time.unit
 
-        warmup, t_max = unit(cfg.scheduler.t_warmup), unit(cfg.scheduler.t_max)
+        warmup, t_max = unit("t_warmup", cfg.scheduler.t_warmup), unit("t_max", cfg.scheduler.t_max)
         if warmup != t_max:
             raise RunConfigError(f"scheduler '{cfg.scheduler.name}': t_warmup ({cfg.scheduler.t_warmup}) and t_max "
                                  f"({cfg.scheduler.t_max}) must be in the same unit (max_duration is "

@@ -51,3 +51,29 @@ def test_zero_shot_finds_the_document_equal_to_the_query(model_and_tokenizer):
                              ndcg_at=(10,), mrr_at=(1,), recall_at=(1, 100))
     assert result.queries_scored == 4
     assert result.metrics == pytest.approx({"ndcg@10": 1.0, "mrr@1": 1.0, "recall@1": 1.0, "recall@100": 1.0})
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_same_embeddings_as_sentence_transformers_on_the_exported_folder(tmp_path, pooling):
+    """Our packed encoder vs sentence-transformers running transformers' ModernBertModel on the exported folder."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is the library the issue names")
+    from sentence_transformers import SentenceTransformer, models
+
+    from flexbert import FlexBertForMaskedLM
+
+    tokenizer = build_tokenizer(tmp_path / "tokenizer")
+    # As data_prep/train_tokenizer.py's tokenizers (and ModernBERT's): no token type ids, which ModernBertModel refuses.
+    tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
+    torch.manual_seed(0)
+    config = FlexBertConfig(**TINY, pad_token_id=tokenizer.pad_token_id, attention_probs_dropout_prob=0.0)
+    masked_lm = FlexBertForMaskedLM(config)
+    masked_lm.save_pretrained(tmp_path / "hf", tokenizer=tokenizer)
+    ours = FlexBertModel(config)
+    ours.bert.load_state_dict(masked_lm.bert.state_dict())
+
+    transformer = models.Transformer(str(tmp_path / "hf"), max_seq_length=MAX_SEQ_LEN)
+    theirs = SentenceTransformer(modules=[transformer, models.Pooling(TINY["hidden_size"], pooling_mode=pooling)],
+                                 device="cpu")
+    expected = theirs.encode(TEXTS, batch_size=2, convert_to_tensor=True)
+    got = encode(ours, tokenizer, TEXTS, pooling=pooling, max_seq_len=MAX_SEQ_LEN, batch_size=2)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-5)

@@ -32,7 +32,7 @@ def test_graded_relevance_ties_missing_qrels_and_k_past_the_corpus():
         "all_zero": {"d1": 1.0, "d2": 0.0, "d3": 0.0, "d4": 0.0, "d5": 0.0},
     }
     qrels = {"graded": {"d1": 2, "d2": 1, "d9": 1},  # d9 is judged but not in the corpus
-             "ties": {"d3": 1},
+             "ties": {"d2": 1},  # rank 2 in ascending id order, 4 in descending (trec_eval's)
              "all_zero": {"d1": 0}}
     query_ids, scores = _scores(rows)
     result = score_exact_search(scores, query_ids, DOC_IDS, qrels, ndcg_at=(3, 10), mrr_at=(1, 10),
@@ -47,8 +47,8 @@ def test_graded_relevance_ties_missing_qrels_and_k_past_the_corpus():
     assert graded["recall@1"] == pytest.approx(1 / 3) and graded["recall@3"] == pytest.approx(1 / 3)
     assert graded["recall@100"] == pytest.approx(2 / 3)  # k past the corpus; d9 can never be retrieved
 
-    assert ties["ndcg@3"] == pytest.approx((1 / log2(4)) / (1 / log2(2)))  # d3 third in id order
-    assert ties["mrr@1"] == 0.0 and ties["mrr@10"] == pytest.approx(1 / 3)
+    assert ties["ndcg@3"] == pytest.approx((1 / log2(3)) / (1 / log2(2)))  # d2 second in id order
+    assert ties["mrr@1"] == 0.0 and ties["mrr@10"] == pytest.approx(1 / 2)
     assert ties["recall@1"] == 0.0 and ties["recall@3"] == 1.0
 
     assert all(value == 0.0 for value in zero.values())

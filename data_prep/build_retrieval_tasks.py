@@ -303,8 +303,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = build_code_search(modules, args.seed, args.max_queries, args.max_train_pairs)
         long = build_long_documents(modules, args.seed, args.max_queries, args.long_doc_words,
                                     token_starts_function(args.tokenizer))
-        if not code["corpus"] or not long["corpus"]:
-            raise DataError(f"{source}: too few documented functions or long modules to build both tasks")
+        empty = [f"{task} {split}" for task, built in (("code_search", code), ("long_documents", long))
+                 for split, rows in built["qrels"].items() if not rows] + ([] if code["train"] else ["code_search train"])
+        if empty:  # an empty split would be a qrels file the reader refuses
+            raise DataError(f"{source}: too few documented functions or long modules: no queries for "
+                            f"{', '.join(empty)}; give --source more Python files")
         inputs = [source] + ([args.tokenizer] if args.tokenizer else [])
         with atomic_output_dir(args.out, args.overwrite, inputs=inputs, tool=PROG) as tmp:
             _write_beir(tmp / "code_search", code["corpus"], code["queries"], code["qrels"])

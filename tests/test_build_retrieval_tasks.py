@@ -89,3 +89,13 @@ def test_same_seed_same_output_and_bad_source(sources, tmp_path, capsys):
     assert build_retrieval_tasks.main(["--source", str(tmp_path / "empty"), "--out", str(tmp_path / "c"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no Python sources found" in err and "\n" not in err and not (tmp_path / "c").exists()
+
+
+def test_too_few_sources_fail_before_writing(sources, tmp_path, capsys):
+    few = tmp_path / "few"
+    few.mkdir()
+    shutil.copy(sources / "heapq.py", few / "heapq.py")
+    assert build_retrieval_tasks.main(["--source", str(few), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "too few documented functions or long modules: no queries for code_search" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

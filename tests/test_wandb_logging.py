@@ -1,5 +1,5 @@
-"""W&B: the logged config is the whole resolved run file, and a missing wandb package is one line naming the
-run-file key that removes the logger (a key that then works)."""
+"""W&B: the logged config is the whole resolved run file (an evaluation's: the whole evaluation file), and a missing
+wandb package is one line naming the run-file key that removes the logger (a key that then works)."""
 
 import glob
 import json
@@ -62,6 +62,36 @@ def test_offline_run_logs_the_whole_run_file(tiny_corpus, tmp_path, monkeypatch)
     assert logged["model"]["model_config"] == expected["model"]["model_config"]
     for key in ("optimizer", "scheduler", "global_train_batch_size", "max_seq_len", "data_local", "train_loader"):
         assert logged[key] == expected[key], key
+
+
+def test_offline_eval_logs_the_whole_eval_file(tmp_path, monkeypatch):
+    """Each (task, seed) of `python -m flexbert.eval` is one W&B run whose config is the evaluation file (model_config,
+    task settings, optimizer, ...) plus the task, seed and starting point it fine-tunes."""
+    import yaml
+
+    import wandb
+    from flexbert.eval.__main__ import main
+    from tests.eval_fixtures import build_starting_points, eval_file, sentiment_records, write_jsonl
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(key, value)
+    wandb.teardown()
+    start = build_starting_points(tmp_path / "start")
+    data = {"train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_records(16, 0))),
+            "validation": str(write_jsonl(tmp_path / "validation.jsonl", sentiment_records(8, 1)))}
+    tasks = {"sent": {"seeds": [3], "trainer_kwargs": {"max_duration": "2ba"}, "data": data}}
+    path = eval_file(tmp_path, start["checkpoint"], tasks, loggers={"wandb": {"project": "flexbert-test"}})
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 0
+    logged = _offline_config(tmp_path)
+
+    written = yaml.safe_load(path.read_text())  # the evaluation file as the user wrote it
+    assert logged["model"]["model_config"] == written["model"]["model_config"]
+    assert logged["tasks"] == written["tasks"]
+    for key in ("optimizer", "trainer_kwargs", "max_seq_len", "base_run_name", "starting_checkpoint_load_path"):
+        assert logged[key] == written[key], key
+    assert logged["precision"] == "fp32" and "scheduler" in logged  # keys the file leaves out: their defaults
+    assert (logged["task"], logged["seed"]) == ("sent", 3)
+    assert logged["start"]["path"] == str(start["checkpoint"]) and logged["start"]["random_init"] is False
 
 
 # One process without wandb (its import fails, as when it is not installed) runs main() several times: a cold

@@ -133,6 +133,15 @@ def build_model(spec, task, task_data, tokenizer):
     return model
 
 
+def logged_config(spec, task, seed: int, record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The config a (task, seed)'s W&B run records: the whole resolved evaluation file, plus which task and seed
+    the run is and the starting point it fine-tunes, so runs compare by any key."""
+    run = {"task": task.name, "seed": seed}
+    if record and record.get("start"):
+        run["start"] = record["start"]
+    return {**spec.raw, **run}
+
+
 def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = None,
              record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Fine-tune and score one (task, seed); returns {"metrics": {...}, ...}. `save_to`: also keep the fine-tuned
@@ -192,7 +201,7 @@ def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = Non
         precision=effective_precision(trainer_kwargs.get("precision") or spec.precision),
         algorithms=build_algorithms(spec.algorithms),
         callbacks=[*build_callbacks(spec.callbacks), ProgressBar(f"{task.name} seed {seed}")],
-        loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl"),
+        loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl", logged_config(spec, task, seed, record)),
         progress_bar=False,
         log_to_console=False,
         console_log_interval=trainer_kwargs["console_log_interval"],

@@ -37,9 +37,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.eval.results import ResultFileError
     from flexbert.eval.runner import hold_output, output_files, report, run
     from flexbert.eval.spec import EvalConfigError, load_eval_file
-    from flexbert.train.run_config import RunConfigError
+    from flexbert.schema import ConfigError  # a run-file section's error (RunConfigError, a logger's package)
 
-    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, RunConfigError,
+    user_errors = (EvalConfigError, DataError, MetricError, CheckpointError, FlexBertConfigError, ConfigError,
                    ResultFileError, KeyError)
     try:
         spec = load_eval_file(args.eval_file, args.overrides, args.out)

@@ -14,15 +14,15 @@ import itertools
 import os
 import time
 
-import numpy as np
-
-# torch and the loader are imported inside the functions: `--help` answers without loading them.
+# numpy, torch and the loader are imported inside the functions: `--help` answers without loading them.
 
 VOCAB, CLS, SEP, PAD, MASK = 50368, 50281, 50282, 50283, 50284
 
 
 def synthetic_docs(num_tokens: int, max_seq_len: int, seed: int = 0) -> list[np.ndarray]:
     """Log-normal lengths (sigma 1, mean max_seq_len / 3, at least 3), each doc [CLS] ... [SEP], uint16."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     mean, sigma = max_seq_len / 3, 1.0
     lengths = np.maximum(rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, int(num_tokens / mean * 1.1)), 3)
@@ -33,6 +33,8 @@ def synthetic_docs(num_tokens: int, max_seq_len: int, seed: int = 0) -> list[np.
 
 
 def synthetic_masking(p: float) -> MaskingSpec:
+    import numpy as np
+
     from flexbert.data import MaskingSpec
 
     is_special = np.zeros(VOCAB, dtype=bool)

@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
-
-from flexbert.model.attention_kernels import ATTENTION_KERNELS, PackedIndex, flash_attn_available
-from flexbert.model.flops import attention_flops
+# torch and the kernels are imported inside the functions: `--help` answers without loading them.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -47,6 +45,8 @@ def sync(device: torch.device) -> None:
 def time_kernel(kernel, q, k, v, cu, max_seqlen, window, index, backward: bool, repeats: int, budget: float) -> float:
     """Best wall time in seconds of one call (+ backward) -- the minimum resists other processes sharing the CPU;
     the warm-up call is not counted."""
+    import torch
+
     grad = torch.randn_like(q) if backward else None
 
     def once() -> float:
@@ -69,6 +69,11 @@ def time_kernel(kernel, q, k, v, cu, max_seqlen, window, index, backward: bool, 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    import torch
+
+    from flexbert.model.attention_kernels import ATTENTION_KERNELS, PackedIndex, flash_attn_available
+    from flexbert.model.flops import attention_flops
+
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     H, D, w = args.heads, args.head_dim, args.window

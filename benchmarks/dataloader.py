@@ -14,17 +14,15 @@ import itertools
 import os
 import time
 
-import numpy as np
-import torch
-
-
-from flexbert.data import ArraySource, BatchSizeWarmup, LoaderSettings, MaskingSpec, PackedLoader
+# numpy, torch and the loader are imported inside the functions: `--help` answers without loading them.
 
 VOCAB, CLS, SEP, PAD, MASK = 50368, 50281, 50282, 50283, 50284
 
 
 def synthetic_docs(num_tokens: int, max_seq_len: int, seed: int = 0) -> list[np.ndarray]:
     """Log-normal lengths (sigma 1, mean max_seq_len / 3, at least 3), each doc [CLS] ... [SEP], uint16."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     mean, sigma = max_seq_len / 3, 1.0
     lengths = np.maximum(rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, int(num_tokens / mean * 1.1)), 3)
@@ -35,6 +33,10 @@ def synthetic_docs(num_tokens: int, max_seq_len: int, seed: int = 0) -> list[np.
 
 
 def synthetic_masking(p: float) -> MaskingSpec:
+    import numpy as np
+
+    from flexbert.data import MaskingSpec
+
     is_special = np.zeros(VOCAB, dtype=bool)
     is_special[50277:] = True  # the ModernBERT tokenizer's specials and unused ids live at the top
     return MaskingSpec(p, MASK, is_special, np.flatnonzero(~is_special))
@@ -47,6 +49,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=120, help="packed rows to time")
     parser.add_argument("--rows-per-batch", type=int, default=6, help="rows per device batch (phase 1: 6)")
     args = parser.parse_args()
+    import torch
+
+    from flexbert.data import ArraySource, BatchSizeWarmup, LoaderSettings, PackedLoader
+
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, honestly

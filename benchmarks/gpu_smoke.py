@@ -45,21 +45,49 @@ from pathlib import Path
 from typing import Callable, Optional
 from unittest import mock
 
-import torch
+CHECK_KEYS = ("a", "b", "c", "d", "e", "f", "g")  # CHECKS (below) maps each to its title and function
 
-from benchmarks import common
-from benchmarks import stable_adamw_check
-from benchmarks import train_step
-from flexbert.model.attention_kernels import (
+
+def parse_args(argv=None) -> argparse.Namespace:
+    # prog spelled out: argparse derives it from how Python was started, which differs between Python versions
+    # (`gpu_smoke.py` vs `python -m benchmarks.gpu_smoke`), and the kit reports these lines as a check's error
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="default: cuda where torch sees one, else cpu")
+    p.add_argument("--tiny", action="store_true", help="small shapes (for CPU: a minute or two)")
+    p.add_argument("--layers", type=int, default=None, help="encoder layers (default 6; --tiny 4)")
+    p.add_argument("--checks", default=",".join(CHECK_KEYS), help=f"comma-separated subset of {','.join(CHECK_KEYS)}")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    unknown = [c for c in args.checks.split(",") if c not in CHECK_KEYS]
+    if unknown:
+        p.error(f"--checks: unknown {unknown}; choose from {', '.join(CHECK_KEYS)}")
+    import torch  # only once the arguments parsed: `--help` answers without it
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device here; use --device cpu --tiny")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # `--help` and usage errors answer here, before the imports below load torch (seconds)
+
+import torch  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from benchmarks import stable_adamw_check  # noqa: E402
+from benchmarks import train_step  # noqa: E402
+from flexbert.model.attention_kernels import (  # noqa: E402
     ATTENTION_KERNELS,
     PackedIndex,
     eager_attention,
     select_kernel,
 )
-from flexbert.model.flash_attn_adapter import flash_attn_available, unavailable_reason
-from flexbert.model.flex_blocks import cpu_backward_supported
-from flexbert.model.modeling import FlexBertForMaskedLM
-from flexbert.optim.builders import build_optimizer
+from flexbert.model.flash_attn_adapter import flash_attn_available, unavailable_reason  # noqa: E402
+from flexbert.model.flex_blocks import cpu_backward_supported  # noqa: E402
+from flexbert.model.modeling import FlexBertForMaskedLM  # noqa: E402
+from flexbert.optim.builders import build_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -537,6 +565,7 @@ CHECKS = {
     "f": ("main.py amp_bf16 + compile", check_main),
     "g": ("StableAdamW paths vs its formula", check_optimizer),
 }
+assert tuple(CHECKS) == CHECK_KEYS, "CHECK_KEYS names the checks parse_args accepts"
 
 
 def check_status(rows: list[dict]) -> str:
@@ -579,24 +608,6 @@ def format_check(key: str, result: dict) -> str:
                                 [[r["case"], r["status"], r["detail"], format_targets(r.get("targets", {}))]
                                  for r in result["rows"]])
     return header + "\n" + table + "\n" + TARGETS_LEGEND
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    # prog spelled out: argparse derives it from how Python was started, which differs between Python versions
-    # (`gpu_smoke.py` vs `python -m benchmarks.gpu_smoke`), and the kit reports these lines as a check's error
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--tiny", action="store_true", help="small shapes (for CPU: a minute or two)")
-    p.add_argument("--layers", type=int, default=None, help="encoder layers (default 6; --tiny 4)")
-    p.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch sees no CUDA device here; use --device cpu --tiny")
-    unknown = [c for c in args.checks.split(",") if c not in CHECKS]
-    if unknown:
-        p.error(f"--checks: unknown {unknown}; choose from {', '.join(CHECKS)}")
-    return args
 
 
 def machine(device: torch.device) -> dict:

@@ -33,33 +33,7 @@ import gc
 import os
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-
-from benchmarks import common
-from flexbert import FlexBertConfig
-from flexbert.hf_interop import flexbert_to_hf_name, modernbert_config_dict
-from flexbert.model.flops import training_flops
-from flexbert.model.modeling import FlexBertForMaskedLM
-from flexbert.optim.builders import build_optimizer
-
 CASES = ("varlen", "fixed1024", "long8192")
-MAX_LEN = 1024
-PAD, MASK, FIRST_SPECIAL = 50283, 50284, 50277  # ModernBERT tokenizer: specials live at the top of the vocab
-MLM_PROBABILITY = 0.3
-OPTIMIZER = {"name": "decoupled_stableadamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5,
-             "filter_bias_norm_wd": True}  # ModernBERT's optimizer settings
-# Dense bf16 / fp32 (non-tensor-core) peaks in FLOP/s, for MFU on GPUs; the first key contained in the device name
-# wins, so the PCIe and NVL cards come before the SXM ones ("NVIDIA H100 80GB HBM3" is SXM).
-GPU_PEAKS = {"H100 PCIe": (756e12, 51e12), "H100 NVL": (835e12, 60e12), "H100": (989e12, 67e12),
-             "H200": (989e12, 67e12), "A100": (312e12, 19.5e12)}
-
-
-def gpu_peak_flops(gpu_name: str, bf16: bool) -> float | None:
-    """The device's dense peak FLOP/s by name (bf16 tensor cores, or fp32), None for a device not in GPU_PEAKS."""
-    peaks = next((v for k, v in GPU_PEAKS.items() if k in gpu_name), None)
-    return None if peaks is None else peaks[0 if bf16 else 1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +62,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"--cases: unknown {unknown}; choose from {', '.join(CASES)}")
     return args
+
+
+if __name__ == "__main__":
+    parse_args()  # `--help` and usage errors answer here, before the imports below load torch (seconds)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from flexbert import FlexBertConfig  # noqa: E402
+from flexbert.hf_interop import flexbert_to_hf_name, modernbert_config_dict  # noqa: E402
+from flexbert.model.flops import training_flops  # noqa: E402
+from flexbert.model.modeling import FlexBertForMaskedLM  # noqa: E402
+from flexbert.optim.builders import build_optimizer  # noqa: E402
+
+MAX_LEN = 1024
+PAD, MASK, FIRST_SPECIAL = 50283, 50284, 50277  # ModernBERT tokenizer: specials live at the top of the vocab
+MLM_PROBABILITY = 0.3
+OPTIMIZER = {"name": "decoupled_stableadamw", "lr": 8e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 1e-5,
+             "filter_bias_norm_wd": True}  # ModernBERT's optimizer settings
+# Dense bf16 / fp32 (non-tensor-core) peaks in FLOP/s, for MFU on GPUs; the first key contained in the device name
+# wins, so the PCIe and NVL cards come before the SXM ones ("NVIDIA H100 80GB HBM3" is SXM).
+GPU_PEAKS = {"H100 PCIe": (756e12, 51e12), "H100 NVL": (835e12, 60e12), "H100": (989e12, 67e12),
+             "H200": (989e12, 67e12), "A100": (312e12, 19.5e12)}
+
+
+def gpu_peak_flops(gpu_name: str, bf16: bool) -> float | None:
+    """The device's dense peak FLOP/s by name (bf16 tensor cores, or fp32), None for a device not in GPU_PEAKS."""
+    peaks = next((v for k, v in GPU_PEAKS.items() if k in gpu_name), None)
+    return None if peaks is None else peaks[0 if bf16 else 1]
 
 
 # ------------------------------------------------------------------------------------------------- inputs

@@ -10,9 +10,11 @@ import pytest
 from tests.helpers import ROOT
 
 COMMANDS = ["main.py", "flexbert.convert", "flexbert.eval", "flexbert.sweep", "flexbert.list_registries",
+            "flexbert.train.curves",
             "data_prep.prepare", "data_prep.build_demo_corpus", "data_prep.build_demo_tasks",
             "data_prep.build_retrieval_tasks", "data_prep.tokenize_to_mds", "data_prep.train_tokenizer",
-            "benchmarks.fault_injection"]
+            "benchmarks.fault_injection", "benchmarks/attention.py", "benchmarks/dataloader.py", "benchmarks/train_step.py",
+            "benchmarks.gpu_smoke", "benchmarks.gpu_kit"]
 
 # Runs a command's entry point with --help the way `python -m` / `python main.py` would, then lists what it loaded.
 PROBE = """

@@ -1,5 +1,5 @@
-"""W&B: the logged config is the whole resolved run file, and a missing wandb package is one line naming the
-run-file key that removes the logger (a key that then works)."""
+"""W&B: the logged config is the whole resolved run file (an evaluation's: the whole evaluation file), and a missing
+wandb package is one line naming the run-file key that removes the logger (a key that then works)."""
 
 import glob
 import json
@@ -64,6 +64,36 @@ def test_offline_run_logs_the_whole_run_file(tiny_corpus, tmp_path, monkeypatch)
         assert logged[key] == expected[key], key
 
 
+def test_offline_eval_logs_the_whole_eval_file(tmp_path, monkeypatch):
+    """Each (task, seed) of `python -m flexbert.eval` is one W&B run whose config is the evaluation file (model_config,
+    task settings, optimizer, ...) plus the task, seed and starting point it fine-tunes."""
+    import yaml
+
+    import wandb
+    from flexbert.eval.__main__ import main
+    from tests.eval_fixtures import build_starting_points, eval_file, sentiment_records, write_jsonl
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
+        monkeypatch.setenv(key, value)
+    wandb.teardown()
+    start = build_starting_points(tmp_path / "start")
+    data = {"train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_records(16, 0))),
+            "validation": str(write_jsonl(tmp_path / "validation.jsonl", sentiment_records(8, 1)))}
+    tasks = {"sent": {"seeds": [3], "trainer_kwargs": {"max_duration": "2ba"}, "data": data}}
+    path = eval_file(tmp_path, start["checkpoint"], tasks, loggers={"wandb": {"project": "flexbert-test"}})
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 0
+    logged = _offline_config(tmp_path)
+
+    written = yaml.safe_load(path.read_text())  # the evaluation file as the user wrote it
+    assert logged["model"]["model_config"] == written["model"]["model_config"]
+    assert logged["tasks"] == written["tasks"]
+    for key in ("optimizer", "trainer_kwargs", "max_seq_len", "base_run_name", "starting_checkpoint_load_path"):
+        assert logged[key] == written[key], key
+    assert logged["precision"] == "fp32" and "scheduler" in logged  # keys the file leaves out: their defaults
+    assert (logged["task"], logged["seed"]) == ("sent", 3)
+    assert logged["start"]["path"] == str(start["checkpoint"]) and logged["start"]["random_init"] is False
+
+
 # One process without wandb (its import fails, as when it is not installed) runs main() several times: a cold
 # Composer import costs tens of seconds on a loaded machine, so it is paid once.
 WITHOUT_WANDB = """
@@ -96,3 +126,39 @@ def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, t
     assert emptied[0] == 0, emptied[1]     # `loggers={}` removes every logger
     assert nulled[0] == 0, nulled[1]       # the key the message names removes it, and the run trains
     assert (tmp_path / "run" / "latest-rank0.pt").exists()
+
+
+EVAL_WITHOUT_WANDB = """
+import contextlib, io, json, sys
+sys.modules["wandb"] = None
+from flexbert.eval.__main__ import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(args)
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def test_eval_without_wandb_stops_before_training_in_one_line_naming_the_key(tmp_path):
+    from tests.eval_fixtures import build_starting_points, eval_file, sentiment_records, write_jsonl
+
+    start = build_starting_points(tmp_path / "start")
+    data = {"train": str(write_jsonl(tmp_path / "train.jsonl", sentiment_records(16, 0))),
+            "validation": str(write_jsonl(tmp_path / "validation.jsonl", sentiment_records(8, 1)))}
+    tasks = {"sent": {"seeds": [3], "trainer_kwargs": {"max_duration": "2ba"}, "data": data}}
+    path = str(eval_file(tmp_path, start["checkpoint"], tasks, loggers={"wandb": {"project": "flexbert-test"}}))
+    stopped, nulled = tmp_path / "stopped", tmp_path / "nulled"
+    calls = [[path, "--out", str(stopped)], [path, "--out", str(nulled), "loggers.wandb=null"]]
+    done = subprocess.run([sys.executable, "-c", EVAL_WITHOUT_WANDB, json.dumps(calls)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (code, stderr), (nulled_code, nulled_err) = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert "wandb" in lines[0] and "loggers.wandb=null" in lines[0]
+    assert not (stopped / "runs").exists()  # stopped before any fine-tuning
+    assert nulled_code == 0, nulled_err  # the key the message names removes the logger, and the evaluation runs
+    assert (nulled / "results.json").exists()

@@ -37,7 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from flexbert.eval.spec import load_eval_file
     from flexbert.schema import ConfigError
 
-    # ConfigError: every problem of the evaluation file (its model_config, metrics, ... included)
+    # ConfigError: every problem of the evaluation file (its model_config, metrics, ... included) and of the
+    # run-file sections it uses (a logger whose package is missing)
     user_errors = (ConfigError, DataError, CheckpointError, ResultFileError, KeyError)
     try:
         spec = load_eval_file(args.eval_file, args.overrides, args.out)

@@ -133,6 +133,28 @@ def build_model(spec, task, task_data, tokenizer):
     return model
 
 
+def check_exportable(spec, model) -> None:
+    """A model kept as a Hugging Face folder must be one transformers' ModernBERT can express: checked before
+    training, so a head it has no equivalent for fails at once, not after the fine-tuning it would throw away."""
+    from flexbert.eval.spec import EvalConfigError
+    from flexbert.hf_interop import NotExpressibleError, modernbert_config_dict
+
+    try:
+        modernbert_config_dict(model.config, classifier=True)
+    except NotExpressibleError as err:
+        raise EvalConfigError(f"`save_model: {spec.save_model}` keeps Hugging Face folders, but {err}; change it in "
+                              "the evaluation file's model.model_config, or set save_model: none") from None
+
+
+def logged_config(spec, task, seed: int, record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The config a (task, seed)'s W&B run records: the whole resolved evaluation file, plus which task and seed
+    the run is and the starting point it fine-tunes, so runs compare by any key."""
+    run = {"task": task.name, "seed": seed}
+    if record and record.get("start"):
+        run["start"] = record["start"]
+    return {**spec.raw, **run}
+
+
 def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = None,
              record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Fine-tune and score one (task, seed); returns {"metrics": {...}, ...}. `save_to`: also keep the fine-tuned
@@ -159,6 +181,8 @@ def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = Non
     tokenizer = load_tokenizer(spec, run_dir / "tokenizer")
     reproducibility.seed_all(seed)
     model = build_model(spec, task, task_data, tokenizer)
+    if save_to is not None:
+        check_exportable(spec, model)
     composer_model = ClassifierComposerModel(model, tokenizer, metrics, problem)
 
     max_seq_len = int(trainer_kwargs.get("max_seq_len") or spec.max_seq_len)
@@ -193,7 +217,7 @@ def finetune(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = Non
         precision=effective_precision(trainer_kwargs.get("precision") or spec.precision),
         algorithms=build_algorithms(spec.algorithms),
         callbacks=[*build_callbacks(spec.callbacks), ProgressBar(f"{task.name} seed {seed}")],
-        loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl"),
+        loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl", logged_config(spec, task, seed, record)),
         progress_bar=False,
         log_to_console=False,
         console_log_interval=trainer_kwargs["console_log_interval"],

@@ -1,11 +1,12 @@
 """Run every (task, seed) of an evaluation file, skipping the finished ones, then write the summary.
 
-Every task's data is read and checked before the first run starts, so a bad task file fails in seconds. Then the
-output folder is locked for this process (a second evaluation into it fails at once naming the holder). A
-finished pair is reused only if its recorded fingerprint (fingerprint.py: the starting checkpoint's content, the
-data files' content, every setting) equals the one computed now; an interrupted pair (no result file) runs again
-from the start. With `parallel`, each task runs in its own process (`python -m flexbert.eval FILE --task NAME`),
-one per GPU at a time (one at a time without GPUs), under the parent's lock.
+Every task's data is read and checked, and the callbacks, algorithms and loggers built, before the first run starts,
+so a bad task file or a missing logger package fails in seconds. Then the output folder is locked for this process
+(a second evaluation into it fails at once naming the holder). A finished pair is reused only if its recorded
+fingerprint (fingerprint.py: the starting checkpoint's content, the data files' content, every setting) equals the
+one computed now; an interrupted pair (no result file) runs again from the start. With `parallel`, each task runs in
+its own process (`python -m flexbert.eval FILE --task NAME`), one per GPU at a time (one at a time without GPUs),
+under the parent's lock.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def check_tasks(tasks) -> None:
     for task in tasks:
         data = read_task(task)
         build_metrics(task.metrics, task.data["problem_type"], data.num_labels, f"task {task.name}")
+
+
+def check_sections(spec) -> None:
+    """Build the callbacks, algorithms and loggers once: a bad name or argument, or a logger whose package is
+    missing, fails before any training, as pretraining's validation does."""
+    from flexbert.train.builders import build_algorithms
+    from flexbert.train.callbacks import build_callbacks
+    from flexbert.train.loggers import build_loggers
+
+    build_callbacks(spec.callbacks)
+    build_algorithms(spec.algorithms)
+    build_loggers(spec.loggers, None)
 
 
 def _is_rank_zero() -> bool:
@@ -190,6 +203,7 @@ def run(spec, eval_file: str, overrides: Sequence[str] = (), only: Optional[str]
         write_report: bool = True, log_line=print) -> int:
     tasks = [spec.task(only)] if only else spec.tasks
     check_tasks(tasks)
+    check_sections(spec)
     hold_output(spec)
     failed: list[str] = []
     if (spec.parallel if parallel is None else parallel) and not only and len(tasks) > 1:

@@ -72,3 +72,31 @@ def plot_curves(curves: Curves, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv=None) -> int:
+    """`python -m flexbert.train.curves RUN_FOLDER`: draw RUN_FOLDER/curves.png from its metrics.jsonl."""
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m flexbert.train.curves",
+                                     description="Draw RUN_FOLDER/curves.png from the run's metrics.jsonl.")
+    parser.add_argument("run_folder", type=Path, help="a run's save_folder (holding metrics.jsonl)")
+    args = parser.parse_args(argv)
+    metrics = args.run_folder / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"error: {metrics}: no such file; give the save_folder of a run that logged at least one step",
+              file=sys.stderr)
+        return 2
+    curves = read_curves(metrics)
+    out = args.run_folder / "curves.png"
+    partial = args.run_folder / "curves.tmp.png"  # written, then renamed: a reader never sees half a picture
+    plot_curves(curves, partial, args.run_folder.name)
+    os.replace(partial, out)
+    print(f"wrote {out} ({len(curves.train)} training steps, {len(curves.evals)} evaluations)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -158,7 +158,7 @@ def _wandb(project: Optional[str] = None, entity: Optional[str] = None, name: Op
     except ImportError:
         raise ConfigError("loggers.wandb: the wandb package is not installed; `pip install wandb`, or run without "
                           "W&B by adding `loggers.wandb=null` to the command (or removing `loggers.wandb` from the "
-                          "run file)") from None
+                          "run or evaluation file)") from None
     init_kwargs = dict(init_kwargs or {})
     if run_config is not None:
         init_kwargs["config"] = {**dict(run_config), **dict(init_kwargs.get("config") or {})}

@@ -45,4 +45,6 @@ def closing_lines(save_folder: Optional[str], step: int, tokenizer: Optional[str
         lines.append(f"export: python -m flexbert.convert composer-to-hf {latest} {folder / 'hf'}{tokenizer_arg}")
     if (folder / "curves.png").exists():
         lines.append(f"curves: {folder / 'curves.png'}")
+    elif (folder / "metrics.jsonl").is_file():  # drawn on request: matplotlib's import is not paid by every run
+        lines.append(f"curves: python -m flexbert.train.curves {folder}  (draws {folder / 'curves.png'})")
     return lines

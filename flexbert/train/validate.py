@@ -1,9 +1,10 @@
-"""`validate_run`: everything a run checks before it reads data or allocates weights, in one function that the
-real start, `python main.py RUN.yaml --dry-run` and the sweep's pre-flight all call -- so a file that passes the
-dry-run starts.
+"""`validate_run`: everything a run checks before it reads data, in one function that the real start,
+`python main.py RUN.yaml --dry-run` and the sweep's pre-flight all call -- so a file that passes the dry-run starts.
 
-Checked, in order: required keys; durations; batch sizes against the world size; precision and device; the
-tokenizer; the model config (built on the meta device: shapes and parameter count, no memory); `load_path`,
+Checked, in order: required keys; durations; batch sizes against the world size; precision and device; that no
+other live run holds the save folder (without taking it: `build_trainer` does, once the run cannot be refused); the
+tokenizer; the model config (the model is built once: on the meta device for a dry-run, with its weights for a
+real start, see `flexbert.train.plan`); `load_path`,
 `model.pretrained_checkpoint` and `init_from_checkpoint` targets (exist, readable by the safe loader, fit the
 model); loader sections and their data folders; optimizer and schedule; callbacks, algorithms and loggers.
 The result is the run's `RunPlan` (`flexbert.train.plan`): every default decided and every cheap object built
@@ -164,6 +165,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0, build_weigh
         prepare_load_path,
         read_checkpoint_model_config,
     )
+    from flexbert.folder_lock import check_folder_free
     from flexbert.optim.builders import build_scheduler
     from flexbert.train.builders import build_algorithms, build_seq_len_warmup, build_tokenizer
     from flexbert.train.callbacks import build_callbacks
@@ -186,6 +188,8 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0, build_weigh
     device_train, device_eval = check_batch_sizes(cfg, world_size)
     precision = resolve_precision(cfg)
     save_folder = cfg.resolved_save_folder()
+    if save_folder and "://" not in save_folder and rank == 0:  # the folder rank 0 will take once the run is valid
+        check_folder_free(save_folder)  # another live run's files would mislead every check below
     resume_checkpoint = find_resume_checkpoint(save_folder) if cfg.autoresume else None
     resuming = resume_checkpoint is not None
     if cfg.autoresume and not resuming:

@@ -1,8 +1,9 @@
 """MLM masking of one packed row, in numpy, vectorized.
 
-Each non-special, non-pad token is selected with probability p
-(`TRAIN_MLM_PROBABILITY` for training, `EVAL_MLM_PROBABILITY` for evaluation unless set); of the selected, 80% become [MASK], 10% a uniformly random NON-special id from
-the tokenizer's real vocabulary, 10% stay. labels = original id at selected positions, -100 elsewhere.
+Each non-special, non-pad token is selected with probability p (`TRAIN_MLM_PROBABILITY` for training,
+`EVAL_MLM_PROBABILITY` for evaluation, unless the run sets them); of the selected, 80% become [MASK], 10% a
+uniformly random NON-special id from the tokenizer's real vocabulary, 10% stay. labels = original id at selected
+positions, -100 elsewhere.
 
 Unlike the reference framework's masking: special and pad tokens are never selected (a lookup table built from the
 tokenizer), random ids come from the tokenizer's vocabulary minus its special tokens (not from

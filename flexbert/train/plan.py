@@ -90,8 +90,9 @@ class RunPlan:
         warmup = self.seq_len_warmup
         if warmup is not None:
             end = min(warmup.max_length, cfg.max_seq_len)
-            lines.append(f"seq warmup   sequences of at most {min(warmup.min_length, end)} -> {end} tokens over the first "
-                         f"{warmup.warmup_span:,}{warmup.unit} ({'cut' if warmup.truncate else 'continued'} beyond)")
+            lines.append(f"seq warmup   sequences of at most {min(warmup.min_length, end)} -> {end} tokens over the "
+                         f"first {warmup.warmup_span:,}{warmup.unit} "
+                         f"({'cut' if warmup.truncate else 'continued'} beyond)")
         if self.resuming:
             lines.append(f"start        autoresume from {self.save_folder}")
         elif self.phase_start:

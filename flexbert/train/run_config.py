@@ -98,7 +98,8 @@ class RunConfig:
     global_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step, all ranks (default: global_train_batch_size)")
     device_train_microbatch_size: Optional[int] = field(None, doc="sequences per forward pass per rank (one packed row)")
     device_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step per rank (default: global_eval_batch_size / world size)")
-    device_eval_microbatch_size: Optional[int] = field(None, doc="sequences per eval forward pass (default: device_train_microbatch_size)")
+    device_eval_microbatch_size: Optional[int] = field(
+        None, doc="sequences per eval forward pass (default: device_train_microbatch_size, at most the eval batch)")
     # system
     seed: int = field(17, doc="seed of weights, data order and masking")
     precision: Optional[str] = field(None, doc="fp32, amp_bf16, amp_fp16, ... (default: amp_bf16 on GPU, fp32 on CPU)")
@@ -267,7 +268,8 @@ def _fill_loader_defaults(raw: dict[str, Any]) -> None:
     evaluation at EVAL_MLM_PROBABILITY unless its dataset says otherwise. Every loader leaves here with its rate."""
     train_rate = raw.get("mlm_probability")
     train_rate = TRAIN_MLM_PROBABILITY if train_rate is None else train_rate  # the key's declared default
-    for key, split, rate in (("train_loader", "train", train_rate), ("eval_loader", "validation", EVAL_MLM_PROBABILITY)):
+    for key, split, rate in (("train_loader", "train", train_rate),
+                             ("eval_loader", "validation", EVAL_MLM_PROBABILITY)):
         section = raw.get(key)
         if not is_mapping(section):
             continue

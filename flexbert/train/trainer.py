@@ -43,7 +43,13 @@ def _hold_save_folder(folder: str, run_name: Optional[str]) -> None:
 
 
 def build_trainer(cfg: RunConfig):
-    """Every object of the run, wired into a Composer Trainer (not yet fitted). Returns (trainer, reset_time).
+    """Every object of the run, wired into a Composer Trainer (not yet fitted). Returns (trainer, reset_time)."""
+    trainer, plan = start_run(cfg)
+    return trainer, plan.reset_time
+
+
+def start_run(cfg: RunConfig):
+    """`build_trainer`, returning (trainer, the run's RunPlan).
 
     The run is resolved once (`validate_run` -> `RunPlan`, model included); what follows only constructs from the
     plan. The save folder is taken after everything that can refuse the run (validation, the resume checks,
@@ -58,7 +64,8 @@ def build_trainer(cfg: RunConfig):
     from flexbert.safe_unpickle import install_composer_guard
     from flexbert.train.builders import build_loader
     from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard
-    from flexbert.train.checkpoint_safety import count_earlier_checkpoints, install_atomic_checkpoint_writes, repair_latest
+    from flexbert.train.checkpoint_safety import (count_earlier_checkpoints, install_atomic_checkpoint_writes,
+                                                   repair_latest)
     from flexbert.train.parallelism import prepare_model
     from flexbert.train.resume_checks import check_resume
     from flexbert.train.rng_resume import ResumeRngStates
@@ -160,7 +167,7 @@ def build_trainer(cfg: RunConfig):
     resume_rng.take_from(trainer)
     if plan.resuming:
         count_earlier_checkpoints(trainer)  # save_num_checkpoints_to_keep counts the killed attempts' checkpoints
-    return trainer, plan.reset_time
+    return trainer, plan
 
 
 def _already_finished(trainer, reset_time: bool) -> bool:
@@ -259,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(validate_run(cfg, _world_size(), _global_rank()).summary())
             print("dry run: the run file is valid")
             return 0
-        trainer, reset_time = build_trainer(cfg)
+        trainer, plan = start_run(cfg)
     except setup_errors as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
@@ -277,12 +284,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {checkpoint_refusal(err)}", file=sys.stderr)
         return 2
     rank0 = _global_rank() == 0
+    reset_time = plan.reset_time
     if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:
-        from flexbert.train.checkpoint_safety import find_resume_checkpoint
         from flexbert.train.run_summary import resume_line
 
-        found = find_resume_checkpoint(cfg.resolved_save_folder()) if cfg.autoresume else None
-        checkpoint, how = (found.resolve(), "autoresume") if found is not None else (cfg.load_path, "load_path")
+        checkpoint, how = ((Path(plan.resume_checkpoint).resolve(), "autoresume") if plan.resuming
+                           else (cfg.load_path, "load_path"))
         print(resume_line(checkpoint, int(trainer.state.timestamp.batch), how), flush=True)
     try:
         if not fit(trainer, cfg, reset_time):
@@ -300,6 +307,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if rank0:
         from flexbert.train.run_summary import closing_lines
 
-        print("\n".join(closing_lines(cfg.resolved_save_folder(), int(trainer.state.timestamp.batch),
+        print("\n".join(closing_lines(plan.save_folder, int(trainer.state.timestamp.batch),
                                        cfg.tokenizer())), flush=True)
     return 0

@@ -111,6 +111,7 @@ def start_run(cfg: RunConfig):
         callbacks.append(RestartOverride(optimizer))
     resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
     callbacks.append(resume_rng)
+    prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
 
     # Nothing above wrote into the save folder; from here on the run owns it.
     save_folder = plan.save_folder
@@ -125,7 +126,6 @@ def start_run(cfg: RunConfig):
 
     # A new phase starts its data and its console summary's loss average afresh.
     ignore_keys = ["state/callbacks/LoaderStateCallback", "state/callbacks/EvalSummary"] if plan.phase_start else None
-    prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
     trainer = Trainer(
         run_name=cfg.run_name,
         seed=cfg.seed,

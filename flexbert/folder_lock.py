@@ -68,6 +68,11 @@ def _holder_text(path: Path) -> str:
             f"{info.get('host')}, since {info.get('since')})")
 
 
+def _busy(folder, path: Path) -> FolderBusyError:
+    return FolderBusyError(f"'{folder}' is in use by {_holder_text(path)}; wait for it to finish, stop it, or choose "
+                           f"another folder (two writers would overwrite each other's checkpoints and results)")
+
+
 def _key(folder: Path | str) -> str:
     """The lock file's name with the folder resolved but not the file itself (a link there is refused, not followed)."""
     return os.path.join(os.path.realpath(folder), LOCK_NAME)
@@ -89,9 +94,7 @@ def hold_folder(folder: str | os.PathLike, what: str, name: Optional[str] = None
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FolderBusyError(
-                f"'{folder}' is in use by {_holder_text(path)}; wait for it to finish, stop it, or choose another "
-                f"folder (two writers would overwrite each other's checkpoints and results)") from None
+            raise _busy(folder, path) from None
         _held[key] = fd
     info = {"what": what, "name": name, "pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -99,6 +102,28 @@ def hold_folder(folder: str | os.PathLike, what: str, name: Optional[str] = None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
     return path
+
+
+def check_folder_free(folder: str | os.PathLike) -> None:
+    """Raise FolderBusyError naming the holder when another live process holds `folder`; creates nothing.
+
+    For checks before a run takes its folder: a busy folder is reported at once, and a run refused for any reason
+    leaves no lock file behind (only `hold_folder` creates one)."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    if _key(folder) in _held or not path.is_file() or path.is_symlink():
+        return  # ours, never taken, or a planted link that hold_folder will refuse
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # unreadable: hold_folder reports it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(folder, path) from None
+    finally:
+        os.close(fd)  # closing releases the probe's own lock, if it got one
 
 
 def release_folder(folder: str | os.PathLike) -> None:

@@ -25,7 +25,8 @@ from flexbert.checkpoints.safe_unpickle import (
     UnsafeCheckpointError,
     install_composer_guard,
 )
-from flexbert.train.builders import build_model, build_optimization, build_tokenizer
+from flexbert.optim.builders import build_optimizer
+from flexbert.train.builders import build_model, build_tokenizer
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer, main
 from benchmarks.tiny_setup import tiny_run_overrides
@@ -180,7 +181,7 @@ def released_run(tiny_corpus, tmp_path_factory):
     tokenizer = build_tokenizer(cfg)
     torch.manual_seed(0)
     composer_model = build_model(cfg, tokenizer)
-    optimizer, _ = build_optimization(cfg, composer_model)
+    optimizer = build_optimizer(cfg.optimizer, composer_model)
     model = composer_model.model
     ids = torch.randint(5, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
     for _ in range(2):

@@ -258,13 +258,14 @@ def test_reference_interval_forms_stay_valid(tiny_corpus, tmp_path, capsys):
 ])
 def test_trainer_arguments_are_checked_before_data_and_model(tiny_corpus, tmp_path, capsys, monkeypatch, override,
                                                              expected):
+    import flexbert.optim.builders as optim_builders
     import flexbert.train.builders as builders
 
     def not_reached(*args, **kwargs):
         raise AssertionError("data or model built before the Trainer arguments were checked")
 
     monkeypatch.setattr(builders, "build_loader", not_reached)
-    monkeypatch.setattr(builders, "build_optimization", not_reached)
+    monkeypatch.setattr(optim_builders, "build_optimizer", not_reached)
     argv = [*_argv(tiny_corpus, tmp_path / "run"), override, "model.gradient_checkpointing=false"]
     for extra in ([], ["--dry-run"]):
         assert main([*argv, *extra]) == 2

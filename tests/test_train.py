@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flexbert.model.modeling import FlexBertForMaskedLM
-from flexbert.train.builders import build_optimization, model_config_from
+from flexbert.optim.builders import build_optimizer, build_scheduler
+from flexbert.train.builders import model_config_from
 from flexbert.train.run_config import RunConfigError, check_batch_sizes, load_run_config
 from flexbert.train.trainer import build_trainer, main
 from benchmarks.tiny_setup import tiny_run_overrides
@@ -43,7 +44,8 @@ def test_recipes_validate_and_build(recipe, params, seq_len, theta):
     assert count == pytest.approx(params, abs=0.01e6)
     assert (config.rope_theta(0), config.rope_theta(1)) == theta
     assert [config.is_global_layer(i) for i in range(4)] == [True, False, False, True]
-    optimizer, scheduler = build_optimization(cfg, model)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    build_scheduler(cfg.scheduler)  # the recipe's schedule section builds
     assert type(optimizer).__qualname__ == "StableAdamW"
     decay_groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
     assert all(p.dim() > 1 for g in decay_groups for p in g["params"])  # no decay on norms and biases

@@ -4,7 +4,7 @@ Composer loads the model, optimizer and scheduler state inside `Trainer()`; a ch
 there with torch's first `size mismatch` (a page of traceback) or a bare `KeyError: 'lr_lambdas'`. These checks read
 the same file first (memory-mapped, through the safe loader) and say what is wrong in one message:
 - `check_intact`: a `load_path` file whose bytes fail their checksums is refused (autoresume skips such a file and
-  takes the previous checkpoint: `checkpoint_safety.find_resume_checkpoint`);
+  takes the previous checkpoint: `crash_safe.find_resume_checkpoint`);
 - `check_resume_fits`: the checkpoint autoresume found in the save folder must fit the model the run file describes
   (every missing, unexpected and mis-shaped tensor listed, as for `load_path`);
 - `check_training_state`: the optimizer and scheduler states have the entries torch's `load_state_dict` reads;

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 from composer.core import Callback, DataSpec
 
-from flexbert.data.masking import MaskingSpec, mask_row, row_rng
+from flexbert.data.masking import EVAL_MLM_PROBABILITY, MaskingSpec, default_mlm_probability, mask_row, row_rng
 from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
                                    count_tokens, split_packed_batch)
 from flexbert.data.seq_len_warmup import SeqLenWarmup
@@ -57,8 +57,8 @@ class DatasetConfig:
     shuffle: bool = schema.field(False, doc="shuffle documents each epoch")
     shuffle_seed: int = schema.field(9176, doc="seed of the document order")
     shuffle_block_size: Optional[int] = schema.field(None, doc="documents per shuffle block (default 1M)")
-    mlm_probability: Optional[float] = schema.field(None, doc="mask rate (default: top-level mlm_probability for "
-                                                              "training, 0.15 for evaluation)")
+    mlm_probability: Optional[float] = schema.field(None, doc=f"mask rate (default: top-level mlm_probability for "
+                                                              f"training, {EVAL_MLM_PROBABILITY} for evaluation)")
     streaming: bool = schema.field(True, doc="read through StreamingDataset (needed for remote object stores); "
                                              "false: read the local shards directly (same documents)")
     # StreamingDataset settings, used when streaming
@@ -559,7 +559,9 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
 
     device_batch_size and microbatch_size are in sequences; a step holds device_batch_size /
     microbatch_size packed rows of microbatch_size * max_seq_len slots. mode='eval': one deterministic
-    pass per iteration, no batch-size or sequence-length warmup, 15% masking unless configured.
+    pass per iteration, no batch-size or sequence-length warmup. The mask rate is the section's
+    `dataset.mlm_probability` (a run file's loaders always carry one, see `flexbert.train.plan`), else
+    `default_mlm_probability(mode)`.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}{closest(mode, ['train', 'eval'])}")
@@ -582,7 +584,7 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
                                              microbatch_size=microbatch_size, full_rows=full_rows)
     else:
         warmup = BatchSizeWarmup(full_rows, full_rows, 0)
-    p = ds.mlm_probability if ds.mlm_probability is not None else (0.3 if mode == "train" else 0.15)
+    p = ds.mlm_probability if ds.mlm_probability is not None else default_mlm_probability(mode)
     source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer,
                          streaming_kwargs=ds.streaming_kwargs())
     settings = LoaderSettings(

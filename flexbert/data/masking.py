@@ -1,8 +1,9 @@
 """MLM masking of one packed row, in numpy, vectorized.
 
-Each non-special, non-pad token is selected with probability p
-(0.3 train, 0.15 eval); of the selected, 80% become [MASK], 10% a uniformly random NON-special id from
-the tokenizer's real vocabulary, 10% stay. labels = original id at selected positions, -100 elsewhere.
+Each non-special, non-pad token is selected with probability p (`TRAIN_MLM_PROBABILITY` for training,
+`EVAL_MLM_PROBABILITY` for evaluation, unless the run sets them); of the selected, 80% become [MASK], 10% a
+uniformly random NON-special id from the tokenizer's real vocabulary, 10% stay. labels = original id at selected
+positions, -100 elsewhere.
 
 Unlike the reference framework's masking: special and pad tokens are never selected (a lookup table built from the
 tokenizer), random ids come from the tokenizer's vocabulary minus its special tokens (not from
@@ -21,6 +22,16 @@ from flexbert.config import IGNORE_INDEX
 from flexbert.errors import DataError
 
 MASK_FRACTION, RANDOM_FRACTION = 0.8, 0.1  # the rest (0.1) stays unchanged
+
+# The mask rates a loader uses when its run file sets none -- the reference framework's defaults, defined here only:
+# training masks 30% (ModernBERT's rate), evaluation 15% (BERT's, so eval losses compare across recipes).
+TRAIN_MLM_PROBABILITY = 0.3
+EVAL_MLM_PROBABILITY = 0.15
+
+
+def default_mlm_probability(mode: str) -> float:
+    """The mask rate of a 'train' or 'eval' loader whose section sets none."""
+    return TRAIN_MLM_PROBABILITY if mode == "train" else EVAL_MLM_PROBABILITY
 
 
 @dataclass(frozen=True, eq=False)

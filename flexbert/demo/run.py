@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = read_curves(run_dir / "metrics.jsonl")
     print(f"\ntrained in {time.time() - start:.0f}s")
     train, evals = curves.train, curves.evals
-    print(f"MLM loss ({cfg.mlm_probability:.0%} masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
+    train_rate, eval_rate = cfg.train_loader.dataset.mlm_probability, cfg.eval_loader.dataset.mlm_probability
+    print(f"MLM loss ({train_rate:.0%} masking): first step {train[0][1]:.3f} -> last step {train[-1][1]:.3f}")
     for batch, loss, acc in evals:
-        print(f"eval at step {batch} (15% masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
+        print(f"eval at step {batch} ({eval_rate:.0%} masking): loss {loss:.3f}, masked accuracy {acc:.3f}")
     plot = plot_curves(curves, run_dir / "curves.png", f"{RECIPE}: {cfg.max_duration} on CPU")
 
     _step("exporting the checkpoint as a Hugging Face ModernBERT folder")

@@ -10,11 +10,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import torch
 
 from flexbert.config import MODEL_CONFIG_DEFAULTS, FlexBertConfig
 from flexbert.schema import ConfigError, check_kwargs
-from flexbert.train.run_config import RunConfig, RunConfigError, require
+from flexbert.train.run_config import RunConfig, RunConfigError
 
 VOCAB_MULTIPLE = 8  # the embedding is padded to a multiple of 8 rows, as FlexBERT always did
 
@@ -137,11 +136,13 @@ def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
             raise RunConfigError(f"{key}: {problem}")
 
 
-def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int, seq_len_warmup=None):
-    """A loader section's DataSpec; `seq_len_warmup` (training only) is `build_seq_len_warmup`'s schedule."""
+def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int, seq_len_warmup=None,
+                 section=None):
+    """A loader section's DataSpec; `seq_len_warmup` (training only) is `build_seq_len_warmup`'s schedule and
+    `section` the run plan's copy of the section (default: the run file's)."""
     from flexbert.data.loader import DATA_LOADERS
 
-    section = cfg.loader(key)
+    section = section if section is not None else cfg.loader(key)
     check_data_folder(cfg, key)
     return DATA_LOADERS.get(section.name)(
         section,
@@ -162,11 +163,11 @@ def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microba
 LOADER_ALGORITHMS = ("seq_warmup", "seq_length_warmup")
 
 
-def build_seq_len_warmup(cfg: RunConfig, warn: bool = False):
-    """The run's sequence-length warmup schedule (`algorithms.seq_warmup`), or None."""
+def build_seq_len_warmup(cfg: RunConfig, max_duration, warn: bool = False):
+    """The run's sequence-length warmup schedule (`algorithms.seq_warmup`), or None; `max_duration` is the run's,
+    as a Composer Time."""
     from flexbert.data.seq_len_warmup import SeqLenWarmup, SeqLenWarmupConfig
     from flexbert.schema import read_section
-    from flexbert.train.run_config import parse_duration
 
     names = [name for name in LOADER_ALGORITHMS if name in (cfg.algorithms or {})]
     if not names:
@@ -176,19 +177,11 @@ def build_seq_len_warmup(cfg: RunConfig, warn: bool = False):
                              "keep one")
     where = f"algorithms.{names[0]}"
     section = read_section(SeqLenWarmupConfig, cfg.algorithms[names[0]], where, RunConfigError)
-    duration = parse_duration("max_duration", cfg.max_duration)
     try:
-        return SeqLenWarmup.from_config(section, int(duration.value), duration.unit.value, cfg.max_seq_len, warn=warn)
+        return SeqLenWarmup.from_config(section, int(max_duration.value), max_duration.unit.value, cfg.max_seq_len,
+                                        warn=warn)
     except ConfigError as err:
         raise RunConfigError(str(err)) from None
-
-
-def build_optimization(cfg: RunConfig, model) -> tuple[torch.optim.Optimizer, Any]:
-    from flexbert.optim.builders import build_optimizer, build_scheduler
-
-    require(cfg, "optimizer", "scheduler")
-    # validate_run has built the schedule once already and said what it ignores
-    return build_optimizer(cfg.optimizer, model), build_scheduler(cfg.scheduler, warn_unused=False)
 
 
 def build_algorithms(section: Mapping[str, Any] | None, pretraining: bool = False) -> list:

@@ -24,6 +24,7 @@ from flexbert import duration
 from flexbert.checkpoints.loading import InitFromCheckpointConfig
 from flexbert.config import DEFAULT_PRETRAINED_MODEL_NAME, check_model_config, read_old_names
 from flexbert.data.loader import LoaderConfig
+from flexbert.data.masking import EVAL_MLM_PROBABILITY, TRAIN_MLM_PROBABILITY
 from flexbert.optim.builders import OptimizerConfig, SchedulerConfig
 from flexbert.registry import closest
 from flexbert.schema import ConfigError, coerce, field, is_mapping, read_section
@@ -75,7 +76,8 @@ class RunConfig:
     data_remote: Optional[str] = field(None, doc="object-store URI to stream from (data_local is then the cache)")
     max_seq_len: int = field(1024, doc="tokens per sequence slot")
     tokenizer_name: Optional[str] = field(None, doc="tokenizer: a local folder or a Hub name")
-    mlm_probability: float = field(0.3, doc="training mask rate (evaluation: the eval dataset's, default 0.15)")
+    mlm_probability: float = field(TRAIN_MLM_PROBABILITY, doc=f"training mask rate (evaluation: the eval dataset's, "
+                                                              f"default {EVAL_MLM_PROBABILITY})")
     count_padding_tokens: bool = field(True, doc="pad slots count in the token clock (`tok` durations)")
     run_name: Optional[str] = field(None, doc="run id, used by `{run_name}` in save_folder and by autoresume; "
                                                "default $COMPOSER_RUN_NAME, else 'bert'")
@@ -94,7 +96,8 @@ class RunConfig:
     global_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step, all ranks (default: global_train_batch_size)")
     device_train_microbatch_size: Optional[int] = field(None, doc="sequences per forward pass per rank (one packed row)")
     device_eval_batch_size: Optional[int] = field(None, doc="sequences per eval step per rank (default: global_eval_batch_size / world size)")
-    device_eval_microbatch_size: Optional[int] = field(None, doc="sequences per eval forward pass (default: device_train_microbatch_size)")
+    device_eval_microbatch_size: Optional[int] = field(
+        None, doc="sequences per eval forward pass (default: device_train_microbatch_size, at most the eval batch)")
     # system
     seed: int = field(17, doc="seed of weights, data order and masking")
     precision: Optional[str] = field(None, doc="fp32, amp_bf16, amp_fp16, ... (default: amp_bf16 on GPU, fp32 on CPU)")
@@ -231,8 +234,11 @@ def _check_kind_of_file(raw: Mapping[str, Any], where: str) -> None:
 
 def _fill_loader_defaults(raw: dict[str, Any]) -> None:
     """The top-level data keys are the defaults of each loader's dataset; training masks at mlm_probability,
-    evaluation at 15% unless its dataset says otherwise."""
-    for key, split, rate in (("train_loader", "train", raw.get("mlm_probability", 0.3)), ("eval_loader", "validation", 0.15)):
+    evaluation at EVAL_MLM_PROBABILITY unless its dataset says otherwise. Every loader leaves here with its rate."""
+    train_rate = raw.get("mlm_probability")
+    train_rate = TRAIN_MLM_PROBABILITY if train_rate is None else train_rate  # the key's declared default
+    for key, split, rate in (("train_loader", "train", train_rate),
+                             ("eval_loader", "validation", EVAL_MLM_PROBABILITY)):
         section = raw.get(key)
         if not is_mapping(section):
             continue

@@ -44,66 +44,56 @@ def _hold_save_folder(folder: str, run_name: Optional[str]) -> None:
 
 def build_trainer(cfg: RunConfig):
     """Every object of the run, wired into a Composer Trainer (not yet fitted). Returns (trainer, reset_time)."""
+    trainer, plan = start_run(cfg)
+    return trainer, plan.reset_time
+
+
+def start_run(cfg: RunConfig):
+    """`build_trainer`, returning (trainer, the run's RunPlan).
+
+    The run is resolved once (`validate_run` -> `RunPlan`, model included); what follows only constructs from the
+    plan. The save folder is taken after everything that can refuse the run (validation, the resume checks,
+    loading weights, building the loaders): a refused run leaves no lock and no files behind."""
     from composer import Trainer
     from composer.core import Evaluator
-    from composer.utils import reproducibility
 
-    from flexbert.checkpoints.loading import check_checkpoint_fits, init_from_checkpoint, load_pretrained_checkpoint
+    from flexbert.checkpoints.loading import init_from_checkpoint, load_pretrained_checkpoint
     from flexbert.data.loader import LoaderStateCallback, SeqLenLogger
+    from flexbert.optim.builders import build_optimizer
     from flexbert.optim.restart import RestartOverride
     from flexbert.checkpoints.safe_unpickle import install_composer_guard
-    from flexbert.train.builders import build_algorithms, build_loader, build_model, build_optimization
-    from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard, build_callbacks
-    from flexbert.checkpoints.crash_safe import (count_earlier_checkpoints, find_resume_checkpoint,
-                                                   install_atomic_checkpoint_writes, repair_latest)
-    from flexbert.train.loggers import build_loggers
+    from flexbert.train.builders import build_loader
+    from flexbert.train.callbacks import EmptyEvalWarning, NonFiniteLossGuard
+    from flexbert.checkpoints.crash_safe import count_earlier_checkpoints, install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.parallelism import prepare_model
     from flexbert.checkpoints.resume_checks import check_resume
     from flexbert.train.rng_resume import ResumeRngStates
     from flexbert.train.run_outputs import claim_save_folder
-    from flexbert.train.validate import eval_sizes, validate_run
+    from flexbert.train.validate import validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
     install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoints.crash_safe)
-    plan = validate_run(cfg, _world_size(), _global_rank())
-    # The folder is taken only once the run is known to be valid: a refused run leaves nothing behind in it.
-    save_folder = plan.save_folder
-    if save_folder and "://" not in save_folder and _global_rank() == 0:  # rank 0 alone writes the folder
-        _hold_save_folder(save_folder, cfg.run_name)  # a second run into it fails naming this one
-    if cfg.autoresume and _global_rank() == 0:
-        repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
-
-    # Same seed on every rank, so weights are identical before DDP (which also broadcasts rank 0's) and a run is
-    # reproducible; Composer reseeds per rank for the training loop.
-    reproducibility.seed_all(cfg.seed)
-    composer_model = build_model(cfg, plan.tokenizer, plan.checkpoint_config)
-    if plan.phase_start:  # list every missing / unexpected / mis-shaped key before Composer loads
-        check_checkpoint_fits(plan.load_path, composer_model, strict=cfg.load_strict_model_weights)
+    rank0 = _global_rank() == 0
+    plan = validate_run(cfg, _world_size(), _global_rank(), build_weights=True)
+    composer_model = plan.model
     if plan.resuming:  # the run's own checkpoint: every mismatch listed; say which changed run-file values it overrides
-        check_resume(str(find_resume_checkpoint(plan.save_folder)), composer_model,
-                     {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay}, _global_rank() == 0)
+        check_resume(plan.resume_checkpoint, composer_model,
+                     {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay}, rank0)
     if cfg.model.pretrained_checkpoint and not plan.resuming:
         load_pretrained_checkpoint(cfg.model.pretrained_checkpoint, composer_model.model)
     if cfg.init_from_checkpoint is not None and not plan.resuming:
         init_from_checkpoint(composer_model.model, cfg.init_from_checkpoint, str(Path(cfg.source).parent))
-    if _global_rank() == 0:  # a fresh start replaces the previous run's outputs (allowed by validate_run),
-        # only once every check of the checkpoints above has passed: a refused start leaves the folder as it was
-        removed = claim_save_folder(plan.save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
-        if removed:
-            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from "
-                  f"{plan.save_folder}")
-    optimizer, scheduler = build_optimization(cfg, composer_model)
+    optimizer = build_optimizer(cfg.optimizer, composer_model)
 
-    micro = cfg.device_train_microbatch_size
-    train_spec = build_loader(cfg, plan.tokenizer, "train_loader", plan.device_train_batch, micro,
-                              seq_len_warmup=plan.seq_len_warmup)
+    train_spec = build_loader(cfg, plan.tokenizer, "train_loader", plan.train.device_batch, plan.train.microbatch,
+                              seq_len_warmup=plan.seq_len_warmup, section=plan.train.section)
     evaluators = []
-    if cfg.eval_loader is not None:
-        eval_batch, eval_micro = eval_sizes(cfg, plan.device_eval_batch)
-        eval_spec = build_loader(cfg, plan.tokenizer, "eval_loader", eval_batch, eval_micro)
+    if plan.eval is not None:
+        eval_spec = build_loader(cfg, plan.tokenizer, "eval_loader", plan.eval.device_batch, plan.eval.microbatch,
+                                 section=plan.eval.section)
         evaluators.append(Evaluator(label="eval", dataloader=eval_spec, metric_names=["LanguageCrossEntropy", "MaskedAccuracy"]))
 
-    callbacks = build_callbacks(cfg.callbacks)
+    callbacks = list(plan.callbacks)
     if evaluators:
         callbacks.append(EmptyEvalWarning())
     if cfg.optimizer.log_grad_norm and "log_grad_norm" not in cfg.callbacks:
@@ -113,19 +103,28 @@ def build_trainer(cfg: RunConfig):
     # Loader state rides in the checkpoint; a new phase (time reset) starts its data from the beginning.
     callbacks.append(LoaderStateCallback(train_spec, strict=not plan.phase_start))
     if plan.seq_len_warmup is not None:
-        callbacks.append(SeqLenLogger(micro))
+        callbacks.append(SeqLenLogger(plan.train.microbatch))
     if cfg.stop_on_nonfinite_loss:
         callbacks.append(NonFiniteLossGuard(max_skips=cfg.max_nonfinite_skips))
     if cfg.restart_override and plan.phase_start:
         callbacks.append(RestartOverride(optimizer))
     resume_rng = ResumeRngStates()  # dropout etc. continue exactly where the checkpoint left them
     callbacks.append(resume_rng)
-    metrics_path = Path(plan.save_folder) / "metrics.jsonl" if plan.save_folder else None
-    loggers = build_loggers(cfg.loggers, metrics_path, run_config=cfg.to_dict())  # W&B records the whole run file
+    prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
+
+    # Nothing above wrote into the save folder; from here on the run owns it.
+    save_folder = plan.save_folder
+    if save_folder and "://" not in save_folder and rank0:  # rank 0 alone writes the folder
+        _hold_save_folder(save_folder, cfg.run_name)  # a second run into it fails naming this one
+    if cfg.autoresume and rank0:
+        repair_latest(save_folder)  # a kill while `latest` was re-pointed must not restart at 0
+    if rank0:  # a fresh start replaces the previous run's outputs (allowed by validate_run)
+        removed = claim_save_folder(save_folder, cfg.to_dict(), plan.resuming, keep=plan.load_path)
+        if removed:
+            print(f"save_overwrite: removed the previous run's {', '.join(p.name for p in removed)} from {save_folder}")
 
     # A new phase starts its data and its console summary's loss average afresh.
     ignore_keys = ["state/callbacks/LoaderStateCallback", "state/callbacks/EvalSummary"] if plan.phase_start else None
-    prepare_model(composer_model.model, cfg)  # FSDP units / checkpointed blocks, compile (see its docstring)
     trainer = Trainer(
         run_name=cfg.run_name,
         seed=cfg.seed,
@@ -137,18 +136,18 @@ def build_trainer(cfg: RunConfig):
         train_subset_num_batches=cfg.train_subset_num_batches,
         max_duration=cfg.max_duration,
         optimizers=optimizer,
-        schedulers=scheduler,
+        schedulers=plan.scheduler,
         step_schedulers_every_batch=True,
         device=cfg.device,
-        device_train_microbatch_size=micro,
+        device_train_microbatch_size=plan.train.microbatch,
         precision=plan.precision,
-        algorithms=build_algorithms(cfg.algorithms, pretraining=True),
+        algorithms=plan.algorithms,
         callbacks=callbacks,
-        loggers=loggers,
+        loggers=plan.loggers,
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
         console_log_interval=cfg.console_log_interval,
-        save_folder=plan.save_folder,
+        save_folder=save_folder,
         save_interval=cfg.save_interval,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
@@ -167,8 +166,7 @@ def build_trainer(cfg: RunConfig):
     resume_rng.take_from(trainer)
     if plan.resuming:
         count_earlier_checkpoints(trainer)  # save_num_checkpoints_to_keep counts the killed attempts' checkpoints
-    reset_time = cfg.resets_time and plan.phase_start
-    return trainer, reset_time
+    return trainer, plan
 
 
 def _already_finished(trainer, reset_time: bool) -> bool:
@@ -215,8 +213,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def _show_each_warning_once() -> None:
-    """A run builds its config more than once (validation on the meta device, then the model): the console says
-    each thing once."""
+    """The console says each thing once (rank-0 notes and library warnings may repeat during setup)."""
     shown: set[str] = set()
     show = warnings.showwarning
 
@@ -268,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(validate_run(cfg, _world_size(), _global_rank()).summary())
             print("dry run: the run file is valid")
             return 0
-        trainer, reset_time = build_trainer(cfg)
+        trainer, plan = start_run(cfg)
     except setup_errors as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
@@ -286,12 +283,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {checkpoint_refusal(err)}", file=sys.stderr)
         return 2
     rank0 = _global_rank() == 0
+    reset_time = plan.reset_time
     if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:
-        from flexbert.checkpoints.crash_safe import find_resume_checkpoint
         from flexbert.train.run_summary import resume_line
 
-        found = find_resume_checkpoint(cfg.resolved_save_folder()) if cfg.autoresume else None
-        checkpoint, how = (found.resolve(), "autoresume") if found is not None else (cfg.load_path, "load_path")
+        checkpoint, how = ((Path(plan.resume_checkpoint).resolve(), "autoresume") if plan.resuming
+                           else (cfg.load_path, "load_path"))
         print(resume_line(checkpoint, int(trainer.state.timestamp.batch), how), flush=True)
     try:
         if not fit(trainer, cfg, reset_time):
@@ -309,6 +306,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if rank0:
         from flexbert.train.run_summary import closing_lines
 
-        print("\n".join(closing_lines(cfg.resolved_save_folder(), int(trainer.state.timestamp.batch),
+        print("\n".join(closing_lines(plan.save_folder, int(trainer.state.timestamp.batch),
                                        cfg.tokenizer())), flush=True)
     return 0

@@ -1,89 +1,27 @@
-"""`validate_run`: everything a run checks before it reads data or allocates weights, in one function that the
-real start, `python main.py RUN.yaml --dry-run` and the sweep's pre-flight all call -- so a file that passes the
-dry-run starts.
+"""`validate_run`: everything a run checks before it reads data, in one function that the real start,
+`python main.py RUN.yaml --dry-run` and the sweep's pre-flight all call -- so a file that passes the dry-run starts.
 
-Checked, in order: required keys; durations; batch sizes against the world size; precision and device; the
-tokenizer; the model config (built on the meta device: shapes and parameter count, no memory); `load_path`,
+Checked, in order: required keys; durations; batch sizes against the world size; precision and device; that no
+other live run holds the save folder (without taking it: `build_trainer` does, once the run cannot be refused); the
+tokenizer; the model config (the model is built once: on the meta device for a dry-run, with its weights for a
+real start, see `flexbert.train.plan`); `load_path`,
 `model.pretrained_checkpoint` and `init_from_checkpoint` targets (exist, readable by the safe loader, fit the
 model); loader sections and their data folders; optimizer and schedule; callbacks, algorithms and loggers.
-The result is a `RunPlan`: what the run will do, for the dry-run's summary and for `build_trainer`.
+The result is the run's `RunPlan` (`flexbert.train.plan`): every default decided and every cheap object built
+once, for the dry-run's summary and for `build_trainer`, which builds from it and decides nothing again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
+from flexbert.train.plan import LoaderPlan, RunPlan
 from flexbert.train.run_config import RunConfig, RunConfigError, check_batch_sizes, parse_duration, require
-
-
-@dataclass
-class RunPlan:
-    """What a validated run will do."""
-
-    cfg: RunConfig
-    tokenizer: Any
-    params: int
-    device_train_batch: int  # sequences per rank per step
-    device_eval_batch: int
-    world_size: int
-    resuming: bool  # autoresume will load this run's own checkpoint
-    phase_start: bool  # load_path given and not resuming: a new phase from another run's checkpoint
-    load_path: Optional[str]
-    checkpoint_config: Optional[dict]  # architecture embedded in load_path (phase start only)
-    precision: str
-    save_folder: Optional[str]
-    seq_len_warmup: Any = None  # the training loader's sequence-length schedule (algorithms.seq_warmup)
-
-    def summary(self) -> str:
-        cfg = self.cfg
-        tokens_per_step = cfg.global_train_batch_size * cfg.max_seq_len
-        lines = [
-            f"run file     {cfg.source}",
-            f"run name     {cfg.run_name}",
-            f"model        {self.params / 1e6:.2f}M parameters",
-            f"batch        {cfg.global_train_batch_size} sequences x {cfg.max_seq_len} tokens = "
-            f"{tokens_per_step:,} token slots per step ({self.device_train_batch} per rank, world size {self.world_size})",
-            f"duration     {cfg.max_duration} ({_steps(cfg, tokens_per_step)})",
-            f"precision    {self.precision}",
-        ]
-        warmup = self.seq_len_warmup
-        if warmup is not None:
-            end = min(warmup.max_length, cfg.max_seq_len)
-            lines.append(f"seq warmup   sequences of at most {min(warmup.min_length, end)} -> {end} tokens over the first "
-                         f"{warmup.warmup_span:,}{warmup.unit} ({'cut' if warmup.truncate else 'continued'} beyond)")
-        if self.resuming:
-            lines.append(f"start        autoresume from {self.save_folder}")
-        elif self.phase_start:
-            reset = "schedule and data from zero" if cfg.resets_time else "time continues"
-            override = ", lr / weight decay from this file" if cfg.restart_override else ""
-            lines.append(f"start        from {self.load_path} ({reset}{override})")
-        elif cfg.model.pretrained_checkpoint:
-            lines.append(f"start        weights of {cfg.model.pretrained_checkpoint}")
-        elif cfg.init_from_checkpoint:
-            lines.append(f"start        grown from {cfg.init_from_checkpoint.checkpoint_path()}")
-        else:
-            lines.append("start        random initialization")
-        lines.append(f"saves to     {self.save_folder or '(no checkpoints)'}"
-                     + (f" every {cfg.save_interval}" if self.save_folder else ""))
-        return "\n".join(lines)
-
-
-def _steps(cfg: RunConfig, tokens_per_step: int) -> str:
-    from composer.core import TimeUnit
-
-    time = parse_duration("max_duration", cfg.max_duration)
-    if time.unit == TimeUnit.BATCH:
-        return f"{time.value:,} steps"
-    if time.unit == TimeUnit.TOKEN:
-        return f"about {time.value / tokens_per_step:,.0f} steps at full batch"
-    if time.unit == TimeUnit.SAMPLE:
-        return f"about {time.value / cfg.global_train_batch_size:,.0f} steps"
-    return str(time.unit.value)
 
 
 def resolve_precision(cfg: RunConfig) -> str:
@@ -139,7 +77,8 @@ def _check_loaders(cfg: RunConfig, tokenizer, device_train: int, device_eval: in
 _SAME_UNIT_SCHEDULES = ("constant_with_warmup", "cosine_with_warmup", "linear_decay_with_warmup")
 
 
-def _check_durations(cfg: RunConfig) -> None:
+def _check_durations(cfg: RunConfig):
+    """max_duration as a Composer Time, checked against the schedule's units."""
     from composer.core import TimeUnit
 
     max_duration = parse_duration("max_duration", cfg.max_duration)
@@ -158,6 +97,7 @@ def _check_durations(cfg: RunConfig) -> None:
             raise RunConfigError(f"scheduler '{cfg.scheduler.name}': t_warmup ({cfg.scheduler.t_warmup}) and t_max "
                                  f"({cfg.scheduler.t_max}) must be in the same unit (max_duration is "
                                  f"{cfg.max_duration}); write both in {t_max.value} or as fractions (0.1dur)")
+    return max_duration
 
 
 def _check_trainer_arguments(cfg: RunConfig) -> None:
@@ -188,15 +128,36 @@ def eval_sizes(cfg: RunConfig, device_eval: int) -> tuple[int, int]:
     return max(micro, device_eval - device_eval % micro), micro
 
 
-def _meta_model(cfg: RunConfig, tokenizer, checkpoint_config):
+def _loader_plan(cfg: RunConfig, key: str, device_batch: int, microbatch: int) -> LoaderPlan:
+    """The section as the loader will read it: with its mask rate (load_run_config fills it for run files; a
+    RunConfig made in code may leave it to the loader's default, decided here once)."""
+    from flexbert.data.masking import default_mlm_probability
+
+    section = cfg.loader(key)
+    if section.dataset.mlm_probability is None:
+        rate = default_mlm_probability("train" if key == "train_loader" else "eval")
+        section = dataclasses.replace(section, dataset=dataclasses.replace(section.dataset, mlm_probability=rate))
+    return LoaderPlan(section, device_batch, microbatch)
+
+
+def _model(cfg: RunConfig, tokenizer, checkpoint_config, build_weights: bool):
+    """The run's model: on the meta device (shapes and parameter count, no memory) or, for a real start, with its
+    initial weights -- seeded with the run's seed, so every rank starts from the same weights (DDP also broadcasts
+    rank 0's) and a run is reproducible; Composer reseeds per rank for the training loop."""
+    from composer.utils import reproducibility
+
     from flexbert.train.builders import build_model
 
+    if build_weights:
+        reproducibility.seed_all(cfg.seed)
+        return build_model(cfg, tokenizer, checkpoint_config)
     with torch.device("meta"):
         return build_model(cfg, tokenizer, checkpoint_config)
 
 
-def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
-    """Check the whole run without reading data or allocating weights; raise one clear error or return the plan."""
+def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0, build_weights: bool = False) -> RunPlan:
+    """Check the whole run without reading data; raise one clear error or return the plan. Weights are allocated
+    only with `build_weights` (a real start: the plan then holds the run's model, see `flexbert.train.plan`)."""
     from flexbert.checkpoints.loading import (
         check_checkpoint_fits,
         check_init_from_checkpoint,
@@ -204,6 +165,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
         prepare_load_path,
         read_checkpoint_model_config,
     )
+    from flexbert.folder_lock import check_folder_free
     from flexbert.optim.builders import build_scheduler
     from flexbert.train.builders import build_algorithms, build_seq_len_warmup, build_tokenizer
     from flexbert.train.callbacks import build_callbacks
@@ -214,7 +176,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
 
     require(cfg, "max_duration", "train_loader", "optimizer", "scheduler", "global_train_batch_size",
             "device_train_microbatch_size")
-    _check_durations(cfg)
+    max_duration = _check_durations(cfg)
     _check_trainer_arguments(cfg)
     if cfg.resets_time and not cfg.load_path and rank == 0:
         key = "reset_time" if cfg.reset_time else "reset_time_once"
@@ -226,7 +188,10 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     device_train, device_eval = check_batch_sizes(cfg, world_size)
     precision = resolve_precision(cfg)
     save_folder = cfg.resolved_save_folder()
-    resuming = bool(cfg.autoresume and find_resume_checkpoint(save_folder) is not None)
+    if save_folder and "://" not in save_folder and rank == 0:  # the folder rank 0 will take once the run is valid
+        check_folder_free(save_folder)  # another live run's files would mislead every check below
+    resume_checkpoint = find_resume_checkpoint(save_folder) if cfg.autoresume else None
+    resuming = resume_checkpoint is not None
     if cfg.autoresume and not resuming:
         check_some_checkpoint_intact(save_folder)
     check_save_folder(save_folder, cfg.to_dict(), resuming, cfg.save_overwrite)  # never replace another run silently
@@ -234,7 +199,7 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
     tokenizer = build_tokenizer(cfg)
     load_path = prepare_load_path(cfg.load_path) if cfg.load_path else None
     checkpoint_config = read_checkpoint_model_config(load_path) if phase_start else None
-    composer_model = _meta_model(cfg, tokenizer, checkpoint_config)
+    composer_model = _model(cfg, tokenizer, checkpoint_config, build_weights)
     params = sum(p.numel() for p in composer_model.model.parameters())
     if phase_start:
         local_file = "://" not in load_path and Path(load_path).is_file()
@@ -252,12 +217,18 @@ def validate_run(cfg: RunConfig, world_size: int = 1, rank: int = 0) -> RunPlan:
         check_init_from_checkpoint(cfg.init_from_checkpoint, composer_model.model.config.pad_token_id,
                                    str(Path(cfg.source).parent))
     _check_loaders(cfg, tokenizer, device_train, device_eval)
-    build_scheduler(cfg.scheduler, warn_unused=rank == 0)
-    build_callbacks(cfg.callbacks)
-    build_algorithms(cfg.algorithms, pretraining=True)
-    seq_len_warmup = build_seq_len_warmup(cfg, warn=rank == 0)
-    build_loggers(cfg.loggers, None)
-    return RunPlan(cfg=cfg, tokenizer=tokenizer, params=params, device_train_batch=device_train,
-                   device_eval_batch=device_eval, world_size=world_size, resuming=resuming, phase_start=phase_start,
-                   load_path=load_path, checkpoint_config=checkpoint_config, precision=precision,
-                   save_folder=save_folder, seq_len_warmup=seq_len_warmup)
+    train = _loader_plan(cfg, "train_loader", device_train, cfg.device_train_microbatch_size)
+    eval_plan = _loader_plan(cfg, "eval_loader", *eval_sizes(cfg, device_eval)) if cfg.eval_loader else None
+    scheduler = build_scheduler(cfg.scheduler, warn_unused=rank == 0)
+    callbacks = build_callbacks(cfg.callbacks)
+    algorithms = build_algorithms(cfg.algorithms, pretraining=True)
+    seq_len_warmup = build_seq_len_warmup(cfg, max_duration, warn=rank == 0)
+    metrics_path = Path(save_folder) / "metrics.jsonl" if save_folder else None
+    loggers = build_loggers(cfg.loggers, metrics_path, run_config=cfg.to_dict())  # W&B records the whole run file
+    return RunPlan(cfg=cfg, tokenizer=tokenizer, model_config=composer_model.model.config, params=params,
+                   world_size=world_size, train=train, eval=eval_plan, max_duration=max_duration,
+                   resuming=resuming, resume_checkpoint=str(resume_checkpoint) if resuming else None,
+                   phase_start=phase_start, reset_time=cfg.resets_time and phase_start, load_path=load_path,
+                   checkpoint_config=checkpoint_config, precision=precision, save_folder=save_folder,
+                   scheduler=scheduler, callbacks=callbacks, algorithms=algorithms, loggers=loggers,
+                   seq_len_warmup=seq_len_warmup, model=composer_model if build_weights else None)

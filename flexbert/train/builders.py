@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-
 from flexbert.config import MODEL_CONFIG_DEFAULTS, FlexBertConfig
 from flexbert.schema import ConfigError, check_kwargs
 from flexbert.train.run_config import RunConfig, RunConfigError

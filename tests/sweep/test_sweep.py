@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from data_prep import tokenize_to_mds, train_tokenizer
 from flexbert.sweep.__main__ import main as sweep_main
 from flexbert.sweep.spec import SweepError, load_sweep, render_value
+from tests.helpers import ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEMO_SWEEP = REPO / "yamls" / "ablations" / "blocks_demo.yaml"
 CSV_COLUMNS = ["variant", "status", "overrides", "params", "final_train_loss", "eval_loss", "eval_masked_accuracy",
                "tokens_per_sec", "peak_rss_mb", "peak_gpu_mem_gb", "wall_s", "tokens", "error"]

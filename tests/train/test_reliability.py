@@ -26,8 +26,8 @@ from composer.core import Callback
 from benchmarks import fault_injection as fi
 from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "yamls" / "demo.yaml")
 STEPS, EVERY = 6, 2  # batches per run, batches between checkpoints
 

@@ -9,7 +9,7 @@ from flexbert.checkpoint import CheckpointError, init_from_checkpoint
 from flexbert.config import FlexBertConfig
 from flexbert.grow import GrowError, grown_state_dict, place, source_layer
 from flexbert.model.modeling import FlexBertForMaskedLM
-from tests.helpers import TINY_MODERNBERT
+from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
 SMALL = dict(TINY_MODERNBERT, hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24)
@@ -148,7 +148,6 @@ def test_parallel_layers_tile_q_k_v_input_and_gate_of_wqkvff_separately():
 
 
 def test_trainer_grows_the_model_from_init_from_checkpoint(tiny_corpus, tmp_path):
-    from pathlib import Path
 
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import build_trainer
@@ -156,7 +155,7 @@ def test_trainer_grows_the_model_from_init_from_checkpoint(tiny_corpus, tmp_path
 
     small = _model({**SMALL, "vocab_size": 512}, 0)  # the tiny recipe's vocabulary; hidden 32 -> 64, 2 -> 3 layers
     path = write_released_checkpoint(tmp_path / "small.pt", small)
-    demo = Path(__file__).resolve().parents[1] / "yamls" / "demo.yaml"
+    demo = ROOT / "yamls" / "demo.yaml"
     cfg = load_run_config(demo, tiny_run_overrides(tiny_corpus, tmp_path / "run", **{
         "init_from_checkpoint.checkpoint_load_path": str(path), "init_from_checkpoint.mode": "tile_weights_from_edge"}))
     trainer, _ = build_trainer(cfg)

@@ -13,8 +13,8 @@ from benchmarks import fault_injection as fi
 from flexbert.train.checkpoint_safety import LATEST
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 6, 2
 
 

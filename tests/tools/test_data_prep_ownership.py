@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from data_prep import build_demo_corpus, build_demo_tasks
+from tests.helpers import ROOT
+
 
 def _files(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -77,7 +79,7 @@ def test_an_interrupted_swap_is_still_recovered(tmp_path, capsys):
             "sys.exit(build_demo_tasks.main(sys.argv[1:]))\n")
     argv = ["--out", str(out), "--overwrite", "--seed", "1"]
     proc = subprocess.run([sys.executable, "-c", kill, *argv], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=ROOT)
     assert proc.returncode == -9 and not out.exists(), proc.stderr
     assert build_demo_tasks.main(["--out", str(out)]) == 2  # no --overwrite: OUT is back
     assert "recovered" in capsys.readouterr().err and _files(out) == built

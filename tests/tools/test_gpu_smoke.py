@@ -6,14 +6,13 @@ raises becomes a FAIL row with its one-line error, and the checks after it still
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks import gpu_smoke
 from flexbert.model.flex_blocks import cpu_backward_supported
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CUDA_ONLY = {"d"}  # peak CUDA memory: reported SKIP with its reason on CPU
 
 

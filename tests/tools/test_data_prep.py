@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from data_prep import build_demo_corpus, tokenize_to_mds, train_tokenizer
+from tests.helpers import ROOT as REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 ROUND_TRIP_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -18,9 +18,9 @@ from flexbert.train.builders import build_loader, build_tokenizer, model_config_
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import main
 from flexbert.train.validate import validate_run
-from tests.test_data_loader import build as build_test_loader
-from tests.test_data_loader import write_mds
-from tests.test_run_config import _tiny_run_file
+from tests.data.test_data_loader import build as build_test_loader
+from tests.data.test_data_loader import write_mds
+from tests.train.test_run_config import _tiny_run_file
 
 PAD, EOS, BOS, UNK, MASK = 0, 1, 2, 3, 4  # Gemma's ids; its tokenizer config names no mask, cls or sep token
 
@@ -149,7 +149,7 @@ def test_packing_reads_local_shards_only(corpus_folder):
 
 @pytest.fixture(scope="module")
 def corpus_folder(tmp_path_factory):
-    from tests.test_data_loader import make_docs
+    from tests.data.test_data_loader import make_docs
 
     folder = tmp_path_factory.mktemp("mds")
     write_mds(folder, make_docs(200))

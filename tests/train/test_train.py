@@ -12,8 +12,9 @@ from flexbert.train.builders import build_optimization, model_config_from
 from flexbert.train.run_config import RunConfigError, check_batch_sizes, load_run_config
 from flexbert.train.trainer import build_trainer, main
 from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import ROOT
 
-RECIPES = Path(__file__).resolve().parents[1] / "yamls"
+RECIPES = ROOT / "yamls"
 
 
 def _metrics(folder: Path) -> list[dict]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SEQ = 32
 
 

@@ -4,7 +4,6 @@ weights-only / phase start through the real trainer."""
 import datetime
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,10 +28,10 @@ from flexbert.train.builders import build_model, build_optimization, build_token
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer, main
 from benchmarks.tiny_setup import tiny_run_overrides
-from tests.helpers import TINY_MODERNBERT
+from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import NUMPY1_PICKLE, pickle_globals, write_released_checkpoint
 
-DEMO = Path(__file__).resolve().parents[1] / "yamls" / "demo.yaml"
+DEMO = ROOT / "yamls" / "demo.yaml"
 CALLS = []
 
 
@@ -95,7 +94,7 @@ def test_composer_loads_only_files_the_safe_loader_accepts(tmp_path, monkeypatch
     from composer.utils.checkpoint import safe_torch_load as composer_load
 
     monkeypatch.delenv(COMPOSER_VALIDATION_ENV, raising=False)
-    monkeypatch.setenv(COMPOSER_VALIDATION_ENV, "tests.test_checkpoint_interop._user_validator")
+    monkeypatch.setenv(COMPOSER_VALIDATION_ENV, "tests.checkpoints.test_checkpoint_interop._user_validator")
     monkeypatch.delenv(CHAINED_VALIDATION_ENV, raising=False)
     install_composer_guard()
     assert os.environ[COMPOSER_VALIDATION_ENV] == "flexbert.safe_unpickle.validate_for_composer"

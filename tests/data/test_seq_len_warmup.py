@@ -4,7 +4,6 @@ section's errors."""
 
 import collections
 import itertools
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,9 +12,10 @@ import torch
 
 from flexbert.data import build_packed_dataloader
 from flexbert.data.seq_len_warmup import SeqLenWarmup
-from tests.test_data_loader import MAX_SEQ_LEN, MICRO, TOK, cfg, make_docs, roundtrip, write_mds
+from tests.data.test_data_loader import MAX_SEQ_LEN, MICRO, TOK, cfg, make_docs, roundtrip, write_mds
+from tests.helpers import ROOT
 
-DEMO = Path(__file__).resolve().parents[1] / "yamls" / "demo.yaml"
+DEMO = ROOT / "yamls" / "demo.yaml"
 
 
 def composer_lengths(duration, min_len, max_len, step, batches, batch_len):

@@ -18,10 +18,9 @@ from flexbert.embedded_tokenizer import TOKENIZER_FILE_NAMES, EmbeddedTokenizerE
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.trainer import main as train_main
 from benchmarks.tiny_setup import tiny_run_overrides
-from tests.helpers import TINY_MODERNBERT
+from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "yamls" / "demo.yaml"
 MARKER = "flexbert-payload-ran"
 

@@ -18,8 +18,8 @@ from flexbert.schema import ConfigError
 from flexbert.train.run_config import RunConfigError, load_run_config, schema_help
 from flexbert.train.trainer import main
 from benchmarks.tiny_setup import tiny_run_overrides
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "yamls" / "demo.yaml"
 
 
@@ -190,13 +190,13 @@ model:
 
 
 def test_long_documents_are_truncated_unless_split(tmp_path):
-    from tests.test_data_loader import build, write_mds
+    from tests.data.test_data_loader import build, write_mds
 
     docs = [(np.arange(5, 5 + 150) % 290 + 5).astype(np.uint16), np.arange(7, 47).astype(np.uint16)]
     write_mds(tmp_path, docs, split="train")
     truncated = build(tmp_path, mode="eval", split_long_documents=False, dataset={"mlm_probability": 0.0})
     split = build(tmp_path, mode="eval", split_long_documents=True, dataset={"mlm_probability": 0.0})
-    from tests.test_data_loader import MAX_SEQ_LEN, PAD
+    from tests.data.test_data_loader import MAX_SEQ_LEN, PAD
 
     count = lambda spec: sum(int((b["input_ids"] != PAD).sum()) for b in spec.dataloader)  # noqa: E731
 

@@ -4,7 +4,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,10 +17,9 @@ from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer
 from benchmarks.tiny_setup import tiny_run_overrides
-from tests.helpers import TINY_MODERNBERT
+from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ["The function returns a list of strings.", "Open the file and read it."]
 
 

@@ -26,10 +26,10 @@ from composer.core import Callback
 from benchmarks import fault_injection as fi
 from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, UNINTERRUPTED_EVERY, UNINTERRUPTED_STEPS
 
 DEMO = str(ROOT / "yamls" / "demo.yaml")
-STEPS, EVERY = 6, 2  # batches per run, batches between checkpoints
+STEPS, EVERY = UNINTERRUPTED_STEPS, UNINTERRUPTED_EVERY  # batches per run, batches between checkpoints
 
 
 def _argv(data, folder, steps: int = STEPS, **extra) -> list[str]:
@@ -93,10 +93,10 @@ def inject(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_corpus, tmp_path_factory):
-    """The uninterrupted run: checkpoints every 2 batches, the demo keeps the last two."""
-    folder = tmp_path_factory.mktemp("reliability") / "uninterrupted"
-    assert main(_argv(tiny_corpus, folder)) == 0
+def reference(uninterrupted_run):
+    """The uninterrupted run of `_argv`'s settings (shared with other files): checkpoints every 2 batches, the demo
+    keeps the last two."""
+    folder = uninterrupted_run
     assert sorted(_checkpoint_files(folder)) == [STEPS - EVERY, STEPS]
     return folder
 
@@ -114,6 +114,7 @@ def _truncated_copy(tiny_corpus, tmp_path) -> tuple[Path, Path]:
 # ------------------------------------------------------------------------------------------ crash and resume
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moment_then_autoresume_is_bit_exact(tiny_corpus, reference, tmp_path):
     seed = random.randrange(1 << 16)  # printed on failure: rerun with this seed to reproduce the kill timing
     result = fi.run_experiment(tiny_corpus, tmp_path, world_size=1, kills=1, seed=seed, max_duration=STEPS,
@@ -143,6 +144,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tiny_corpus, reference, tmp_path):
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
@@ -425,6 +427,7 @@ def test_corrupted_shard_mid_run_with_prefetch_thread_exits_fast(tiny_corpus, tm
     assert len(lines) == 1 and str(shard) in lines[0] and "corrupted" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_world_size_that_does_not_divide_the_batch(tiny_corpus, tmp_path):
     composer = str(Path(sys.executable).parent / "composer")

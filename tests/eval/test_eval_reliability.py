@@ -40,6 +40,7 @@ def _fails(capsys, args, *needles):
     return err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_retrained_at_the_same_path_is_evaluated_again(tmp_path, start, task, capsys):
     from flexbert import FlexBertConfig, FlexBertForMaskedLM
     from flexbert.convert import hf_to_composer
@@ -94,6 +95,7 @@ def test_a_second_evaluation_into_a_held_folder_fails_at_once_naming_the_holder(
         holder.wait()
 
 
+@pytest.mark.slow
 def test_best_seed_model_runs_in_a_transformers_pipeline_with_the_task_labels(tmp_path, start, task, capsys):
     from transformers import AutoTokenizer, pipeline
 
@@ -166,6 +168,7 @@ def test_bad_task_and_result_files_and_unwritable_output_are_one_line(tmp_path, 
         _fails(capsys, [str(path), "--out", str(out), "--report"], str(result), "damaged result file")
 
 
+@pytest.mark.slow
 def test_a_sigkilled_sweep_leaves_no_child_running(tmp_path):
     """The sweep's runner (training runs and evaluations alike go through `execute`) is killed with SIGKILL while
     its child runs: the child must be gone within seconds."""

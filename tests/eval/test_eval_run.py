@@ -22,6 +22,7 @@ def task_files(tmp_path):
             write_jsonl(tmp_path / "validation.jsonl", sentiment_records(24, 1)))
 
 
+@pytest.mark.slow
 def test_runs_writes_three_files_and_resumes_skipping_finished_pairs(tmp_path, start, task_files, capsys):
     train, validation = task_files
     tasks = {"sent": {"seeds": [1, 2], "data": {"train": str(train), "validation": str(validation)}},
@@ -50,6 +51,7 @@ def test_runs_writes_three_files_and_resumes_skipping_finished_pairs(tmp_path, s
     assert json.loads((out / "results.json").read_text())["summary"]["sent"]["accuracy"]["values"]["1"] == values["1"]
 
 
+@pytest.mark.slow
 def test_learns_a_keyword_task_from_a_hugging_face_folder(tmp_path, start, task_files):
     train, validation = task_files
     tasks = {"sent": {"seeds": [5], "trainer_kwargs": {"max_duration": "40ba"},
@@ -120,6 +122,7 @@ def test_unknown_and_unsupported_keys_are_named(tmp_path, start, capsys, task_fi
     _fails(capsys, [str(path), "tasks.record.seeds=[1]"], "task `record` is not supported")
 
 
+@pytest.mark.slow
 def test_csv_parquet_regression_and_multi_label_tasks(tmp_path, start):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -144,6 +147,7 @@ def test_csv_parquet_regression_and_multi_label_tasks(tmp_path, start):
     assert set(summary["sts"]) == {"pearson", "spearman"} and set(summary["tags"]) == {"f1_micro", "f1_macro"}
 
 
+@pytest.mark.slow
 def test_glue_task_through_the_datasets_library(tmp_path, start):
     datasets = pytest.importorskip("datasets")
     from flexbert.eval.glue_tasks import read_glue_task
@@ -163,6 +167,7 @@ def test_glue_task_through_the_datasets_library(tmp_path, start):
     assert set(json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["mrpc"]) == {"accuracy", "f1"}
 
 
+@pytest.mark.slow
 def test_parallel_runs_each_task_in_its_own_process(tmp_path, start, task_files, capsys):
     train, validation = task_files
     data = {"train": str(train), "validation": str(validation)}

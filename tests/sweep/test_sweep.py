@@ -196,6 +196,7 @@ def test_dry_run_validates_prints_commands_and_writes_nothing(tmp_path, tiny_dat
 # ---------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_demo_sweep_end_to_end_skips_finished_runs_and_reports_failures(tmp_path, tiny_data):
     demo = yaml.safe_load(DEMO_SWEEP.read_text())
     broken = [
@@ -308,6 +309,7 @@ def test_mean_ranks_over_tasks():
     assert mean_ranks(scores, ["a", "b"]) == [(1 + 3) / 2, (2.5 + 2) / 2, (2.5 + 1) / 2, None]
 
 
+@pytest.mark.slow
 def test_sweep_with_eval_section_scores_and_ranks_each_variant(tmp_path, tiny_data):
     from tests.eval_fixtures import sentiment_records, write_jsonl
 

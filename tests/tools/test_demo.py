@@ -27,6 +27,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_demo_prints_one_line_per_eval_and_writes_the_curves_png(tmp_path, tiny_corpus, monkeypatch, capfd):
     data = tmp_path / "demo_data"  # the demo's data folder, already built (the tiny corpus)
     data.mkdir()

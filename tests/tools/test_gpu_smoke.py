@@ -89,6 +89,7 @@ def test_kit_pins_exact_versions_and_leaves_the_image_packages_alone():
     assert [spec for spec, sdist in specs if sdist] == ["antlr4-python3-runtime==4.9.3"]
 
 
+@pytest.mark.slow
 def test_kit_turns_a_hung_or_crashed_check_into_one_fail_entry(tmp_path):
     import argparse
     import os
@@ -105,6 +106,7 @@ def test_kit_turns_a_hung_or_crashed_check_into_one_fail_entry(tmp_path):
                                 f"choose from {', '.join(gpu_smoke.CHECKS)}")
 
 
+@pytest.mark.slow
 def test_kit_run_without_install_writes_smoke_json_and_log(tmp_path):
     """`run` end to end on this environment's packages (--no-install): each check in its own process, the merged
     smoke.json with the goals, smoke.log with every check's output."""

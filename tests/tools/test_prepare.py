@@ -4,6 +4,8 @@ import json
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from data_prep import prepare
 from data_prep._io import iter_documents
 
@@ -33,6 +35,7 @@ def test_text_file_is_one_document_unless_told(tmp_path):
     assert len(list(iter_documents([page], txt_doc="line"))) == 6
 
 
+@pytest.mark.slow
 def test_prepare_builds_a_run_file_that_trains(tmp_path, capsys, monkeypatch):
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import main

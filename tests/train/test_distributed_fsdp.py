@@ -6,6 +6,7 @@ does."""
 import copy
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -99,6 +100,7 @@ def _sharded_round_trip(rank, folder):
     return same, target["state"]["timestamp"]["batch"], target["state"]["callbacks"]
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_round_trip_through_composers_validated_reader(gloo_ranks, tmp_path):
     from composer.core import Timestamp
 

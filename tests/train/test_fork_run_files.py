@@ -107,6 +107,7 @@ def test_the_eval_loader_must_agree_with_the_train_loader(gemma_like, tmp_path):
         validate_run(load_run_config(str(path)))
 
 
+@pytest.mark.slow
 def test_mmbert_like_phases_chain_with_reset_time_once(gemma_like, tmp_path, monkeypatch):
     """Phase 2 has no top-level max_seq_len, starts from phase 1 with reset_time_once, and its clock restarts at
     zero once: an autoresume of phase 2 continues it."""

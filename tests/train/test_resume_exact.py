@@ -20,6 +20,9 @@ from flexbert.train.checkpoint_safety import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
 from tests.helpers import ROOT
 
+# every test here trains the tiny recipe (the reference run, the resumed runs)
+pytestmark = pytest.mark.slow
+
 STEPS, EVERY, RESUME_AT = 6, 2, 4
 DROPOUT = {f"model.model_config.{key}": 0.1 for key in
            ("attention_probs_dropout_prob", "attn_out_dropout_prob", "embed_dropout_prob", "mlp_dropout_prob",

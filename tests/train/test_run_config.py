@@ -300,6 +300,7 @@ def _final_weights(folder: Path) -> dict:
     return model_state(load_checkpoint_file(folder / "latest-rank0.pt"))
 
 
+@pytest.mark.slow
 def test_three_phases_chain_through_their_own_load_path_patterns(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = "save_folder: checkpoints/{run_name}\nsave_interval: 3ba\n"
@@ -379,6 +380,7 @@ init_from_checkpoint:
     assert main([str(big), "--dry-run"]) == 2
 
 
+@pytest.mark.slow
 def test_wandb_offline_with_autoresume_trains_and_resumes(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.delenv("WANDB_MODE", raising=False)

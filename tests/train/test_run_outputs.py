@@ -3,6 +3,8 @@ it replaces the old run and removes what was derived from it (curves.png, hf/)."
 
 import json
 
+import pytest
+
 from benchmarks.tiny_setup import tiny_run_overrides
 from flexbert.train.trainer import main
 from tests.helpers import ROOT
@@ -11,6 +13,7 @@ DEMO = str(ROOT / "yamls" / "demo.yaml")
 SHORT = dict(max_duration="2ba", eval_interval="2ba", save_interval="2ba")
 
 
+@pytest.mark.slow
 def test_second_run_into_a_used_folder_stops_unless_overwrite(tiny_corpus, tmp_path, capsys):
     folder = tmp_path / "run"
     first = tiny_run_overrides(tiny_corpus, folder, **SHORT)
@@ -37,6 +40,7 @@ def test_second_run_into_a_used_folder_stops_unless_overwrite(tiny_corpus, tmp_p
     assert (folder / "latest-rank0.pt").resolve().read_bytes() != checkpoint
 
 
+@pytest.mark.slow
 def test_same_run_restarted_without_autoresume_is_named(tiny_corpus, tmp_path, capsys):
     folder = tmp_path / "run"
     overrides = tiny_run_overrides(tiny_corpus, folder, **SHORT)

@@ -3,6 +3,8 @@ summary (final metrics, checkpoint, export command); convert shows its stages an
 
 import shlex
 
+import pytest
+
 from benchmarks.tiny_setup import tiny_run_overrides
 from flexbert import convert
 from flexbert.train.trainer import main
@@ -11,6 +13,7 @@ from tests.helpers import ROOT
 DEMO = str(ROOT / "yamls" / "demo.yaml")
 
 
+@pytest.mark.slow
 def test_resume_line_closing_summary_and_export(tiny_corpus, tmp_path, capsys):
     folder = tmp_path / "run"
     overrides = tiny_run_overrides(tiny_corpus, folder, max_duration="2ba", eval_interval="2ba", save_interval="2ba")

@@ -84,6 +84,7 @@ def test_main_reports_setup_errors_in_one_line(tiny_corpus, tmp_path, capsys):
     assert code == 2 and "mlp_layer" in err and "did you mean 'glu'" in err
 
 
+@pytest.mark.slow
 def test_one_process_training_learns_and_logs(tiny_corpus, tmp_path):
     folder = tmp_path / "run"
     # the recipes' setting: no training metrics, so training steps compute the loss without logits
@@ -105,6 +106,7 @@ def test_one_process_training_learns_and_logs(tiny_corpus, tmp_path):
     assert (folder / "latest-rank0.pt").exists() and (folder / "ep0-ba30-rank0.pt").exists()
 
 
+@pytest.mark.slow
 def test_phase_transition_resets_time_and_overrides_lr(tiny_corpus, tmp_path):
     phase1 = tmp_path / "phase1"
     assert main([str(RECIPES / "demo.yaml"), *tiny_run_overrides(tiny_corpus, phase1)]) == 0

@@ -68,6 +68,7 @@ def _weights(folder: Path) -> dict:
     return {k: v for k, v in state.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(tiny_corpus, fixed_length_data, tmp_path):
     composer = Path(sys.executable).parent / "composer"

@@ -45,6 +45,7 @@ def _offline_config(wandb_dir) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_offline_run_logs_the_whole_run_file(tiny_corpus, tmp_path, monkeypatch):
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import main

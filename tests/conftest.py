@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from benchmarks.tiny_setup import build_tiny_corpus
 from tests.helpers import ROOT, TINY_MODERNBERT, UNINTERRUPTED_EVERY, UNINTERRUPTED_STEPS
+from tests.tiny_setup import build_tiny_corpus
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

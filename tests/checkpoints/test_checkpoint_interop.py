@@ -27,9 +27,9 @@ from flexbert.safe_unpickle import (
 from flexbert.train.builders import build_model, build_optimization, build_tokenizer
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer, main
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import NUMPY1_PICKLE, pickle_globals, write_released_checkpoint
+from tests.tiny_setup import tiny_run_overrides
 
 DEMO = ROOT / "yamls" / "demo.yaml"
 CALLS = []

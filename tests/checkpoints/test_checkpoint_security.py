@@ -17,9 +17,9 @@ from flexbert.convert import main as convert_main
 from flexbert.embedded_tokenizer import TOKENIZER_FILE_NAMES, EmbeddedTokenizerError, restore_embedded_tokenizer
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.trainer import main as train_main
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
+from tests.tiny_setup import tiny_run_overrides
 
 DEMO = ROOT / "yamls" / "demo.yaml"
 MARKER = "flexbert-payload-ran"

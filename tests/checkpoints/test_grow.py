@@ -151,7 +151,7 @@ def test_trainer_grows_the_model_from_init_from_checkpoint(tiny_corpus, tmp_path
 
     from flexbert.train.run_config import load_run_config
     from flexbert.train.trainer import build_trainer
-    from benchmarks.tiny_setup import tiny_run_overrides
+    from tests.tiny_setup import tiny_run_overrides
 
     small = _model({**SMALL, "vocab_size": 512}, 0)  # the tiny recipe's vocabulary; hidden 32 -> 64, 2 -> 3 layers
     path = write_released_checkpoint(tmp_path / "small.pt", small)

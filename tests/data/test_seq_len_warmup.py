@@ -128,7 +128,7 @@ def test_packed_rows_hold_document_pieces_no_longer_than_the_length(ordered, tru
 
 
 def warmup_run(tiny_corpus, tmp_path, **extra):
-    from benchmarks.tiny_setup import tiny_run_overrides
+    from tests.tiny_setup import tiny_run_overrides
 
     from flexbert.train.run_config import load_run_config
 

@@ -16,9 +16,9 @@ from flexbert.convert import main
 from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.run_config import load_run_config
 from flexbert.train.trainer import build_trainer
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT, TINY_MODERNBERT
 from tests.released_layout import write_released_checkpoint
+from tests.tiny_setup import tiny_run_overrides
 
 SENTENCES = ["The function returns a list of strings.", "Open the file and read it."]
 

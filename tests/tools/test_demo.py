@@ -15,8 +15,8 @@ import pytest
 
 from data_prep import build_demo_tasks
 from flexbert import demo
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,8 @@ from flexbert.checkpoint import load_checkpoint_file, model_state
 from flexbert.schema import ConfigError
 from flexbert.train.run_config import RunConfigError, load_run_config, schema_help
 from flexbert.train.trainer import main
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 DEMO = ROOT / "yamls" / "demo.yaml"
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from flexbert.train.trainer import main
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 DEMO = str(ROOT / "yamls" / "demo.yaml")
 SHORT = dict(max_duration="2ba", eval_interval="2ba", save_interval="2ba")

@@ -5,10 +5,10 @@ import shlex
 
 import pytest
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from flexbert import convert
 from flexbert.train.trainer import main
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 DEMO = str(ROOT / "yamls" / "demo.yaml")
 

@@ -11,8 +11,8 @@ from flexbert.model.modeling import FlexBertForMaskedLM
 from flexbert.train.builders import build_optimization, model_config_from
 from flexbert.train.run_config import RunConfigError, check_batch_sizes, load_run_config
 from flexbert.train.trainer import build_trainer, main
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 RECIPES = ROOT / "yamls"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 SEQ = 32
 

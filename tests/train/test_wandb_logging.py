@@ -9,8 +9,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 pytest.importorskip("wandb")
 

@@ -1,5 +1,6 @@
 """A tiny real setup that trains in seconds on CPU: a corpus, tokenizer and MDS shards built by data_prep, and the
-overrides that shrink yamls/demo.yaml to read them. Shared by the tests and the benchmarks."""
+overrides that shrink yamls/demo.yaml to read them. A test fixture (conftest's `tiny_corpus`); the benchmarks that
+need a quick real run (fault injection, the GPU check's main.py row) import it from here."""
 
 def build_tiny_corpus(root):
     """A small real corpus (stdlib docs + code), a 512-token BPE tokenizer and MDS shards at max_seq_len 64, under

@@ -90,6 +90,7 @@ def run_mds(inputs, tokenizer_dir, out, *extra):
 # build_demo_corpus
 
 
+@pytest.mark.slow
 def test_demo_corpus_has_text_and_code_from_the_stdlib(corpus, tmp_path):
     import sysconfig
 
@@ -458,6 +459,7 @@ sys.exit(tokenize_to_mds.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_between_the_swaps_renames_is_recovered_by_the_next_run(tmp_path, tokenizer_dir, capsys):
     src = write_jsonl(tmp_path / "docs.jsonl", ["first version"])
     out = tmp_path / "mds"

@@ -41,6 +41,7 @@ def test_demo_tasks_never_replace_their_source(tmp_path, capsys, layout):
     assert _files(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_demo_corpus_never_replaces_the_sources_it_reads(tmp_path, capsys):
     stdlib = tmp_path / "lib"
     stdlib.mkdir()

@@ -10,6 +10,7 @@ from tests.helpers import ROOT
 
 
 
+@pytest.mark.slow
 def test_listing_covers_every_registry_and_name():
     result = subprocess.run([sys.executable, "-m", "flexbert.list_registries"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -146,6 +146,7 @@ def _run_limited(args, limit):
                           timeout=600, preexec_fn=_with_file_size_limit(limit))
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_write_in_torchs_zip_writer_is_one_line(tiny_corpus, tmp_path):
     folder = tmp_path / "run"
     proc = _run_limited(["main.py", *_argv(tiny_corpus, folder, steps=4)], 200_000)
@@ -155,6 +156,7 @@ def test_failed_checkpoint_write_in_torchs_zip_writer_is_one_line(tiny_corpus, t
     assert not [p for p in os.listdir(folder) if p.startswith(".partial-") or p.endswith(".pt")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["tokenize_to_mds", "train_tokenizer"])
 def test_failed_write_in_data_preparation_is_one_line(tiny_corpus, tmp_path, tool):
     out = tmp_path / "out"
@@ -193,6 +195,7 @@ except TokenizerSourceError as err:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline_by", ["setting", "network"])
 def test_hub_tokenizer_name_offline_fails_at_once(tmp_path, offline_by):
     """Not cached and no Hub: an error within seconds (transformers alone retries for about a minute)."""

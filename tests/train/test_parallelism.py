@@ -96,6 +96,7 @@ def _prepared_batch(model, ids, mask):
     return hidden, packed
 
 
+@pytest.mark.slow
 def test_compiled_layers_trace_without_graph_breaks_and_match_eager():
     """Under torch.compile the layers use plain ops (the eager-mode in-place RoPE, fused GLU and norm + projection
     break dynamo's graph), and read the kernel choice, RoPE tables and packing index the encoder prepared eagerly.
@@ -180,6 +181,7 @@ def test_kernel_choice_is_made_outside_the_compiled_layers(monkeypatch):
         ak._select.cache_clear()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", [CheckpointImpl.NO_REENTRANT, CheckpointImpl.REENTRANT])
 def test_compiled_and_checkpointed_layers_train_over_varying_lengths_and_evaluate(impl, monkeypatch):
     """The trainer's order -- compile each layer, then Composer wraps it in activation checkpointing: the

@@ -325,6 +325,7 @@ def _skip_agreement_worker(rank: int, world: int, port: int, results) -> None:
         torch_dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_skips_the_batch_on_every_rank():
     import torch.multiprocessing as mp
 

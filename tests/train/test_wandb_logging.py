@@ -81,6 +81,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, tmp_path):
     run_file = str(_run_file_with_wandb(tmp_path))
     overrides = tiny_run_overrides(tiny_corpus, tmp_path / "run", **SHORT)

@@ -65,14 +65,14 @@ $(STAMP_NEXT): requirements-next.txt requirements-next-nodeps.txt pyproject.toml
 NEXT_TESTS := \
 	tests/test_lane_compat.py \
 	tests/test_cross_lane.py \
-	tests/test_model_hf_equivalence.py \
-	tests/test_hf_interop.py::test_export_loads_in_transformers_with_same_logits \
-	tests/test_parallelism.py::test_compiled_layers_trace_without_graph_breaks_and_match_eager \
-	tests/test_data_loader.py::test_resume_is_bit_exact_inside_an_epoch_and_across_the_boundary \
-	tests/test_convert.py::test_hf_to_composer_to_hf_round_trips_bit_for_bit \
-	tests/test_convert.py::test_composer_to_hf_config_and_logits_match_ours \
-	tests/test_eval_run.py::test_learns_a_keyword_task_from_a_hugging_face_folder \
-	tests/test_gpu_smoke.py
+	tests/model/test_model_hf_equivalence.py \
+	tests/checkpoints/test_hf_interop.py::test_export_loads_in_transformers_with_same_logits \
+	tests/train/test_parallelism.py::test_compiled_layers_trace_without_graph_breaks_and_match_eager \
+	tests/data/test_data_loader.py::test_resume_is_bit_exact_inside_an_epoch_and_across_the_boundary \
+	tests/tools/test_convert.py::test_hf_to_composer_to_hf_round_trips_bit_for_bit \
+	tests/tools/test_convert.py::test_composer_to_hf_config_and_logits_match_ours \
+	tests/eval/test_eval_run.py::test_learns_a_keyword_task_from_a_hugging_face_folder \
+	tests/tools/test_gpu_smoke.py
 
 test-next: $(STAMP) $(STAMP_NEXT)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY_NEXT) -m pytest -q $(NEXT_TESTS)

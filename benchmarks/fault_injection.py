@@ -1,7 +1,7 @@
 """Kill a training run at random moments, resume it with autoresume each time, compare with an uninterrupted run.
 
 Each attempt runs the SAME command (`python main.py ...` or `composer -n 2 main.py ...`, `autoresume=true`) on the
-tiny setup (benchmarks/tiny_setup.py `tiny_run_overrides`) with dropout on in every block (`--dropout`, default 0.1)
+tiny setup (tests/tiny_setup.py `tiny_run_overrides`) with dropout on in every block (`--dropout`, default 0.1)
 and batch-size warmup on (the rows per step grow over the first ~`--warmup-tokens`), checkpoints every
 `--save-interval` batches (default 3, so checkpoints fall inside and after the warmup, not on its steps).
 An attempt that is to be killed is waited on until it has written a checkpoint beyond the one it resumed from; then
@@ -43,8 +43,8 @@ LOSS_KEY = "loss/train/total"
 
 
 def build_tiny_corpus(root: Path) -> Path:
-    """The tiny corpus of benchmarks/tiny_setup.py, built under `root`."""
-    from benchmarks.tiny_setup import build_tiny_corpus as build
+    """The tiny corpus of tests/tiny_setup.py, built under `root`."""
+    from tests.tiny_setup import build_tiny_corpus as build
 
     return build(root)
 
@@ -61,7 +61,7 @@ def dropout_overrides(p: float) -> dict[str, float]:
 def run_overrides(data: Path, folder: Path, max_duration: int, save_interval: int, **extra) -> list[str]:
     """Tiny settings, checkpoints every `save_interval` batches, autoresume on (harmless on an empty folder). The
     run file's loggers stay on: their state (the console summary's losses) is part of what a resume must restore."""
-    from benchmarks.tiny_setup import tiny_run_overrides
+    from tests.tiny_setup import tiny_run_overrides
 
     values = dict(max_duration=f"{max_duration}ba", save_interval=f"{save_interval}ba",
                   eval_interval=f"{max_duration}ba", autoresume="true", log_to_console="false")

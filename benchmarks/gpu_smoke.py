@@ -514,7 +514,7 @@ def collect_targets(checks: dict) -> dict:
 def check_main(s: Settings) -> list[dict]:
     if importlib.util.find_spec("composer") is None:
         return [row("main.py 3 batches", SKIP, "Composer is not installed")]
-    from benchmarks.tiny_setup import build_tiny_corpus, tiny_run_overrides
+    from tests.tiny_setup import build_tiny_corpus, tiny_run_overrides
 
     with tempfile.TemporaryDirectory(prefix="gpu_smoke_") as tmp:
         root = Path(tmp)

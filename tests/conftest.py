@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from benchmarks.tiny_setup import build_tiny_corpus
-from tests.helpers import TINY_MODERNBERT
+from tests.helpers import ROOT, TINY_MODERNBERT, UNINTERRUPTED_EVERY, UNINTERRUPTED_STEPS
+from tests.tiny_setup import build_tiny_corpus
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +20,20 @@ def tiny_modernbert_kwargs():
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     return build_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tiny_corpus, tmp_path_factory):
+    """The tiny recipe trained 6 batches with a checkpoint every 2 (the demo keeps the last two), never interrupted:
+    the reference that the resume and damaged-checkpoint tests copy (never change) and compare against. Built once
+    per session because every such test needs the same run."""
+    from benchmarks import fault_injection
+    from flexbert.train.trainer import main
+
+    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
+    argv = fault_injection.run_overrides(tiny_corpus, folder, UNINTERRUPTED_STEPS, UNINTERRUPTED_EVERY)
+    assert main([str(ROOT / "yamls" / "demo.yaml"), *argv]) == 0
+    return folder
 
 
 @pytest.fixture(scope="session")

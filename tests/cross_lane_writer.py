@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from flexbert.convert import main as convert
 from flexbert.train.trainer import main as train
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 TEXT = "def main(argv): return 0"
 

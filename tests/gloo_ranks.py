@@ -30,8 +30,8 @@ def _call(fn, rank, args):
 
 
 class GlooRanks:
-    def __init__(self, world_size: int = 2, timeout: float = 90.0):
-        self.world_size, self.timeout = world_size, timeout
+    def __init__(self, world_size: int = 2, timeout: float = 90.0, startup_timeout: float = 600.0):
+        self.world_size, self.timeout, self.startup_timeout = world_size, timeout, startup_timeout
         self._pools: list[futures.ProcessPoolExecutor] = []
 
     def _start(self) -> None:
@@ -40,6 +40,14 @@ class GlooRanks:
         self._pools = [futures.ProcessPoolExecutor(1, mp_context=context, initializer=_join_group,
                                                    initargs=(rank, self.world_size, init_file))
                        for rank in range(self.world_size)]
+        # Starting a rank (spawn, import torch, join the group) can take minutes on a loaded machine: it gets its
+        # own allowance, so `timeout` measures the call alone and still catches a collective that hangs.
+        joined = [pool.submit(os.getpid) for pool in self._pools]
+        _, not_joined = futures.wait(joined, timeout=self.startup_timeout)
+        if not_joined:
+            self.close()
+            raise TimeoutError(f"ranks {[joined.index(f) for f in not_joined]} did not start and join the gloo "
+                               f"group within {self.startup_timeout:.0f} s")
 
     def run(self, fn, *args) -> list:
         if not self._pools:

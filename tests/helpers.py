@@ -34,6 +34,9 @@ TINY_MODERNBERT = dict(
     tie_word_embeddings=True,
 )
 
+# The `uninterrupted_run` fixture's schedule: batches trained, batches between checkpoints.
+UNINTERRUPTED_STEPS, UNINTERRUPTED_EVERY = 6, 2
+
 
 
 def mixed_length_batch(batch: int, seq: int, vocab: int, lengths, seed: int = 0):

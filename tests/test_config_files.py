@@ -22,8 +22,8 @@ from flexbert.sweep.__main__ import main as sweep_main
 from flexbert.sweep.spec import SweepError, load_sweep
 from flexbert.train.run_config import RunConfigError, load_run_config
 from flexbert.train.trainer import main as run_main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Line 3 holds the syntax error (an unclosed flow sequence followed by a key): PyYAML reports it on line 4,
 # where the parser finds `:` instead of `,` or `]`.

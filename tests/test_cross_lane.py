@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.tiny_setup import tiny_run_overrides
 from tests.helpers import ROOT
+from tests.tiny_setup import tiny_run_overrides
 
 PINNED_LANE = torch.__version__.startswith("2.7.")
 OTHER_VENV, OTHER_TARGET = (".venv-next", "make venv-next") if PINNED_LANE else (".venv", "make venv")

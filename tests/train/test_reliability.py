@@ -343,7 +343,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_batch_on_every_rank():
     (["max_duraton=3ba"], ["max_duraton", "did you mean 'max_duration'"]),
     (["optimizer.lrr=0.1"], ["optimizer.lrr", "did you mean 'lr'"]),
     (["train_loader.num_workers=two"], ["train_loader.num_workers", "two"]),
-    (["max_duration=10bananas"], ["max_duration", "10bananas", "not a duration"]),
+    (["max_duration=10bananas"], ["max_duration", "10bananas", "not a Composer duration"]),
     (["precision=fp64"], ["precision", "fp64", "amp_bf16"]),
     (["model.model_config.mlp_layer=gluu"], ["mlp_layer", "did you mean 'glu'"]),
     (["train_loader.dataset.split=trian"], ["trian", "train, validation"]),

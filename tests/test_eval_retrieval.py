@@ -109,12 +109,13 @@ def test_random_initialization_runs_every_seed(tmp_path, hf_start):
 
 
 @pytest.mark.parametrize("task, message", [
-    ({"type": "retrieval", "polling": "mean"}, "`tasks.search.polling`"),
+    ({"type": "retrieval", "polling": "mean"}, "`tasks.search.polling` (did you mean 'pooling'?)"),
     ({"type": "retrieval", "data": {"folder": "F", "splt": "test"}}, "tasks.search.data.splt"),
     ({"type": "retreival"}, "did you mean 'retrieval'"),
     ({"type": "retrieval", "data": {"folder": "F"}, "pooling": "max"}, "choose one of: mean, cls"),
     ({"type": "retrieval", "data": {"folder": "F"}, "metrics": ["ndcg10"]}, "'ndcg10' is not a retrieval metric"),
-    ({"type": "retrieval", "data": {"folder": "F"}, "trainer_kwargs": {"max_duration": "1ep"}}, "trainer_kwargs"),
+    ({"type": "retrieval", "data": {"folder": "F"}, "trainer_kwargs": {"max_duration": "1ep"}},
+     "unknown key `tasks.search.trainer_kwargs`"),  # zero-shot trains nothing
     ({"type": "retrieval", "data": {"folder": "F"}, "max_seq_len": 0}, "must be a positive integer"),
 ])
 def test_bad_key_is_one_line_exit_2(tmp_path, hf_start, task, message, capsys):

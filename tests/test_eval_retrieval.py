@@ -115,7 +115,8 @@ def test_random_initialization_runs_every_seed(tmp_path, hf_start):
     ({"type": "retrieval", "data": {"folder": "F"}, "pooling": "max"}, "choose one of: mean, cls"),
     ({"type": "retrieval", "data": {"folder": "F"}, "metrics": ["ndcg10"]}, "'ndcg10' is not a retrieval metric"),
     ({"type": "retrieval", "data": {"folder": "F"}, "trainer_kwargs": {"max_duration": "1ep"}},
-     "unknown key `tasks.search.trainer_kwargs`"),  # zero-shot trains nothing
+     "`tasks.search.trainer_kwargs` is a fine-tuning setting: give `tasks.search.data.train`"),
+    ({"type": "retrieval", "data": {"folder": "F", "train": "F/pairs.jsonl"}, "temperature": 0}, "positive number"),
     ({"type": "retrieval", "data": {"folder": "F"}, "max_seq_len": 0}, "must be a positive integer"),
 ])
 def test_bad_key_is_one_line_exit_2(tmp_path, hf_start, task, message, capsys):
@@ -138,3 +139,49 @@ def test_broken_folder_fails_with_file_and_line_before_anything_runs(tmp_path, h
     missing = {"search": {"type": "retrieval", "data": {"folder": str(tmp_path / "absent")}}}
     assert main([str(eval_file(tmp_path, hf_start, missing)), "--out", str(out)]) == 2
     assert "absent: no such retrieval data folder" in capsys.readouterr().err
+
+
+def test_contrastive_loss_is_the_textbook_in_batch_softmax():
+    """-log softmax of each query's own positive among every candidate of the batch, written out by hand."""
+    from flexbert.eval.retrieval_finetune import contrastive_loss
+
+    torch.manual_seed(0)
+    queries, candidates = torch.randn(4, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    for similarity, temperature in (("cosine", 0.05), ("dot", 2.0)):
+        def sim(a, b):
+            dot = sum(x * y for x, y in zip(a, b))
+            return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))) if similarity == "cosine" else dot
+        q, c = queries.tolist(), candidates.tolist()
+        expected = sum(-math.log(math.exp(sim(q[i], c[i]) / temperature)
+                                 / sum(math.exp(sim(q[i], cj) / temperature) for cj in c)) for i in range(4)) / 4
+        got = contrastive_loss(queries, candidates, temperature, similarity)
+        assert float(got) == pytest.approx(expected, rel=1e-5), similarity
+
+
+def test_fine_tuning_on_pairs_beats_zero_shot(tmp_path, hf_start, capsys):
+    """Queries are one word, relevant documents contain it among filler: in-batch-negative training learns it."""
+    import random
+
+    rng = random.Random(0)
+
+    def doc(word):
+        filler = rng.sample([w for w in WORDS if w != word], 3)
+        filler.insert(rng.randrange(4), word)
+        return " ".join(filler)
+
+    keys = ["good", "bad", "fine", "awful"] + WORDS[:6]
+    write_jsonl(tmp_path / "pairs.jsonl", [{"query": k, "positive": doc(k)} for k in keys * 8])
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "text": doc(k)} for i, k in enumerate(keys)])
+    write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": k} for i, k in enumerate(keys)])
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(keys))))
+    zero_shot = {"type": "retrieval", "seeds": [1], "max_seq_len": MAX_SEQ_LEN, "data": {"folder": str(folder)}}
+    tuned = {**zero_shot, "data": {"folder": str(folder), "train": str(tmp_path / "pairs.jsonl")}, "temperature": 0.05,
+             "trainer_kwargs": {"max_duration": "30ba", "global_train_batch_size": 10}}
+    path = eval_file(tmp_path, hf_start, {"zero": zero_shot, "tuned": tuned})
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "fine-tuning tuned seed 1" in capsys.readouterr().out
+    runs = {r["task"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
+    assert runs["tuned"]["steps"] == 30 and runs["zero"]["steps"] == 0
+    assert runs["tuned"]["metrics"]["mrr@10"] > runs["zero"]["metrics"]["mrr@10"] + 0.2, runs

@@ -36,8 +36,12 @@ Follows the reference framework's evaluation schema where it applies here:
         max_seq_len: 512                   # tokens read of each query and document (default: the file's max_seq_len)
         batch_size: 32                     # texts encoded at once
         metrics: [ndcg@10, mrr@10, recall@100]   # ndcg@K, mrr@K, recall@K for any K
-        seeds: [19]                        # from a pretrained checkpoint only the first seed runs: nothing is
-                                           # random in encoding and scoring, so more seeds would repeat it
+        seeds: [19]                        # zero-shot from a pretrained checkpoint: only the first seed runs
+                                           # (nothing is random in encoding and scoring)
+        # fine-tuned instead of zero-shot: data.train names (query, positive[, negative]) JSONL pairs; the loss is
+        # in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss), logits = similarity / temperature
+        temperature: 0.05                  # only with data.train
+        trainer_kwargs: {max_duration: 1ep, global_train_batch_size: 32}   # only with data.train
 
 Unknown keys fail naming the closest valid one; the reference's keys that have no meaning here
 (`model.pretrained_checkpoint`, ...) fail saying why. `model_config.sparse_prediction` is the old name of
@@ -82,13 +86,14 @@ SAVE_MODEL = ("none", "best_seed", "all")
 MODEL_KEYS = ("name", "use_pretrained", "pretrained_model_name", "tokenizer_name", "model_config")
 TASK_KEYS = ("type", "seeds", "trainer_kwargs", "model_config", "data", "metrics")
 TASK_TYPES = ("classification", "retrieval")
-# Zero-shot retrieval trains nothing: no trainer_kwargs; the encoder is the starting point's (model_config overrides
-# apply, as for classification).
+# A retrieval task is zero-shot (the starting point's encoder as it is) unless `data.train` names training pairs;
+# `trainer_kwargs` and `temperature` belong to fine-tuning and are refused without them.
 RETRIEVAL_TASK_KEYS = ("type", "seeds", "model_config", "data", "pooling", "similarity", "max_seq_len", "batch_size",
-                       "metrics")
-RETRIEVAL_DATA_KEYS = ("folder", "split")
+                       "metrics", "trainer_kwargs", "temperature")
+RETRIEVAL_DATA_KEYS = ("folder", "split", "train")
+RETRIEVAL_TRAINING_KEYS = ("trainer_kwargs", "temperature")
 RETRIEVAL_DEFAULTS = {"split": "test", "pooling": "mean", "similarity": "cosine", "batch_size": 32,
-                      "metrics": ["ndcg@10", "mrr@10", "recall@100"]}
+                      "temperature": 0.05, "metrics": ["ndcg@10", "mrr@10", "recall@100"]}
 RETRIEVAL_METRIC = re.compile(r"(ndcg|mrr|recall)@([1-9][0-9]*)")
 TRAINER_DEFAULTS = {
     "max_duration": "3ep", "global_train_batch_size": 32, "device_train_microbatch_size": None,
@@ -303,7 +308,13 @@ def _retrieval_task(name: str, task: Mapping[str, Any], seeds: list[int], spec: 
     if not data.get("folder"):
         raise EvalConfigError(f"`{prefix}data.folder` is required: a BEIR folder (corpus.jsonl, queries.jsonl, "
                               f"qrels/<split>.tsv)")
-    data = {"folder": str(data["folder"]), "split": str(data.get("split") or RETRIEVAL_DEFAULTS["split"])}
+    train = data.get("train")
+    data = {"folder": str(data["folder"]), "split": str(data.get("split") or RETRIEVAL_DEFAULTS["split"]),
+            **({"train": str(train)} if train else {})}
+    for key in RETRIEVAL_TRAINING_KEYS:
+        if key in task and not train:
+            raise EvalConfigError(f"`{prefix}{key}` is a fine-tuning setting: give `{prefix}data.train` (a JSONL file of "
+                                  f"query / positive [/ negative] pairs) or remove it for zero-shot scoring")
     settings = {key: task.get(key, RETRIEVAL_DEFAULTS.get(key)) for key in ("pooling", "similarity", "batch_size")}
     for key, choices in (("pooling", POOLINGS), ("similarity", SIMILARITIES)):
         if settings[key] not in choices:
@@ -311,6 +322,16 @@ def _retrieval_task(name: str, task: Mapping[str, Any], seeds: list[int], spec: 
                                   f"choose one of: {', '.join(choices)}")
     settings["max_seq_len"] = _positive_int(task.get("max_seq_len", spec.max_seq_len), f"{prefix}max_seq_len")
     _positive_int(settings["batch_size"], f"{prefix}batch_size")
+    trainer: dict[str, Any] = {}
+    if train:
+        temperature = task.get("temperature", RETRIEVAL_DEFAULTS["temperature"])
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise EvalConfigError(f"`{prefix}temperature` must be a positive number (logits = similarity / "
+                                  f"temperature; 0.05 is sentence-transformers' scale 20), got {temperature!r}")
+        settings["temperature"] = float(temperature)
+        _check_keys(task.get("trainer_kwargs") or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS],
+                    f"{prefix}trainer_kwargs.")
+        trainer = {**TRAINER_DEFAULTS, **(spec.raw.get("trainer_kwargs") or {}), **(task.get("trainer_kwargs") or {})}
     metrics = task.get("metrics") or list(RETRIEVAL_DEFAULTS["metrics"])
     if not isinstance(metrics, list):
         raise EvalConfigError(f"`{prefix}metrics` must be a list of metric names such as ndcg@10, mrr@10, recall@100")
@@ -322,10 +343,10 @@ def _retrieval_task(name: str, task: Mapping[str, Any], seeds: list[int], spec: 
         raise EvalConfigError(f"`{prefix}metrics` names a metric twice: {metrics}")
     model_config = check_model_config(read_old_names(task.get("model_config") or {}, f"{prefix}model_config",
                                                      EvalConfigError), f"{prefix}model_config", EvalConfigError)
-    if spec.starting_point and spec.use_pretrained and len(seeds) > 1:
+    if not train and spec.starting_point and spec.use_pretrained and len(seeds) > 1:
         # Encoding and exact search use no randomness: every seed of a pretrained encoder gives the same scores,
         # and a std over copies would claim a variance there is none of.
         spec.notes.append(f"{name}: zero-shot retrieval from a pretrained checkpoint is deterministic; only seed "
                           f"{seeds[0]} runs (seeds {', '.join(map(str, seeds[1:]))} would repeat it)")
         seeds = seeds[:1]
-    return TaskSpec(name, seeds, {}, model_config, data, list(metrics), type="retrieval", retrieval=settings)
+    return TaskSpec(name, seeds, trainer, model_config, data, list(metrics), type="retrieval", retrieval=settings)

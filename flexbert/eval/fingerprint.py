@@ -85,9 +85,25 @@ def task_fingerprint(spec, task, seed: int, start: Optional[dict[str, Any]] = No
     if data.get("dataset"):
         data["dataset_sha256"] = _local_content(data["dataset"], weights_only=False)
     start = start or starting_point(spec)
+    if task.type == "retrieval":
+        return _retrieval_fingerprint(spec, task, seed, start, data)
     payload = {"task": [task.trainer, task.model_config, data, task.metrics], "seed": seed,
                "start": {"sha256": start["sha256"], "random_init": start["random_init"]},
                "model_config": spec.model_config, "optimizer": spec.optimizer, "scheduler": spec.scheduler,
                "algorithms": spec.algorithms, "precision": spec.precision, "max_seq_len": spec.max_seq_len,
                "tokenizer": [spec.tokenizer_name, _local_content(spec.tokenizer_name)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _retrieval_fingerprint(spec, task, seed: int, start: dict[str, Any], data: dict[str, Any]) -> str:
+    """A zero-shot retrieval result depends on the encoder, the folder's files and the scoring settings only:
+    optimizer, schedule and trainer settings train nothing there, so changing them reruns nothing; a fine-tuned
+    one (data.train) on those settings and the pairs' content too."""
+    data["folder_sha256"] = _local_content(data["folder"], weights_only=False)
+    payload = {"task": ["retrieval", task.retrieval, task.model_config, data, task.metrics], "seed": seed,
+               "start": {"sha256": start["sha256"], "random_init": start["random_init"]},
+               "model_config": spec.model_config, "tokenizer": [spec.tokenizer_name, _local_content(spec.tokenizer_name)]}
+    if task.trainer:  # fine-tuned: the training settings decide the result too
+        payload.update(trainer=task.trainer, optimizer=spec.optimizer, scheduler=spec.scheduler,
+                       algorithms=spec.algorithms, precision=spec.precision)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

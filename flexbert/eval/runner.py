@@ -30,6 +30,8 @@ LOCK_HOLDER_ENV = "FLEXBERT_EVAL_LOCK_HOLDER"
 
 
 def _model_missing(spec, task, seed: int, fingerprints: dict[int, str]) -> bool:
+    if task.type == "retrieval":  # no retrieval model is kept (saving a fine-tuned embedder is not built yet)
+        return False
     if spec.save_model == "all":
         return read_record(seed_model_folder(spec.out_dir, task.name, seed)) is None
     if spec.save_model == "best_seed":
@@ -61,8 +63,15 @@ def check_tasks(tasks) -> None:
     """Read every task's data and build its metrics: a bad file or metric name fails before any training."""
     from flexbert.eval.finetune import read_task
     from flexbert.eval.metrics import build_metrics
+    from flexbert.eval.retrieval_finetune import read_pairs
+    from flexbert.eval.retrieval_task import read_retrieval_task
 
     for task in tasks:
+        if task.type == "retrieval":  # its metric names were checked when the file was read
+            read_retrieval_task(task)
+            if task.data.get("train"):
+                read_pairs(task)
+            continue
         data = read_task(task)
         build_metrics(task.metrics, task.data["problem_type"], data.num_labels, f"task {task.name}")
 
@@ -109,25 +118,37 @@ def run_tasks(spec, tasks, log_line=print) -> None:
     """Every unfinished (task, seed), one after another. Under a multi-process launcher every process trains
     (data-parallel) and the first one writes the results."""
     from flexbert.eval.finetune import finetune
+    from flexbert.eval.retrieval_finetune import finetune_retrieval
+    from flexbert.eval.retrieval_task import score_retrieval
 
     start = starting_point(spec)
     todo = pending(spec, tasks, start)
     skipped = sum(len(t.seeds) for t in tasks) - len(todo)
     log_line(f"starting point: {describe_start(start)}")
+    for note in spec.notes:
+        log_line(f"note: {note}")
     if skipped:
         log_line(f"{skipped} finished (task, seed) pair(s) skipped")
     for task, seed, why in todo:
-        log_line(f"fine-tuning {task.name} seed {seed}" + (f" again: {why}" if why else ""))
+        retrieval = task.type == "retrieval"
+        action = "scoring (zero-shot retrieval)" if retrieval and not task.trainer else "fine-tuning"
+        log_line(f"{action} {task.name} seed {seed}" + (f" again: {why}" if why else ""))
         fingerprint = task_fingerprint(spec, task, seed, start)
-        save_to = seed_model_folder(spec.out_dir, task.name, seed) if spec.save_model != "none" else None
+        run_dir = spec.out_dir / "runs" / task.name / f"seed{seed}"
         record = {"start": start, "fingerprint": fingerprint}
-        result = finetune(spec, task, seed, spec.out_dir / "runs" / task.name / f"seed{seed}", save_to, record)
+        if retrieval:
+            result = (finetune_retrieval if task.trainer else score_retrieval)(spec, task, seed, run_dir)
+        else:
+            save_to = seed_model_folder(spec.out_dir, task.name, seed) if spec.save_model != "none" else None
+            result = finetune(spec, task, seed, run_dir, save_to, record)
         result.update(record)
         if _is_rank_zero():
             write_result(spec.out_dir, result)
-        log_line(f"  {task.name} seed {seed}: {_scores(result['metrics'])} ({result['steps']} steps, {result['wall_s']}s)")
+        done = (f"{result['num_queries']} queries, {result['num_documents']} documents, " if retrieval else "")
+        done += f"{result['steps']} steps"
+        log_line(f"  {task.name} seed {seed}: {_scores(result['metrics'])} ({done}, {result['wall_s']}s)")
     if spec.save_model == "best_seed" and _is_rank_zero():
-        for task in tasks:
+        for task in (t for t in tasks if t.type != "retrieval"):
             results = {seed: read_result(spec.out_dir, task.name, seed) for seed in task.seeds}
             fingerprints = {seed: task_fingerprint(spec, task, seed, start) for seed in task.seeds}
             if best_seed_is_current(spec.out_dir, task, fingerprints):

@@ -28,6 +28,20 @@ Follows the reference framework's evaluation schema where it applies here:
         trainer_kwargs: {max_duration: 2ep, global_train_batch_size: 32, ...}
         model_config: {problem_type: multi_label_classification}
         data: {train: a.jsonl, validation: b.jsonl, text_field: text, label_field: label, ...}   # or a GLUE name
+      NAME:                                # zero-shot retrieval: the starting point's encoder, no training
+        type: retrieval                    # default: classification
+        data: {folder: DIR, split: test}   # a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+        pooling: mean                      # or cls: one vector per text (the embedder's pooling)
+        similarity: cosine                 # or dot
+        max_seq_len: 512                   # tokens read of each query and document (default: the file's max_seq_len)
+        batch_size: 32                     # texts encoded at once
+        metrics: [ndcg@10, mrr@10, recall@100]   # ndcg@K, mrr@K, recall@K for any K
+        seeds: [19]                        # zero-shot from a pretrained checkpoint: only the first seed runs
+                                           # (nothing is random in encoding and scoring)
+        # fine-tuned instead of zero-shot: data.train names (query, positive[, negative]) JSONL pairs; the loss is
+        # in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss), logits = similarity / temperature
+        temperature: 0.05                  # only with data.train
+        trainer_kwargs: {max_duration: 1ep, global_train_batch_size: 32}   # only with data.train
 
 Unknown keys fail naming the closest valid one; the reference's keys that have no meaning here
 (`model.pretrained_checkpoint`, ...) fail saying why. `model_config.sparse_prediction` is the old name of
@@ -70,7 +84,17 @@ TOP_LEVEL = {
 # Which fine-tuned models are kept as Hugging Face folders (opt-in: the reference saves none).
 SAVE_MODEL = ("none", "best_seed", "all")
 MODEL_KEYS = ("name", "use_pretrained", "pretrained_model_name", "tokenizer_name", "model_config")
-TASK_KEYS = ("seeds", "trainer_kwargs", "model_config", "data", "metrics")
+TASK_KEYS = ("type", "seeds", "trainer_kwargs", "model_config", "data", "metrics")
+TASK_TYPES = ("classification", "retrieval")
+# A retrieval task is zero-shot (the starting point's encoder as it is) unless `data.train` names training pairs;
+# `trainer_kwargs` and `temperature` belong to fine-tuning and are refused without them.
+RETRIEVAL_TASK_KEYS = ("type", "seeds", "model_config", "data", "pooling", "similarity", "max_seq_len", "batch_size",
+                       "metrics", "trainer_kwargs", "temperature")
+RETRIEVAL_DATA_KEYS = ("folder", "split", "train")
+RETRIEVAL_TRAINING_KEYS = ("trainer_kwargs", "temperature")
+RETRIEVAL_DEFAULTS = {"split": "test", "pooling": "mean", "similarity": "cosine", "batch_size": 32,
+                      "temperature": 0.05, "metrics": ["ndcg@10", "mrr@10", "recall@100"]}
+RETRIEVAL_METRIC = re.compile(r"(ndcg|mrr|recall)@([1-9][0-9]*)")
 TRAINER_DEFAULTS = {
     "max_duration": "3ep", "global_train_batch_size": 32, "device_train_microbatch_size": None,
     "device_eval_batch_size": 64, "eval_interval": "1ep", "max_seq_len": None, "precision": None,
@@ -98,6 +122,8 @@ class TaskSpec:
     model_config: dict[str, Any]
     data: dict[str, Any]
     metrics: Optional[list[str]]
+    type: str = "classification"
+    retrieval: Optional[dict[str, Any]] = None  # pooling, similarity, max_seq_len, batch_size of a retrieval task
 
 
 @dataclass
@@ -121,6 +147,7 @@ class EvalSpec:
     tasks: list[TaskSpec] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     pretrained_model_name: Optional[str] = None  # the preset under model_config (None: bert-base-uncased)
+    notes: list[str] = field(default_factory=list)  # said once when the evaluation runs
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
@@ -220,10 +247,18 @@ def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: Eval
         raise EvalConfigError(f"{spec.source}: task name {name!r} is not a plain folder name; use letters, digits, "
                               f"'_', '-' and '.', starting with a letter or digit")
     prefix = f"tasks.{name}."
-    _check_keys(task, TASK_KEYS, prefix)
+    if not isinstance(task, Mapping):
+        raise EvalConfigError(f"`{prefix.rstrip('.')}` must be a mapping, got {task!r}")
+    kind = task.get("type", "classification")
+    if kind not in TASK_TYPES:
+        raise EvalConfigError(f"`{prefix}type: {kind}`{closest(str(kind), TASK_TYPES)}; choose one of: "
+                              f"{', '.join(TASK_TYPES)}")
+    _check_keys(task, RETRIEVAL_TASK_KEYS if kind == "retrieval" else TASK_KEYS, prefix)
     seeds = task.get("seeds", [cfg["default_seed"]])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise EvalConfigError(f"`{prefix}seeds` must be a non-empty list of integers, got {seeds!r}")
+    if kind == "retrieval":
+        return _retrieval_task(name, task, seeds, spec)
     trainer = {**TRAINER_DEFAULTS, **(cfg["trainer_kwargs"] or {})}
     _check_keys(task.get("trainer_kwargs") or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS], f"{prefix}trainer_kwargs.")
     trainer.update(task.get("trainer_kwargs") or {})
@@ -253,3 +288,65 @@ def _task(name: str, task: Mapping[str, Any], cfg: Mapping[str, Any], spec: Eval
     if not isinstance(metrics, list):
         raise EvalConfigError(f"`{prefix}metrics` must be a list of metric names")
     return TaskSpec(name, seeds, trainer, model_config, data, list(metrics))
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EvalConfigError(f"`{key}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _retrieval_task(name: str, task: Mapping[str, Any], seeds: list[int], spec: EvalSpec) -> TaskSpec:
+    """A zero-shot retrieval task: every key checked here; the folder's files are read by the runner's check,
+    before anything runs."""
+    from flexbert.eval.embedder import POOLINGS
+    from flexbert.eval.retrieval_zero_shot import SIMILARITIES
+
+    prefix = f"tasks.{name}."
+    data = dict(task.get("data") or {})
+    _check_keys(data, RETRIEVAL_DATA_KEYS, f"{prefix}data.")
+    if not data.get("folder"):
+        raise EvalConfigError(f"`{prefix}data.folder` is required: a BEIR folder (corpus.jsonl, queries.jsonl, "
+                              f"qrels/<split>.tsv)")
+    train = data.get("train")
+    data = {"folder": str(data["folder"]), "split": str(data.get("split") or RETRIEVAL_DEFAULTS["split"]),
+            **({"train": str(train)} if train else {})}
+    for key in RETRIEVAL_TRAINING_KEYS:
+        if key in task and not train:
+            raise EvalConfigError(f"`{prefix}{key}` is a fine-tuning setting: give `{prefix}data.train` (a JSONL file of "
+                                  f"query / positive [/ negative] pairs) or remove it for zero-shot scoring")
+    settings = {key: task.get(key, RETRIEVAL_DEFAULTS.get(key)) for key in ("pooling", "similarity", "batch_size")}
+    for key, choices in (("pooling", POOLINGS), ("similarity", SIMILARITIES)):
+        if settings[key] not in choices:
+            raise EvalConfigError(f"`{prefix}{key}: {settings[key]}`{closest(str(settings[key]), choices)}; "
+                                  f"choose one of: {', '.join(choices)}")
+    settings["max_seq_len"] = _positive_int(task.get("max_seq_len", spec.max_seq_len), f"{prefix}max_seq_len")
+    _positive_int(settings["batch_size"], f"{prefix}batch_size")
+    trainer: dict[str, Any] = {}
+    if train:
+        temperature = task.get("temperature", RETRIEVAL_DEFAULTS["temperature"])
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise EvalConfigError(f"`{prefix}temperature` must be a positive number (logits = similarity / "
+                                  f"temperature; 0.05 is sentence-transformers' scale 20), got {temperature!r}")
+        settings["temperature"] = float(temperature)
+        _check_keys(task.get("trainer_kwargs") or {}, [*TRAINER_DEFAULTS, *OPTIONAL_TRAINER_KEYS],
+                    f"{prefix}trainer_kwargs.")
+        trainer = {**TRAINER_DEFAULTS, **(spec.raw.get("trainer_kwargs") or {}), **(task.get("trainer_kwargs") or {})}
+    metrics = task.get("metrics") or list(RETRIEVAL_DEFAULTS["metrics"])
+    if not isinstance(metrics, list):
+        raise EvalConfigError(f"`{prefix}metrics` must be a list of metric names such as ndcg@10, mrr@10, recall@100")
+    for metric in metrics:
+        if not isinstance(metric, str) or not RETRIEVAL_METRIC.fullmatch(metric):
+            raise EvalConfigError(f"`{prefix}metrics`: {metric!r} is not a retrieval metric; write ndcg@K, mrr@K or "
+                                  f"recall@K with K a positive integer (e.g. ndcg@10)")
+    if len(set(metrics)) != len(metrics):
+        raise EvalConfigError(f"`{prefix}metrics` names a metric twice: {metrics}")
+    model_config = check_model_config(read_old_names(task.get("model_config") or {}, f"{prefix}model_config",
+                                                     EvalConfigError), f"{prefix}model_config", EvalConfigError)
+    if not train and spec.starting_point and spec.use_pretrained and len(seeds) > 1:
+        # Encoding and exact search use no randomness: every seed of a pretrained encoder gives the same scores,
+        # and a std over copies would claim a variance there is none of.
+        spec.notes.append(f"{name}: zero-shot retrieval from a pretrained checkpoint is deterministic; only seed "
+                          f"{seeds[0]} runs (seeds {', '.join(map(str, seeds[1:]))} would repeat it)")
+        seeds = seeds[:1]
+    return TaskSpec(name, seeds, trainer, model_config, data, list(metrics), type="retrieval", retrieval=settings)

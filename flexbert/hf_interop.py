@@ -297,16 +297,21 @@ def load_modernbert_folder(path, model_class, **config_overrides: Any):
 
 def save_modernbert_folder(model, save_directory, tokenizer=None, **unused: Any) -> None:
     """Write `model` as a Hugging Face ModernBERT folder (safetensors + config, tokenizer files when given):
-    an MLM model as `ModernBertForMaskedLM`, a classification model as its `hf_architecture`."""
+    an MLM model as `ModernBertForMaskedLM`, a classification model or the bare encoder (`ModernBertModel`) as its
+    `hf_architecture`."""
     import transformers
     from transformers import ModernBertConfig
 
     architecture = getattr(model, "hf_architecture", "ModernBertForMaskedLM")
     hf_class = getattr(transformers, architecture)
-    config_values = modernbert_config_dict(model.config, classifier=architecture != "ModernBertForMaskedLM")
+    bare = architecture == "ModernBertModel"  # the encoder alone: its tensors carry no `model.` prefix there
+    config_values = modernbert_config_dict(model.config, classifier=architecture not in ("ModernBertForMaskedLM",
+                                                                                          "ModernBertModel"))
     hf_config = ModernBertConfig(**config_values)
     hf_config.architectures = [architecture]
     state = {flexbert_to_hf_name(k): v.detach() for k, v in model.state_dict().items()}
+    if bare:
+        state = {k[len("model."):]: v for k, v in state.items()}
     with torch.device("meta"):
         hf_model = hf_class(hf_config)
     hf_model.load_state_dict(state, strict=True, assign=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from composer.models import ComposerModel
@@ -91,8 +91,24 @@ def read_pairs(task):
     return pairs, with_negatives > 0
 
 
-def finetune_retrieval(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Train the starting point's encoder on the task's pairs, then score it on the BEIR split."""
+def check_exportable(spec, encoder) -> None:
+    """A kept embedder is a transformers ModernBERT folder: checked before training, so a model_config it cannot
+    express fails at once, not after the fine-tuning it would throw away."""
+    from flexbert.eval.spec import EvalConfigError
+    from flexbert.hf_interop import NotExpressibleError, modernbert_config_dict
+
+    try:
+        modernbert_config_dict(encoder.config)
+    except NotExpressibleError as err:
+        raise EvalConfigError(f"`save_model: {spec.save_model}` keeps sentence-transformers folders, but {err}; change "
+                              "it in the evaluation file's model.model_config, or set save_model: none") from None
+
+
+def finetune_retrieval(spec, task, seed: int, run_dir: Path, save_to: Optional[Path] = None,
+                       record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Train the starting point's encoder on the task's pairs, then score it on the BEIR split. `save_to`: also
+    keep the fine-tuned embedder there as a sentence-transformers folder (embedder_folder.py), with `record` (the
+    starting point, the fingerprint) and the metrics in its flexbert_eval.json."""
     from composer import Trainer
     from composer.utils import dist, reproducibility
 
@@ -114,6 +130,8 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
     reproducibility.seed_all(seed)
     model = BiEncoder(build_encoder(spec, task, tokenizer), settings["pooling"], settings["similarity"],
                       settings["temperature"])
+    if save_to is not None:
+        check_exportable(spec, model.encoder)
     world = dist.get_world_size()
     global_batch = int(trainer_kwargs["global_train_batch_size"])
     if global_batch % world:
@@ -138,9 +156,15 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
     trainer.close()
     scores = score_zero_shot(model.encoder, tokenizer, split, settings["pooling"], settings["max_seq_len"],
                              settings["batch_size"], settings["similarity"], **metric_depths(task.metrics))
-    return {"task": task.name, "seed": seed, "type": "retrieval", "metrics": {m: scores.metrics[m] for m in task.metrics},
+    metrics = {m: scores.metrics[m] for m in task.metrics}
+    if save_to is not None and dist.get_global_rank() == 0:
+        from flexbert.eval.embedder_folder import save_embedder_folder
+
+        save_embedder_folder(model.encoder, tokenizer, save_to, settings,
+                             {**(record or {}), "task": task.name, "seed": seed, "metrics": metrics})
+    return {"task": task.name, "seed": seed, "type": "retrieval", "metrics": metrics,
             "num_train": len(pairs), "num_documents": len(split.corpus), "num_queries": scores.queries_scored,
             "queries_without_qrels": scores.queries_without_qrels, "steps": steps, "wall_s": round(time.time() - start, 1)}
 
 
-__all__ = ["pool_padded", "contrastive_loss", "BiEncoder", "read_pairs", "finetune_retrieval"]
+__all__ = ["pool_padded", "contrastive_loss", "BiEncoder", "read_pairs", "check_exportable", "finetune_retrieval"]

@@ -2,7 +2,8 @@
 
 A folder holds the ModernBertForSequenceClassification config (id2label = the task's label names), the weights,
 the tokenizer, and `flexbert_eval.json` (task, seed, metrics, starting point, fingerprint): transformers'
-`pipeline("text-classification", model=FOLDER)` loads it. `all` keeps OUT/runs/<task>/seed<N>/model for every
+`pipeline("text-classification", model=FOLDER)` loads it. A fine-tuned retrieval task's folder is a
+sentence-transformers one instead (embedder_folder.py); zero-shot retrieval trains nothing and keeps no folder. `all` keeps OUT/runs/<task>/seed<N>/model for every
 seed; `best_seed` keeps OUT/models/<task>, the seed with the best first metric, once every seed of the task is
 finished, and removes the other seeds' folders. Only folders carrying `flexbert_eval.json` are ever replaced or
 removed: those this tool wrote.
@@ -15,7 +16,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 RECORD = "flexbert_eval.json"
 
@@ -41,16 +42,25 @@ def _remove_ours(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def save_model_folder(model, tokenizer, folder: Path, record: dict[str, Any]) -> Path:
-    """Write the folder under a temporary name, then rename it over an earlier one of ours."""
+def publish_folder(write: Callable[[Path], None], folder: Path, record: dict[str, Any]) -> Path:
+    """`write(tmp)` fills a temporary folder, the record is added, then it is renamed over an earlier one of ours:
+    an interrupted save leaves the earlier folder intact."""
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    write(tmp)
     (tmp / RECORD).write_text(json.dumps(record, indent=1))
     _remove_ours(folder)
     os.replace(tmp, folder)
     return folder
+
+
+def save_model_folder(model, tokenizer, folder: Path, record: dict[str, Any]) -> Path:
+    """A classification model and its tokenizer as a Hugging Face folder."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return publish_folder(write, folder, record)
 
 
 def _score(result: dict[str, Any], metric: str) -> float:

@@ -12,7 +12,8 @@ Follows the reference framework's evaluation schema where it applies here:
     local_pretrain_checkpoint_folder: runs/   # optional: folder the starting path is relative to
     save_finetune_checkpoint_folder: evals/my-eval   # output folder (default eval_runs/<base_run_name>)
     save_model: none                       # best_seed: OUT/models/<task>, the task's best seed as a Hugging Face
-                                           # folder (transformers' text-classification pipeline loads it);
+                                           # folder (transformers' text-classification pipeline loads it; a
+                                           # fine-tuned retrieval task's: sentence_transformers.SentenceTransformer);
                                            # all: OUT/runs/<task>/seed<N>/model for every seed
     model:
       name: flex_bert
@@ -349,4 +350,7 @@ def _retrieval_task(name: str, task: Mapping[str, Any], seeds: list[int], spec: 
         spec.notes.append(f"{name}: zero-shot retrieval from a pretrained checkpoint is deterministic; only seed "
                           f"{seeds[0]} runs (seeds {', '.join(map(str, seeds[1:]))} would repeat it)")
         seeds = seeds[:1]
+    if not train and spec.save_model != "none":
+        spec.notes.append(f"{name}: zero-shot retrieval trains nothing, so `save_model: {spec.save_model}` keeps no "
+                          f"folder for it (the starting point is the model)")
     return TaskSpec(name, seeds, trainer, model_config, data, list(metrics), type="retrieval", retrieval=settings)

@@ -112,6 +112,8 @@ def _check_config_ready(config: FlexBertConfig) -> None:
 class FlexBertModel(FlexBertPreTrainedModel):
     """The bare encoder with the Hugging Face calling convention; returns last hidden states."""
 
+    hf_architecture = "ModernBertModel"  # the transformers class hf_interop.save_modernbert_folder writes
+
     def __init__(self, config: FlexBertConfig):
         _check_config_ready(config)
         super().__init__(config)

@@ -158,8 +158,8 @@ def test_contrastive_loss_is_the_textbook_in_batch_softmax():
         assert float(got) == pytest.approx(expected, rel=1e-5), similarity
 
 
-def test_fine_tuning_on_pairs_beats_zero_shot(tmp_path, hf_start, capsys):
-    """Queries are one word, relevant documents contain it among filler: in-batch-negative training learns it."""
+def write_keyword_task(root):
+    """Queries are one word, relevant documents contain it among filler: (pairs file, BEIR folder)."""
     import random
 
     rng = random.Random(0)
@@ -170,12 +170,19 @@ def test_fine_tuning_on_pairs_beats_zero_shot(tmp_path, hf_start, capsys):
         return " ".join(filler)
 
     keys = ["good", "bad", "fine", "awful"] + WORDS[:6]
-    write_jsonl(tmp_path / "pairs.jsonl", [{"query": k, "positive": doc(k)} for k in keys * 8])
-    folder = tmp_path / "beir"
+    pairs = write_jsonl(root / "pairs.jsonl", [{"query": k, "positive": doc(k)} for k in keys * 8])
+    folder = root / "beir"
     (folder / "qrels").mkdir(parents=True)
     write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "text": doc(k)} for i, k in enumerate(keys)])
     write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": k} for i, k in enumerate(keys)])
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(keys))))
+    return pairs, folder
+
+
+def test_fine_tuning_on_pairs_beats_zero_shot(tmp_path, hf_start, capsys):
+    """In-batch-negative training learns the keyword task."""
+    write_keyword_task(tmp_path)
+    folder = tmp_path / "beir"
     zero_shot = {"type": "retrieval", "seeds": [1], "max_seq_len": MAX_SEQ_LEN, "data": {"folder": str(folder)}}
     tuned = {**zero_shot, "data": {"folder": str(folder), "train": str(tmp_path / "pairs.jsonl")}, "temperature": 0.05,
              "trainer_kwargs": {"max_duration": "30ba", "global_train_batch_size": 10}}
@@ -185,3 +192,50 @@ def test_fine_tuning_on_pairs_beats_zero_shot(tmp_path, hf_start, capsys):
     runs = {r["task"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]}
     assert runs["tuned"]["steps"] == 30 and runs["zero"]["steps"] == 0
     assert runs["tuned"]["metrics"]["mrr@10"] > runs["zero"]["metrics"]["mrr@10"] + 0.2, runs
+
+
+@pytest.mark.parametrize("pooling, similarity, save_model, seeds", [("mean", "cosine", "all", [1]),
+                                                                    ("cls", "dot", "best_seed", [1, 2])])
+def test_fine_tuned_embedder_reloads_in_sentence_transformers(tmp_path, hf_start, monkeypatch, pooling, similarity,
+                                                              save_model, seeds):
+    """The kept folder is what SentenceTransformer(path) loads: same pooling (and, for cosine, unit vectors), the
+    same embeddings as our embedder on the fine-tuned encoder (within 1e-5), and the starting point recorded."""
+    from sentence_transformers import SentenceTransformer
+
+    import flexbert.eval.retrieval_zero_shot as zero_shot
+    from flexbert.eval.embedder import encode
+
+    tuned = {}  # seed -> the fine-tuned encoder, as scored at the end of fine-tuning
+    score = zero_shot.score_zero_shot
+
+    def capture(model, tokenizer, *args, **kwargs):
+        tuned[len(tuned)] = (model, tokenizer)
+        return score(model, tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(zero_shot, "score_zero_shot", capture)
+    pairs, folder = write_keyword_task(tmp_path)
+    task = {"type": "retrieval", "seeds": seeds, "max_seq_len": MAX_SEQ_LEN, "pooling": pooling,
+            "similarity": similarity, "data": {"folder": str(folder), "train": str(pairs)},
+            "trainer_kwargs": {"max_duration": "4ba", "global_train_batch_size": 10}}
+    out = tmp_path / "out"
+    assert main([str(eval_file(tmp_path, hf_start, {"search": task}, save_model=save_model)), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["seed"]: r for r in results["runs"]}
+    if save_model == "all":
+        kept, seed = out / "runs" / "search" / "seed1" / "model", 1
+    else:  # the seed with the best first metric (ndcg@10)
+        kept, seed = out / "models" / "search", max(seeds, key=lambda s: runs[s]["metrics"]["ndcg@10"])
+        assert not (out / "runs" / "search" / "seed1" / "model").exists()
+    record = json.loads((kept / "flexbert_eval.json").read_text())
+    assert record["start"]["path"] == str(hf_start) and record["start"] == runs[seed]["start"]
+    assert record["seed"] == seed and record["metrics"] == runs[seed]["metrics"]
+
+    texts = ["good fine", "awful", " ".join(WORDS * 3), "bad"]  # the long one is cut at max_seq_len
+    embedder = SentenceTransformer(str(kept), device="cpu")
+    assert embedder.similarity_fn_name == similarity and embedder.max_seq_length == MAX_SEQ_LEN
+    got = embedder.encode(texts, convert_to_tensor=True)
+    model, tokenizer = tuned[seeds.index(seed)]
+    expected = encode(model, tokenizer, texts, pooling, MAX_SEQ_LEN)
+    if similarity == "cosine":  # the folder normalizes: a dot product of its embeddings is the cosine
+        expected = torch.nn.functional.normalize(expected, dim=-1)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()

@@ -239,3 +239,13 @@ def test_fine_tuned_embedder_reloads_in_sentence_transformers(tmp_path, hf_start
     if similarity == "cosine":  # the folder normalizes: a dot product of its embeddings is the cosine
         expected = torch.nn.functional.normalize(expected, dim=-1)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+
+
+def test_save_model_on_a_zero_shot_task_is_noted_not_refused(tmp_path, hf_start):
+    """Nothing is fine-tuned in zero-shot retrieval: a file-wide save_model keeps the classification and fine-tuned
+    retrieval folders and says, for the zero-shot task, that no folder is kept."""
+    from flexbert.eval.spec import load_eval_file
+
+    task = {"type": "retrieval", "data": {"folder": str(write_beir(tmp_path / "beir"))}}
+    spec = load_eval_file(eval_file(tmp_path, hf_start, {"zero": task}, save_model="best_seed"), [], str(tmp_path / "out"))
+    assert any("zero: zero-shot retrieval trains nothing" in note for note in spec.notes), spec.notes

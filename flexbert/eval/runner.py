@@ -30,7 +30,7 @@ LOCK_HOLDER_ENV = "FLEXBERT_EVAL_LOCK_HOLDER"
 
 
 def _model_missing(spec, task, seed: int, fingerprints: dict[int, str]) -> bool:
-    if task.type == "retrieval":  # no retrieval model is kept (saving a fine-tuned embedder is not built yet)
+    if task.type == "retrieval" and not task.trainer:  # zero-shot scoring trains nothing, so keeps no model
         return False
     if spec.save_model == "all":
         return read_record(seed_model_folder(spec.out_dir, task.name, seed)) is None
@@ -136,10 +136,13 @@ def run_tasks(spec, tasks, log_line=print) -> None:
         fingerprint = task_fingerprint(spec, task, seed, start)
         run_dir = spec.out_dir / "runs" / task.name / f"seed{seed}"
         record = {"start": start, "fingerprint": fingerprint}
-        if retrieval:
-            result = (finetune_retrieval if task.trainer else score_retrieval)(spec, task, seed, run_dir)
+        trains = task.trainer or not retrieval
+        save_to = seed_model_folder(spec.out_dir, task.name, seed) if trains and spec.save_model != "none" else None
+        if retrieval and not task.trainer:
+            result = score_retrieval(spec, task, seed, run_dir)
+        elif retrieval:  # the fine-tuned embedder is kept as a sentence-transformers folder
+            result = finetune_retrieval(spec, task, seed, run_dir, save_to, record)
         else:
-            save_to = seed_model_folder(spec.out_dir, task.name, seed) if spec.save_model != "none" else None
             result = finetune(spec, task, seed, run_dir, save_to, record)
         result.update(record)
         if _is_rank_zero():
@@ -148,7 +151,7 @@ def run_tasks(spec, tasks, log_line=print) -> None:
         done += f"{result['steps']} steps"
         log_line(f"  {task.name} seed {seed}: {_scores(result['metrics'])} ({done}, {result['wall_s']}s)")
     if spec.save_model == "best_seed" and _is_rank_zero():
-        for task in (t for t in tasks if t.type != "retrieval"):
+        for task in (t for t in tasks if t.type != "retrieval" or t.trainer):  # zero-shot tasks keep no model
             results = {seed: read_result(spec.out_dir, task.name, seed) for seed in task.seeds}
             fingerprints = {seed: task_fingerprint(spec, task, seed, start) for seed in task.seeds}
             if best_seed_is_current(spec.out_dir, task, fingerprints):

@@ -95,12 +95,12 @@ def test_offline_eval_logs_the_whole_eval_file(tmp_path, monkeypatch):
     assert logged["start"]["path"] == str(start["checkpoint"]) and logged["start"]["random_init"] is False
 
 
-# One process without wandb (its import fails, as when it is not installed) runs main() several times: a cold
-# Composer import costs tens of seconds on a loaded machine, so it is paid once.
-WITHOUT_WANDB = """
+# One process without wandb (its import fails, as when it is not installed) runs an entry point's main() several
+# times: a cold Composer import costs tens of seconds on a loaded machine, so it is paid once.
+SCRIPT_WITHOUT_WANDB = """
 import contextlib, io, json, sys
 sys.modules["wandb"] = None
-from flexbert.train.trainer import main
+from {module} import main
 results = []
 for args in json.loads(sys.argv[1]):
     err = io.StringIO()
@@ -109,6 +109,8 @@ for args in json.loads(sys.argv[1]):
     results.append([code, err.getvalue()])
 print(json.dumps(results))
 """
+WITHOUT_WANDB = SCRIPT_WITHOUT_WANDB.format(module="flexbert.train.trainer")
+EVAL_WITHOUT_WANDB = SCRIPT_WITHOUT_WANDB.format(module="flexbert.eval.__main__")
 
 
 @pytest.mark.slow
@@ -128,20 +130,6 @@ def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, t
     assert emptied[0] == 0, emptied[1]     # `loggers={}` removes every logger
     assert nulled[0] == 0, nulled[1]       # the key the message names removes it, and the run trains
     assert (tmp_path / "run" / "latest-rank0.pt").exists()
-
-
-EVAL_WITHOUT_WANDB = """
-import contextlib, io, json, sys
-sys.modules["wandb"] = None
-from flexbert.eval.__main__ import main
-results = []
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(args)
-    results.append([code, err.getvalue()])
-print(json.dumps(results))
-"""
 
 
 def test_eval_without_wandb_stops_before_training_in_one_line_naming_the_key(tmp_path):

@@ -4,7 +4,7 @@ The loss is sentence-transformers' MultipleNegativesRankingLoss: for each query 
 (and hard negatives, when the pairs have them) are the candidates, the similarity (cosine or dot) divided by the
 `temperature` is a logit, and the query's own positive is the class (cross-entropy). temperature 0.05 is its
 default scale of 20. In-batch negatives are those of one process's batch: a batch is never split into
-microbatches (that would shrink the candidate set). Optimizer, schedule, precision and loggers are pretraining's,
+microbatches (that would shrink the candidate set). Optimizer, schedule, precision, algorithms and loggers are pretraining's,
 through Composer's Trainer, as for classification.
 """
 
@@ -117,6 +117,7 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path, save_to: Optional[P
     from flexbert.eval.retrieval_zero_shot import score_zero_shot
     from flexbert.eval.starting_point import load_tokenizer
     from flexbert.optim.builders import build_optimizer, build_scheduler
+    from flexbert.train.builders import build_algorithms
     from flexbert.train.callbacks import build_callbacks
     from flexbert.train.loggers import build_loggers
     from flexbert.train.validate import effective_precision
@@ -146,6 +147,7 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path, save_to: Optional[P
         schedulers=build_scheduler({**spec.scheduler, **(trainer_kwargs.get("scheduler") or {})}),
         step_schedulers_every_batch=True, device_train_microbatch_size=device_batch,
         precision=effective_precision(trainer_kwargs.get("precision") or spec.precision),
+        algorithms=build_algorithms(spec.algorithms),
         callbacks=[*build_callbacks(spec.callbacks), ProgressBar(f"{task.name} seed {seed}")],
         loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl", logged_config(spec, task, seed)),
         progress_bar=False, log_to_console=False,

@@ -249,3 +249,37 @@ def test_save_model_on_a_zero_shot_task_is_noted_not_refused(tmp_path, hf_start)
     task = {"type": "retrieval", "data": {"folder": str(write_beir(tmp_path / "beir"))}}
     spec = load_eval_file(eval_file(tmp_path, hf_start, {"zero": task}, save_model="best_seed"), [], str(tmp_path / "out"))
     assert any("zero: zero-shot retrieval trains nothing" in note for note in spec.notes), spec.notes
+
+
+def test_algorithms_apply_to_retrieval_fine_tuning(tmp_path, hf_start, monkeypatch):
+    """The eval file's `algorithms` reach the retrieval Trainer: gradient clipping to 1e-12 all but freezes the encoder
+    (Adam's step on a 1e-13 gradient is ~1e-5 of lr), where the same task without it moves weights by ~lr per step."""
+    import flexbert.eval.retrieval_task as retrieval_task
+    import flexbert.eval.retrieval_zero_shot as zero_shot
+
+    starts, ends = [], []
+    build, score = retrieval_task.build_encoder, zero_shot.score_zero_shot
+
+    def build_and_keep(*args, **kwargs):
+        encoder = build(*args, **kwargs)
+        starts.append({k: v.detach().clone() for k, v in encoder.state_dict().items()})
+        return encoder
+
+    def score_and_keep(model, *args, **kwargs):
+        ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return score(model, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval_task, "build_encoder", build_and_keep)
+    monkeypatch.setattr(zero_shot, "score_zero_shot", score_and_keep)
+    pairs, folder = write_keyword_task(tmp_path)
+    task = {"type": "retrieval", "seeds": [1], "max_seq_len": MAX_SEQ_LEN, "data": {"folder": str(folder), "train": str(pairs)},
+            "trainer_kwargs": {"max_duration": "2ba", "global_train_batch_size": 10}}
+    clipping = {"gradient_clipping": {"clipping_type": "norm", "clipping_threshold": 1.0e-12}}
+    for name, algorithms in (("plain", {}), ("clipped", clipping)):
+        root = tmp_path / name
+        root.mkdir()
+        assert main([str(eval_file(root, hf_start, {"search": task}, algorithms=algorithms)), "--out",
+                     str(root / "out")]) == 0
+    moved = [max((end[k].float() - start[k].float()).abs().max().item() for k in start)
+             for start, end in zip(starts, ends)]
+    assert moved[0] > 1e-3 and moved[1] < 1e-5, moved

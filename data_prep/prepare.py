@@ -87,6 +87,9 @@ def write_run_file(path: Path, out: Path, run_name: str, manifest: dict, max_seq
     cfg["max_seq_len"] = max_seq_len
     cfg["run_name"] = run_name
     cfg["save_folder"] = "runs/{run_name}"
+    # The demo reruns itself into its own folder; a user's run file must not replace an earlier run's checkpoints
+    # when started twice (Composer's default): the second start is refused with how to resume or replace.
+    cfg["save_overwrite"] = False
     mc = cfg["model"]["model_config"]
     mc["vocab_size"] = manifest["vocab_size"]
     mc.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate)

@@ -59,7 +59,14 @@ def test_prepare_builds_a_run_file_that_trains(tmp_path, capsys, monkeypatch):
     tiny = ["max_duration=2ba", "global_train_batch_size=4", "device_train_microbatch_size=4", "eval_interval=2ba",
             "eval_subset_num_batches=1", "save_interval=2ba", "train_loader.num_workers=0"]
     assert main([next_line.split()[-1], *tiny]) == 0
-    assert (tmp_path / "runs" / "prepared" / "latest-rank0.pt").exists()
+    checkpoint = tmp_path / "runs" / "prepared" / "latest-rank0.pt"
+    assert checkpoint.exists()
+    # The file starts a run; running it again does not silently replace that run's checkpoints.
+    before = checkpoint.resolve().read_bytes()
+    capsys.readouterr()
+    assert main([next_line.split()[-1], *tiny]) == 2
+    assert "save_overwrite" in capsys.readouterr().err
+    assert checkpoint.resolve().read_bytes() == before
 
 
 def test_prepare_refuses_an_output_inside_its_input(tmp_path, capsys):

@@ -283,3 +283,20 @@ def test_algorithms_apply_to_retrieval_fine_tuning(tmp_path, hf_start, monkeypat
     moved = [max((end[k].float() - start[k].float()).abs().max().item() for k in start)
              for start, end in zip(starts, ends)]
     assert moved[0] > 1e-3 and moved[1] < 1e-5, moved
+
+
+def test_save_model_with_an_encoder_hf_cannot_express_stops_before_training(tmp_path, hf_start, capsys):
+    """A kept embedder is a transformers ModernBERT folder: a model_config it cannot express is refused in one line
+    naming the key, before any fine-tuning."""
+    pairs, folder = write_keyword_task(tmp_path)
+    task = {"type": "retrieval", "seeds": [1], "max_seq_len": MAX_SEQ_LEN, "data": {"folder": str(folder), "train": str(pairs)},
+            "trainer_kwargs": {"max_duration": "2ba", "global_train_batch_size": 10}}
+    path = eval_file(tmp_path, hf_start, {"search": task}, save_model="all",
+                     model={"model_config": {"head_class_norm": True, "rotary_emb_interleaved": True}})
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "save_model: all" in err[0] and "model_config.rotary_emb_interleaved" in err[0], err
+    run = out / "runs" / "search" / "seed1"
+    assert not (run / "result.json").exists() and not (run / "metrics.jsonl").exists()  # nothing was trained

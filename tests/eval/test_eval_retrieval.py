@@ -300,3 +300,29 @@ def test_save_model_with_an_encoder_hf_cannot_express_stops_before_training(tmp_
     assert len(err) == 1 and "save_model: all" in err[0] and "model_config.rotary_emb_interleaved" in err[0], err
     run = out / "runs" / "search" / "seed1"
     assert not (run / "result.json").exists() and not (run / "metrics.jsonl").exists()  # nothing was trained
+
+
+
+def test_encoding_runs_in_the_eval_files_precision(tmp_path, hf_start, monkeypatch):
+    """Every encoder forward of scoring runs inside Composer's precision context for the file's precision (on a GPU,
+    amp_bf16 autocasts it as training does). Simulated on CPU: the effective precision is the file's, as on a GPU,
+    and the context records what it is asked for."""
+    import contextlib
+
+    import composer.core.precision
+    import flexbert.train.validate
+
+    asked = []
+
+    @contextlib.contextmanager
+    def recording_context(precision, *args, **kwargs):
+        asked.append(str(precision))
+        yield
+
+    monkeypatch.setattr(composer.core.precision, "get_precision_context", recording_context)
+    monkeypatch.setattr(flexbert.train.validate, "effective_precision", lambda precision, device=None: precision)
+    _, folder = write_keyword_task(tmp_path)
+    task = {"type": "retrieval", "seeds": [1], "max_seq_len": MAX_SEQ_LEN, "batch_size": 4, "data": {"folder": str(folder)}}
+    assert main([str(eval_file(tmp_path, hf_start, {"search": task}, precision="amp_bf16")), "--out",
+                 str(tmp_path / "out")]) == 0
+    assert asked == ["amp_bf16"] * (3 + 3), asked  # 10 documents and 10 queries, in batches of 4

@@ -6,6 +6,8 @@ A batch of texts is tokenized (special tokens added, cut at `max_seq_len`), pack
   averages over the attention mask, and the mask covers the special tokens;
 - `cls`: the state of its first token.
 Texts are batched in length order (less work per batch for the attention kernels) and returned in input order.
+The forward runs in the run's precision (Composer's autocast context: bf16 on a GPU under amp_bf16, as training and
+the kernels expect); pooling and the returned vectors are float32.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str) -> torch.
 
 @torch.no_grad()
 def encode(model, tokenizer, texts: Sequence[str], pooling: str = "mean", max_seq_len: int = 512,
-           batch_size: int = 32) -> torch.Tensor:
+           batch_size: int = 32, precision: str = "fp32") -> torch.Tensor:
     """(len(texts), hidden) float32 embeddings of `texts` by `model` (a FlexBertModel), in input order."""
+    from composer.core.precision import get_precision_context
+
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
     ids = tokenizer(list(texts), truncation=True, max_length=max_seq_len, add_special_tokens=True)["input_ids"]
@@ -48,7 +52,8 @@ def encode(model, tokenizer, texts: Sequence[str], pooling: str = "mean", max_se
             lengths = torch.tensor([len(ids[i]) for i in batch], dtype=torch.int32)
             cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)).to(device)
             row = torch.tensor([token for i in batch for token in ids[i]], dtype=torch.long, device=device)
-            hidden = model(row.unsqueeze(0), cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
+            with get_precision_context(precision):
+                hidden = model(row.unsqueeze(0), cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
             out[batch] = pool(hidden, cu_seqlens, pooling).float().cpu()
     finally:
         model.train(was_training)

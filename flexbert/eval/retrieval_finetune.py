@@ -140,13 +140,14 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path, save_to: Optional[P
     device_batch = global_batch // world
     collate = _collate(tokenizer, settings["max_seq_len"], with_negatives)
     loader = _loader(pairs, device_batch, True, seed, collate, drop_last=len(pairs) > global_batch)
+    precision = effective_precision(trainer_kwargs.get("precision") or spec.precision)
     trainer = Trainer(
         run_name=f"{spec.base_run_name}-{task.name}-seed{seed}", seed=seed, model=model, train_dataloader=loader,
         max_duration=trainer_kwargs["max_duration"],
         optimizers=build_optimizer({**spec.optimizer, **(trainer_kwargs.get("optimizer") or {})}, model),
         schedulers=build_scheduler({**spec.scheduler, **(trainer_kwargs.get("scheduler") or {})}),
         step_schedulers_every_batch=True, device_train_microbatch_size=device_batch,
-        precision=effective_precision(trainer_kwargs.get("precision") or spec.precision),
+        precision=precision,
         algorithms=build_algorithms(spec.algorithms),
         callbacks=[*build_callbacks(spec.callbacks), ProgressBar(f"{task.name} seed {seed}")],
         loggers=build_loggers(spec.loggers, run_dir / "metrics.jsonl", logged_config(spec, task, seed)),
@@ -157,7 +158,8 @@ def finetune_retrieval(spec, task, seed: int, run_dir: Path, save_to: Optional[P
     steps = int(trainer.state.timestamp.batch)
     trainer.close()
     scores = score_zero_shot(model.encoder, tokenizer, split, settings["pooling"], settings["max_seq_len"],
-                             settings["batch_size"], settings["similarity"], **metric_depths(task.metrics))
+                             settings["batch_size"], settings["similarity"], **metric_depths(task.metrics),
+                             precision=precision)
     metrics = {m: scores.metrics[m] for m in task.metrics}
     if save_to is not None and dist.get_global_rank() == 0:
         from flexbert.eval.embedder_folder import save_embedder_folder

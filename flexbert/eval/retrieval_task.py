@@ -55,6 +55,7 @@ def score_retrieval(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
 
     from flexbert.eval.retrieval_zero_shot import score_zero_shot
     from flexbert.eval.starting_point import load_tokenizer
+    from flexbert.train.validate import effective_precision
 
     start = time.time()
     split = read_retrieval_task(task)
@@ -64,7 +65,8 @@ def score_retrieval(spec, task, seed: int, run_dir: Path) -> dict[str, Any]:
     model = build_encoder(spec, task, tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     settings = task.retrieval
     scores = score_zero_shot(model, tokenizer, split, settings["pooling"], settings["max_seq_len"],
-                             settings["batch_size"], settings["similarity"], **metric_depths(task.metrics))
+                             settings["batch_size"], settings["similarity"], **metric_depths(task.metrics),
+                             precision=effective_precision(spec.precision))
     return {"task": task.name, "seed": seed, "type": "retrieval", "metrics": {m: scores.metrics[m] for m in task.metrics},
             "num_documents": len(split.corpus), "num_queries": scores.queries_scored,
             "queries_without_qrels": scores.queries_without_qrels, "steps": 0, "wall_s": round(time.time() - start, 1)}

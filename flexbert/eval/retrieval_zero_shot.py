@@ -37,12 +37,14 @@ def similarity_scores(queries: torch.Tensor, documents: torch.Tensor, similarity
 def score_zero_shot(model, tokenizer, split: RetrievalSplit, pooling: str = "mean", max_seq_len: int = 512,
                     batch_size: int = 32, similarity: str = "cosine", ndcg_at: Sequence[int] = DEFAULT_NDCG_AT,
                     mrr_at: Sequence[int] = DEFAULT_MRR_AT,
-                    recall_at: Sequence[int] = DEFAULT_RECALL_AT) -> RetrievalScores:
-    """Metrics of `model` (a FlexBertModel) used as an embedder, without training, on `split`."""
+                    recall_at: Sequence[int] = DEFAULT_RECALL_AT, precision: str = "fp32") -> RetrievalScores:
+    """Metrics of `model` (a FlexBertModel) used as an embedder, without training, on `split`; the forward runs in
+    `precision` (a Composer precision name)."""
     doc_ids = list(split.corpus)
     query_ids = list(split.queries)
-    documents = encode(model, tokenizer, [split.corpus[d].full_text for d in doc_ids], pooling, max_seq_len, batch_size)
-    queries = encode(model, tokenizer, [split.queries[q] for q in query_ids], pooling, max_seq_len, batch_size)
+    documents = encode(model, tokenizer, [split.corpus[d].full_text for d in doc_ids], pooling, max_seq_len, batch_size,
+                       precision)
+    queries = encode(model, tokenizer, [split.queries[q] for q in query_ids], pooling, max_seq_len, batch_size, precision)
     scores = similarity_scores(queries, documents, similarity)
     return score_exact_search(scores, query_ids, doc_ids, split.qrels, ndcg_at, mrr_at, recall_at)
 

@@ -85,16 +85,15 @@ def check_weights(streams: Mapping[str, StreamConfig], epoch_size: Optional[int]
     relative = [name for name in names if streams[name].proportion is not None]
     if relative and len(relative) != len(names):
         other = next(name for name in names if streams[name].proportion is None)
-        raise schema.ConfigError(f"`{where}.{other}` has no `proportion` while `{where}.{relative[0]}` has one: "
+        raise schema.ConfigError(f"`{where}.{other}` has no `proportion` while stream '{relative[0]}' has one: "
                                  f"proportions are relative, so every stream needs one (or none may have one: "
                                  f"use repeat / choose)")
     if relative and not sum(streams[name].proportion for name in names) > 0:
         raise schema.ConfigError(f"`{where}`: the proportions add up to 0; give at least one stream a positive one")
     absolute = [name for name in names if streams[name].rule in ("repeat", "choose")]
     if epoch_size is not None and absolute:
-        raise schema.ConfigError(f"`epoch_size` cannot be combined with `{where}.{absolute[0]}."
-                                 f"{streams[absolute[0]].rule}` (absolute sample counts); use proportions, or "
-                                 f"remove epoch_size")
+        raise schema.ConfigError(f"`{where}.{absolute[0]}.{streams[absolute[0]].rule}` (an absolute sample count) "
+                                 f"cannot be combined with `epoch_size`; use proportions, or remove epoch_size")
 
 
 def parse_epoch_size(value: Union[int, str, None], where: str) -> Optional[int]:
@@ -250,13 +249,17 @@ def open_mixture(streams: Mapping[str, StreamConfig], *, local: Optional[str], r
     the dataset's, as the reference builds its `Stream`s), and the mixture's per-epoch counts."""
     from flexbert.data.sources import open_source
 
-    sources, folders = [], {}
+    resolved = {name: (stream.local or local, stream.remote or remote, stream.split or split)
+                for name, stream in streams.items()}
+    owners = {}
+    for name, (s_local, s_remote, s_split) in resolved.items():  # before any download
+        owner, owner_remote = owners.setdefault((s_local, s_split or ""), (name, s_remote))
+        if s_local is not None and owner_remote != s_remote:
+            raise ValueError(f"`{where}.{name}` and `{where}.{owner}` would share the local folder '{s_local}' "
+                             f"(split '{s_split}') for different remotes; give each stream its own local")
+    sources = []
     for name, stream in streams.items():
-        s_local, s_remote, s_split = stream.local or local, stream.remote or remote, stream.split or split
-        folder = (s_local, s_split or "")
-        if s_local is not None and folders.setdefault(folder, (name, s_remote))[1] != s_remote:
-            raise ValueError(f"`{where}.{name}` and `{where}.{folders[folder][0]}` would share the local folder "
-                             f"'{s_local}' (split '{s_split}') for different remotes; give each stream its own local")
+        s_local, s_remote, s_split = resolved[name]
         kwargs = dict(streaming_kwargs)
         kwargs.update({key: getattr(stream, key) for key in ("download_retry", "download_timeout", "validate_hash",
                                                               "keep_zip") if getattr(stream, key) is not None})

@@ -21,6 +21,8 @@ order the run file lists them), so a saved row rebuilds from its ids alone.
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
@@ -29,7 +31,8 @@ import numpy as np
 from flexbert import schema
 
 LAYOUT_CHUNK = 1024  # positions per layout chunk: the span over which the mixture is exact (up to one per stream)
-GROUP = 1 << 20  # documents per group of a stream's partial-repeat draw (one group's draw is held in memory)
+GROUP = 1 << 20  # documents per group of a stream's partial-repeat draw (drawn as a whole)
+DRAW_CACHE = 1 << 22  # drawn document ids kept in memory (32 MiB), most recently used groups first
 RULES = ("proportion", "repeat", "choose")
 
 
@@ -169,48 +172,64 @@ class EpochLayout:
         self.chunk_starts = np.zeros(self.num_chunks + 1, dtype=np.int64)  # (C+1,) first position of each chunk
         for count in mixture.counts:
             self.chunk_starts += np.arange(self.num_chunks + 1, dtype=np.int64) * count // self.num_chunks
-        self._draws: dict[int, tuple[int, np.ndarray]] = {}  # stream -> (group, drawn documents of that group)
+        self._group_bounds: dict[int, tuple[list[int], list[int]]] = {}
+        self._draws: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (stream, group) -> its draw
+
+        # Python ints for the per-document arithmetic (a few streams: faster than numpy calls on tiny arrays).
+        self._counts, self._sizes = mixture.counts.tolist(), mixture.sizes.tolist()
+        self._bases, self._length = mixture.bases.tolist(), int(self.chunk_starts[-1])
 
     def __len__(self) -> int:
-        return int(self.chunk_starts[-1])
+        return self._length
 
     def __getitem__(self, position: int) -> int:
-        if not 0 <= position < len(self):
-            raise IndexError(f"position {position} outside the epoch of {len(self)} samples")
-        c = int(np.searchsorted(self.chunk_starts, position, side="right")) - 1
-        counts, n = self.m.counts, self.num_chunks
-        lo = c * counts // n  # (S,) each stream's first sample index in chunk c
-        ends = np.cumsum((c + 1) * counts // n - lo)  # (S,) end of each stream's part inside the chunk
-        offset = position - int(self.chunk_starts[c])
-        s = int(np.searchsorted(ends, offset, side="right"))
-        sample = int(lo[s]) + offset - (int(ends[s - 1]) if s else 0)
-        return int(self.m.bases[s]) + self._document(s, sample)
+        if not 0 <= position < self._length:
+            raise IndexError(f"position {position} outside the epoch of {self._length} samples")
+        c = int(self.chunk_starts.searchsorted(position, side="right")) - 1
+        offset, n = position - int(self.chunk_starts[c]), self.num_chunks
+        for s, count in enumerate(self._counts):  # chunk c holds stream s's samples [c*k//n, (c+1)*k//n)
+            first, end = c * count // n, (c + 1) * count // n
+            if offset < end - first:
+                return self._bases[s] + self._document(s, first + offset)
+            offset -= end - first
+        raise AssertionError(f"position {position}: the chunk starts disagree with the counts")
 
     def _document(self, s: int, sample: int) -> int:
         """Stream s's `sample`-th sample of this epoch -> its document inside the stream."""
-        size, count = int(self.m.sizes[s]), int(self.m.counts[s])
+        size, count = self._sizes[s], self._counts[s]
         whole = count // size * size  # samples of the full repeats: every document once per repeat
         if sample < whole:
             return sample % size
         # The partial repeat: count % size distinct documents, drawn group by group (a group's share of the draw
-        # in proportion to its size), so one group's draw is all that is held in memory.
+        # in proportion to its size), so only the groups being read are held in memory.
         group_starts, picks_before = self._groups(s)
         index = sample - whole
-        group = int(np.searchsorted(picks_before, index, side="right")) - 1
-        cached = self._draws.get(s)
-        if cached is None or cached[0] != group:
-            start, stop = int(group_starts[group]), int(group_starts[group + 1])
-            rng = np.random.default_rng([self.m.seed, self.epoch, s, group])
-            drawn = rng.choice(stop - start, int(picks_before[group + 1] - picks_before[group]), replace=False)
-            cached = self._draws[s] = (group, start + np.sort(drawn))
-        return int(cached[1][index - int(picks_before[group])])
+        group = bisect.bisect_right(picks_before, index) - 1
+        return int(self._draw(s, group, group_starts, picks_before)[index - picks_before[group]])
 
-    def _groups(self, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stream s's groups: (first document of each group, draws before each group), both (G+1,)."""
-        size, count = int(self.m.sizes[s]), int(self.m.counts[s])
-        num_groups = -(-size // GROUP)
-        starts = np.arange(num_groups + 1, dtype=np.int64) * size // num_groups
-        return starts, (count % size) * starts // size
+    def _groups(self, s: int) -> tuple[list[int], list[int]]:
+        """Stream s's groups: (first document of each group, draws before each group), both G+1 long."""
+        if s not in self._group_bounds:
+            size, count = self._sizes[s], self._counts[s]
+            num_groups = -(-size // GROUP)
+            starts = [g * size // num_groups for g in range(num_groups + 1)]
+            self._group_bounds[s] = (starts, [(count % size) * start // size for start in starts])
+        return self._group_bounds[s]
+
+    def _draw(self, s: int, group: int, group_starts: list[int], picks_before: list[int]) -> np.ndarray:
+        """The sorted documents drawn from one group; the draws most recently used stay cached (a shuffle block
+        reads a stream's samples in random order across the few groups its range spans)."""
+        key = (s, group)
+        if key in self._draws:
+            self._draws.move_to_end(key)
+            return self._draws[key]
+        start, stop = group_starts[group], group_starts[group + 1]
+        rng = np.random.default_rng([self.m.seed, self.epoch, s, group])
+        drawn = start + np.sort(rng.choice(stop - start, picks_before[group + 1] - picks_before[group], replace=False))
+        self._draws[key] = drawn
+        while sum(len(d) for d in self._draws.values()) > DRAW_CACHE and len(self._draws) > 1:
+            self._draws.popitem(last=False)
+        return drawn
 
 
 class MixedOrder:

@@ -15,6 +15,11 @@
   and its in-block shuffle mixes them: a rank never reads one stream for a million documents, then the next.
   The layout depends on the seed, the epoch, the counts and shuffle_block_size only, not on the number of ranks.
 
+Where streaming's own checks are muddled, the errors here say what is meant: streaming refuses `epoch_size` next to
+`repeat` / `choose` with "Only provide `choose` when weighting streams relatively" (it means epoch_size), reports
+mixed relative / absolute weights against stream 0's kind by position, and reads `epoch_size: 0` as not given
+(kept: 0 is "not given" here too).
+
 A mixture's samples carry GLOBAL document ids: stream s's document d is `base_s + d` (streams concatenated in the
 order the run file lists them), so a saved row rebuilds from its ids alone.
 """

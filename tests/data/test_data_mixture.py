@@ -160,6 +160,16 @@ def test_two_ranks_each_read_the_mixture_and_together_the_whole_epoch(streams_di
     assert all(counts[(MARK["code"], i)] == 2 for i in range(200))  # repeat 2: every document twice
 
 
+def test_epoch_size_alone_resamples_one_dataset(streams_dir):
+    """No streams, epoch_size 250 of web's 600 documents: streaming's one-stream case, 250 distinct documents."""
+    spec = build_packed_dataloader({"name": "text", "drop_last": False, "dataset": {
+        "local": str(streams_dir / "web"), "split": "train", "streaming": False, "epoch_size": 250}},
+        TOK, device_batch_size=MICRO, microbatch_size=MICRO, max_seq_len=MAX_SEQ_LEN, seed=11, rank=0, world_size=1,
+        mode="eval")
+    counts = collections.Counter(documents(spec.dataloader))
+    assert len(counts) == 250 and set(counts.values()) == {1} and {m for m, _ in counts} == {MARK["web"]}
+
+
 # ------------------------------------------------------------------------------- seeds and resume
 MIX = {"web": {"proportion": 0.6}, "code": {"proportion": 0.4}}
 

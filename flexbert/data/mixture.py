@@ -77,15 +77,6 @@ class StreamConfig:
         return next((rule for rule in RULES if getattr(self, rule) is not None), None)
 
 
-def read_streams(data: Mapping, where: str) -> dict[str, StreamConfig]:
-    """`dataset.streams` from YAML: a mapping name -> stream section; errors name `where.NAME.key`."""
-    if not schema.is_mapping(data) or not data:
-        raise schema.ConfigError(f"`{where}` must be a mapping of stream name -> stream section (local, remote, "
-                                 f"split, proportion | repeat | choose), got {data!r}")
-    return {str(name): schema.read_section(StreamConfig, section, f"{where}.{name}")
-            for name, section in data.items()}
-
-
 def check_weights(streams: Mapping[str, StreamConfig], epoch_size: Optional[int], where: str) -> None:
     """streaming's rules across streams, with the stream named: proportions are all-or-none; epoch_size only
     with proportions or with no rule at all (then streams are sampled in proportion to their sizes)."""

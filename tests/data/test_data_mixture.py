@@ -6,7 +6,6 @@ import collections
 import io
 import itertools
 import math
-import warnings
 
 import numpy as np
 import pytest

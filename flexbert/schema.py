@@ -10,7 +10,8 @@ it from a YAML mapping, strictly.
 - `describe(cls)` lists the keys with type, default and doc (what `python main.py --help-config` prints).
 
 Field types understood: bool, int, float, str, `Any`, dict / Mapping, list / tuple, `Literal[...]`, `Optional[...]`,
-`Union[...]` of those, and nested dataclasses (sections inside sections).
+`Union[...]` of those, nested dataclasses (sections inside sections) and `dict[str, Section]` (named sections, e.g.
+a dataset's `streams`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
         return "a section (key: value lines)"
+    if _named_section_type(tp) is not None:
+        return "a mapping of name -> section"
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         return "a mapping"
     if origin in (list, tuple) or tp in (list, tuple):
@@ -143,6 +146,11 @@ def coerce(value: Any, tp: Any, where: str, error: type = ConfigError) -> Any:
         if isinstance(value, str):
             return value
         raise error(f"`{where}` must be a string, got {value!r}")
+    if _named_section_type(tp) is not None:
+        if is_mapping(value):
+            return {str(name): read_section(_named_section_type(tp), section, join(where, str(name)), error)
+                    for name, section in value.items()}
+        raise error(f"`{where}` must be a mapping of name -> section, got {value!r}")
     if tp in (dict, Mapping) or origin in (dict, Mapping):
         if is_mapping(value):
             return _plain(value)
@@ -234,7 +242,19 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         rows.append((key, _type_name(tp), default, f.metadata.get("doc", "")))
         if section is not None:
             rows.extend(describe(section, key))
+        named = next((n for n in (_named_section_type(tp), *map(_named_section_type, typing.get_args(tp)))
+                      if n is not None), None)
+        if named is not None:
+            rows.extend(describe(named, f"{key}.<name>"))
     return rows
+
+
+def _named_section_type(tp: Any) -> Optional[type]:
+    """The section class of a `dict[str, Section]` field type, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (dict, Mapping) and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1]
+    return None
 
 
 def _section_type(tp: Any) -> Optional[type]:

@@ -2,6 +2,7 @@
 
 Modules, one job each:
   sources.py  document sources over MDS folders (local / streaming / in memory) and the epoch order
+  mixture.py  stream mixtures (`dataset.streams`): per-epoch counts, the epoch layout, global document ids
   packing.py  greedy best-fit packer, packed row and batch format, split into microbatches
   masking.py  MLM masking of a packed row (numpy, per-row random streams)
   warmup.py   batch-size warmup schedule (rows per step)

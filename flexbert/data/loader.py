@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 from composer.core import Callback, DataSpec
 
+from flexbert.data.mixture import StreamConfig, check_weights, open_mixture, parse_epoch_size
 from flexbert.data.masking import EVAL_MLM_PROBABILITY, MaskingSpec, default_mlm_probability, mask_row, row_rng
 from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
                                    count_tokens, split_packed_batch)
@@ -49,7 +50,8 @@ SPECIAL_TOKEN_ROLES = ("bos", "eos", "sep", "pad", "mask")
 class DatasetConfig:
     """`train_loader.dataset` / `eval_loader.dataset`."""
 
-    local: str = schema.field(doc="local MDS folder (the cache folder when streaming); default: top-level data_local")
+    local: Optional[str] = schema.field(None, doc="local MDS folder (the cache folder when streaming); default: "
+                                                  "top-level data_local; required unless every stream has its own")
     remote: Optional[str] = schema.field(None, doc="object-store URI to stream from; default: top-level data_remote")
     split: Optional[str] = schema.field(None, doc="sub-folder of local (default: train / validation)")
     tokenizer_name: Optional[str] = schema.field(None, doc="informational: the run's tokenizer is used")
@@ -72,10 +74,29 @@ class DatasetConfig:
     num_canonical_nodes: Optional[int] = schema.field(None, doc="no effect: the document order is this loader's")
     partition_algo: Optional[str] = schema.field(None, doc="no effect: the document order is this loader's")
     shuffle_algo: Optional[str] = schema.field(None, doc="no effect: the document order is this loader's")
+    streams: Optional[dict[str, StreamConfig]] = schema.field(None, doc="a mixture: stream name -> section; "
+                                                                        "local / remote / split default to the "
+                                                                        "dataset's")
+    epoch_size: Optional[Union[int, str]] = schema.field(None, doc="samples per epoch of the mixture (e.g. 10M), "
+                                                                   "shared out by proportion (default: every "
+                                                                   "document once)")
     # not supported: a value other than null is an error
-    epoch_size: Optional[int] = schema.field(None, doc="not supported (subsample with max_duration)")
-    streams: Optional[dict] = schema.field(None, doc="not supported (one stream per loader)")
     group_method: Optional[str] = schema.field(None, doc="not supported")
+
+    def _check_streams(self) -> None:
+        parse_epoch_size(self.epoch_size, "epoch_size")
+        if self.streams is None:
+            if self.local is None:
+                raise schema.ConfigError("`local` is required: local MDS folder (set data_local, dataset.local, or "
+                                         "dataset.streams)")
+            return
+        if not self.streams:
+            raise schema.ConfigError("`streams` is empty: name at least one stream (or remove the key)")
+        for name, stream in self.streams.items():
+            if not (stream.local or stream.remote or self.local or self.remote):
+                raise schema.ConfigError(f"`streams.{name}` has neither `local` nor `remote` (nor has the dataset "
+                                         f"a default): set streams.{name}.local to its MDS folder")
+        check_weights(self.streams, parse_epoch_size(self.epoch_size, "epoch_size"), "streams")
 
     def streaming_kwargs(self) -> dict[str, Any]:
         """The StreamingDataset settings this section sets."""
@@ -87,10 +108,10 @@ class DatasetConfig:
         return out
 
     def __post_init__(self):
-        for key, why in (("epoch_size", "subsample with max_duration"), ("streams", "one stream per loader"),
-                         ("group_method", "documents are packed, not grouped")):
-            if getattr(self, key) is not None:
-                raise schema.ConfigError(f"`{key}` is not supported here ({why}); remove it")
+        if self.group_method is not None:
+            raise schema.ConfigError("`group_method` is not supported here (documents are packed, not grouped); "
+                                     "remove it")
+        self._check_streams()
         moot = [k for k in ("num_canonical_nodes", "partition_algo", "shuffle_algo") if getattr(self, k) is not None]
         if not self.streaming:
             moot += [k for k in ("predownload", "validate_hash", "cache_limit") if getattr(self, k) is not None]
@@ -216,6 +237,23 @@ class LoaderSettings:
         return out
 
 
+def epoch_order(source, s: LoaderSettings, epoch: int):
+    """Rank s.rank's global document ids of `epoch`: `EpochOrder` over the documents, or, for a mixture (a source
+    with `.mixture`), over the epoch's samples read through the mixture's layout."""
+    mixture = getattr(source, "mixture", None)
+    order = EpochOrder(len(source) if mixture is None else mixture.epoch_size, epoch=epoch, seed=s.shuffle_seed,
+                       shuffle=s.shuffle, rank=s.rank, world_size=s.world_size, max_block=s.shuffle_block_size)
+    return order if mixture is None else mixture.order(order, epoch)
+
+
+def data_fingerprint(source, s: LoaderSettings) -> dict:
+    """What a saved state must agree on: the settings' fingerprint, and a mixture's streams and counts."""
+    out = s.fingerprint(len(source))
+    if getattr(source, "mixture", None) is not None:
+        out["mixture"] = source.mixture.fingerprint()
+    return out
+
+
 # ---------------------------------------------------------------------------------------- producer
 def _flat(segments) -> list[int]:
     return list(itertools.chain.from_iterable(segments))
@@ -249,9 +287,9 @@ class _Producer:
                  "tok": self.tokens * self.s.world_size}[warmup.unit]
         return warmup.length_at(clock)  # capped at the run's max_seq_len by the schedule
 
-    def _order(self, epoch: int) -> EpochOrder:
-        return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
-                          rank=self.s.rank, world_size=self.s.world_size, max_block=self.s.shuffle_block_size)
+    def _order(self, epoch: int):
+        """This rank's global document ids of `epoch`, in reading order (random access)."""
+        return epoch_order(self.source, self.s, epoch)
 
     def _read(self, doc_id: int) -> np.ndarray:
         if self._doc[0] != doc_id:
@@ -333,7 +371,7 @@ class _Producer:
 
     def snapshot(self) -> dict:
         return {
-            "version": STATE_VERSION, "fingerprint": self.s.fingerprint(len(self.source)),
+            "version": STATE_VERSION, "fingerprint": data_fingerprint(self.source, self.s),
             "epoch": self.epoch, "cursor": self.cursor, "piece": self.piece, "rows_in_epoch": self.rows_in_epoch,
             "batches": self.batches, "tokens": self.tokens, "real_tokens": self.real_tokens, "slots": self.slots,
             "rows": self.rows, "exhausted": self.exhausted,
@@ -401,9 +439,8 @@ class PackedLoader:
 
     def __init__(self, source, masking: MaskingSpec, settings: LoaderSettings):
         self.source, self.masking, self.settings = source, masking, settings
-        self._fingerprint = settings.fingerprint(len(source))
-        EpochOrder(len(source), epoch=0, seed=settings.shuffle_seed, shuffle=settings.shuffle, rank=settings.rank,
-                   world_size=settings.world_size, max_block=settings.shuffle_block_size)  # fail now on bad sizes/seeds
+        self._fingerprint = data_fingerprint(source, settings)
+        epoch_order(source, settings, 0)  # fail now on bad sizes/seeds
         self._state = _initial_state(self._fingerprint)
         self._loaded = False  # an eval pass restarts from scratch unless a state was loaded
         self._generation = 0
@@ -436,7 +473,8 @@ class PackedLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
         saved = state["fingerprint"]
-        keys = set(saved) | ({"seq_len_warmup"} & set(self._fingerprint))  # a state from before the warmup: none
+        # a state from before the warmup has no seq_len_warmup, one of a plain dataset no mixture: compare both
+        keys = set(saved) | ({"seq_len_warmup", "mixture"} & set(self._fingerprint))
         diff = {k: (saved.get(k), self._fingerprint.get(k)) for k in sorted(keys)
                 if self._fingerprint.get(k) != saved.get(k)}
         if diff:
@@ -585,8 +623,16 @@ def build_packed_dataloader(loader_cfg: Mapping, tokenizer, *, device_batch_size
     else:
         warmup = BatchSizeWarmup(full_rows, full_rows, 0)
     p = ds.mlm_probability if ds.mlm_probability is not None else default_mlm_probability(mode)
-    source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer,
-                         streaming_kwargs=ds.streaming_kwargs())
+    epoch_size = parse_epoch_size(ds.epoch_size, f"{where}.dataset.epoch_size")
+    if ds.streams is None and epoch_size is None:
+        source = open_source(ds.local, ds.remote, ds.split, streaming=ds.streaming, tokenizer=tokenizer,
+                             streaming_kwargs=ds.streaming_kwargs())
+    else:  # a mixture; epoch_size alone resamples the one dataset, as streaming does
+        streams = ds.streams or {"dataset": StreamConfig()}
+        source = open_mixture(streams, local=ds.local, remote=ds.remote, split=ds.split, streaming=ds.streaming,
+                              tokenizer=tokenizer, streaming_kwargs=ds.streaming_kwargs(), epoch_size=epoch_size,
+                              seed=ds.shuffle_seed, max_block=ds.shuffle_block_size or DEFAULT_MAX_BLOCK,
+                              where=f"{where}.dataset.streams")
     settings = LoaderSettings(
         max_seq_len=max_seq_len, microbatch_size=microbatch_size, warmup=warmup, seed=seed,
         pad_token_id=int(tokenizer.pad_token_id), rank=rank, world_size=world_size, shuffle=ds.shuffle,

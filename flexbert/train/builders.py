@@ -107,32 +107,41 @@ def build_model(cfg: RunConfig, tokenizer, checkpoint_config: Optional[Mapping] 
                                  recompute_metric_loss=cfg.model.recompute_metric_loss)
 
 
-def check_data_folder(cfg: RunConfig, key: str) -> None:
+def _data_folders(cfg: RunConfig, key: str) -> list[tuple[str, str, str, Optional[str]]]:
+    """(what, its `local` key, local folder, split) of each folder a loader reads without a remote: its dataset's,
+    or each stream's (a stream's missing local / remote / split are the dataset's)."""
     dataset = cfg.loader(key).dataset
-    local, split = dataset.local, dataset.split
-    if dataset.remote:
-        return  # streamed: the local folder is a cache
-    folder = Path(local)
-    if not folder.is_dir():
-        raise RunConfigError(f"{key}: data folder '{folder}' does not exist (set data_local or {key}.dataset.local)")
-    if split and not (folder / split).is_dir() and not (folder / "index.json").is_file():
-        existing = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        raise RunConfigError(f"{key}: split '{split}' not found in '{folder}' (it has: {', '.join(existing) or 'no splits'})")
+    if dataset.streams is None:
+        return [] if dataset.remote else [(key, f"{key}.dataset.local", dataset.local, dataset.split)]
+    return [(f"{key} stream '{name}'", f"{key}.dataset.streams.{name}.local", stream.local or dataset.local,
+             stream.split or dataset.split)
+            for name, stream in dataset.streams.items() if not (stream.remote or dataset.remote)]
+
+
+def check_data_folder(cfg: RunConfig, key: str) -> None:
+    for what, local_key, local, split in _data_folders(cfg, key):
+        folder = Path(local)
+        if not folder.is_dir():
+            raise RunConfigError(f"{what}: data folder '{folder}' does not exist (set data_local or {local_key})")
+        if split and not (folder / split).is_dir() and not (folder / "index.json").is_file():
+            existing = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            raise RunConfigError(f"{what}: split '{split}' not found in '{folder}' (it has: "
+                                 f"{', '.join(existing) or 'no splits'})")
 
 
 def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
     """Local shards carry the identity of the tokenizer that made them (manifest.json); refuse another one."""
     from flexbert.tokenizer_identity import shards_tokenizer_mismatch
 
-    dataset = cfg.loader(key).dataset
-    if dataset.local and not dataset.remote:
-        if special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the run's roles
-            from flexbert.tokenizer_source import load_tokenizer
+    folders = [(what, local) for what, _, local, _ in _data_folders(cfg, key) if local]
+    if folders and special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the roles
+        from flexbert.tokenizer_source import load_tokenizer
 
-            tokenizer = load_tokenizer(cfg.tokenizer())
-        problem = shards_tokenizer_mismatch(dataset.local, tokenizer, str(cfg.tokenizer()))
+        tokenizer = load_tokenizer(cfg.tokenizer())
+    for what, local in folders:
+        problem = shards_tokenizer_mismatch(local, tokenizer, str(cfg.tokenizer()))
         if problem:
-            raise RunConfigError(f"{key}: {problem}")
+            raise RunConfigError(f"{what}: {problem}")
 
 
 def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int, seq_len_warmup=None,

@@ -39,6 +39,7 @@ LAYOUT_CHUNK = 1024  # positions per layout chunk: the span over which the mixtu
 GROUP = 1 << 20  # documents per group of a stream's partial-repeat draw (drawn as a whole)
 DRAW_CACHE = 1 << 22  # drawn document ids kept in memory (32 MiB), most recently used groups first
 RULES = ("proportion", "repeat", "choose")
+MAX_EPOCH_SIZE = 1 << 36  # chunk index x stream count stays below 2**63 (about 1.5e18 at this size)
 
 
 @dataclass
@@ -134,6 +135,9 @@ class Mixture:
         for name, size, count in zip(self.names, self.sizes, self.counts):
             if count > 0 and size == 0:
                 raise ValueError(f"stream '{name}' has no documents but should give {count} samples per epoch")
+        if self.epoch_size > MAX_EPOCH_SIZE:
+            raise ValueError(f"the mixture gives {self.epoch_size} samples per epoch, more than {MAX_EPOCH_SIZE} "
+                             f"(the layout's int64 arithmetic); lower epoch_size, proportions or repeats")
         if self.epoch_size == 0:
             raise ValueError(f"the mixture of streams {self.names} gives no samples per epoch (counts "
                              f"{self.counts.tolist()})")

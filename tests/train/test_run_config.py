@@ -248,6 +248,9 @@ BAD = [
     ({"scheduler.name": "cosine_with_warmup", "scheduler.t_warmup": "10tok", "scheduler.t_max": "3ba"},
      "must be in the same unit"),
     ({"data_local": "/nonexistent/mds"}, "does not exist"),
+    ({"train_loader.dataset.streams.web.local": "/nonexistent/web"},
+     "train_loader stream 'web': data folder '/nonexistent/web' does not exist (set data_local or "
+     "train_loader.dataset.streams.web.local)"),
     ({"model.gradient_checkpointing": True, "fsdp_config": "{sharding_strategy: FULL_SHARD}"},
      "fsdp_config.activation_checkpointing"),
 ]

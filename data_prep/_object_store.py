@@ -14,6 +14,7 @@ On failure nothing new is readable: the old split (or none) stays, and the local
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -52,7 +53,14 @@ def publish(local: Path, uri: str, overwrite: bool, tool: str) -> None:
     """Upload the files of `local` under `uri` in `upload_order`; see the module docstring."""
     from streaming.base.storage import CloudUploader
 
-    uploader = CloudUploader.get(out=(str(local), uri), keep_local=True, exist_ok=True)
+    # exist_ok: the local folder is full by design (it is what we upload); streaming would log a warning saying so.
+    upload_log = logging.getLogger("streaming.base.storage.upload")
+    level = upload_log.level
+    upload_log.setLevel(logging.ERROR)
+    try:
+        uploader = CloudUploader.get(out=(str(local), uri), keep_local=True, exist_ok=True)
+    finally:
+        upload_log.setLevel(level)
     _, prefix = split_s3_uri(uri)
     existing = uploader.list_objects() if overwrite else []
     names = upload_order(local)
@@ -71,6 +79,17 @@ def publish(local: Path, uri: str, overwrite: bool, tool: str) -> None:
     print(f"{tool}: uploaded {len(names)} files to {uri}")
 
 
+def check_target(uri: str, overwrite: bool, option: str) -> None:
+    """Before any work: `uri` is an s3:// location we can list, and empty unless `overwrite` (`option` names the
+    command-line option that gave it)."""
+    if not str(uri).startswith("s3://"):
+        raise DataError(f"{option} {uri}: only local folders and s3:// locations are supported")
+    existing = check_s3_location(uri)
+    if existing and not overwrite:
+        shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise DataError(f"{option} {uri} already holds objects ({shown}); pass --overwrite to replace them")
+
+
 @contextlib.contextmanager
 def output_folder(out: str, overwrite: bool, *, inputs: Sequence[os.PathLike | str], tool: str) -> Iterator[Path]:
     """The folder a tool writes its output into: `atomic_output_dir(out)` for a local OUT, a temporary folder
@@ -79,12 +98,7 @@ def output_folder(out: str, overwrite: bool, *, inputs: Sequence[os.PathLike | s
         with atomic_output_dir(out, overwrite, inputs=inputs, tool=tool) as tmp:
             yield tmp
         return
-    if not str(out).startswith("s3://"):
-        raise DataError(f"--out {out}: only local folders and s3:// locations are supported")
-    existing = check_s3_location(out)
-    if existing and not overwrite:
-        shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
-        raise DataError(f"--out {out} already holds objects ({shown}); pass --overwrite to replace them")
+    check_target(out, overwrite, option="--out")
     with tempfile.TemporaryDirectory(prefix=f"{tool}-") as tmp:
         yield Path(tmp)
         publish(Path(tmp), out, overwrite, tool)

@@ -93,3 +93,19 @@ def test_failed_upload_leaves_no_readable_split(s3, tiny_corpus, monkeypatch, ca
     assert "\n" not in err and "cannot reach" in err and "--overwrite" in err
     keys = s3.keys(s3.bucket, "mds/")
     assert uploaded and keys and not [k for k in keys if k.endswith(("index.json", "manifest.json"))]
+
+
+def test_prepare_uploads_the_shards_and_writes_a_streaming_run_file(s3, tiny_corpus, tmp_path):
+    import yaml
+
+    from data_prep import prepare
+
+    uri, out = f"s3://{s3.bucket}/prepared", tmp_path / "prepared"
+    assert prepare.main(["--input", str(tiny_corpus / "corpus"), "--out", str(out), "--vocab-size",
+                         "512", "--upload", uri, "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["run.yaml", "tokenizer"]  # the shards live in the store only
+    keys = s3.keys(s3.bucket, "prepared/")
+    assert {"prepared/manifest.json", "prepared/train/index.json", "prepared/validation/index.json"} <= set(keys)
+    run = yaml.safe_load((out / "run.yaml").read_text())
+    assert run["data_remote"] == uri and run["data_local"] == str((out / "mds_cache").resolve())
+    assert run["train_loader"]["dataset"]["streaming"] is True and run["eval_loader"]["dataset"]["streaming"] is True

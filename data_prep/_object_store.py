@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Iterator, List, Sequence
 
 from data_prep._io import DataError, atomic_output_dir
-from flexbert.data.remote import (RemoteStoreError, check_s3_location, describe_failure, endpoint_of, is_remote,
-                                  s3_client, split_s3_uri)
+
+# flexbert.data.remote is imported where it is used: importing the flexbert.data package loads torch, and a tool's
+# --help (or a local --out) must not wait for that.
 
 INDEX_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"
@@ -40,6 +41,8 @@ def upload_order(folder: Path) -> List[str]:
 
 
 def _delete(uri: str, keys: Sequence[str]) -> None:
+    from flexbert.data.remote import s3_client, split_s3_uri
+
     if not keys:
         return
     bucket, _ = split_s3_uri(uri)
@@ -52,6 +55,8 @@ def _delete(uri: str, keys: Sequence[str]) -> None:
 def publish(local: Path, uri: str, overwrite: bool, tool: str) -> None:
     """Upload the files of `local` under `uri` in `upload_order`; see the module docstring."""
     from streaming.base.storage import CloudUploader
+
+    from flexbert.data.remote import RemoteStoreError, describe_failure, endpoint_of, s3_client, split_s3_uri
 
     # exist_ok: the local folder is full by design (it is what we upload); streaming would log a warning saying so.
     upload_log = logging.getLogger("streaming.base.storage.upload")
@@ -82,6 +87,8 @@ def publish(local: Path, uri: str, overwrite: bool, tool: str) -> None:
 def check_target(uri: str, overwrite: bool, option: str) -> None:
     """Before any work: `uri` is an s3:// location we can list, and empty unless `overwrite` (`option` names the
     command-line option that gave it)."""
+    from flexbert.data.remote import check_s3_location
+
     if not str(uri).startswith("s3://"):
         raise DataError(f"{option} {uri}: only local folders and s3:// locations are supported")
     existing = check_s3_location(uri)
@@ -94,7 +101,7 @@ def check_target(uri: str, overwrite: bool, option: str) -> None:
 def output_folder(out: str, overwrite: bool, *, inputs: Sequence[os.PathLike | str], tool: str) -> Iterator[Path]:
     """The folder a tool writes its output into: `atomic_output_dir(out)` for a local OUT, a temporary folder
     published to the object store on success for `s3://` (see the module docstring)."""
-    if not is_remote(out):
+    if "://" not in str(out):
         with atomic_output_dir(out, overwrite, inputs=inputs, tool=tool) as tmp:
             yield tmp
         return

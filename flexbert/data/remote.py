@@ -26,11 +26,6 @@ class RemoteStoreError(DataError):
     """The object store cannot be used as configured: one line naming the URI, the endpoint and what to check."""
 
 
-def is_remote(path: Optional[str]) -> bool:
-    """True for a URI with a scheme of two letters or more (`s3://`, `gs://`, ...); False for local paths."""
-    return bool(path) and len(urllib.parse.urlparse(str(path)).scheme) > 1
-
-
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix"); RemoteStoreError when there is no bucket."""
     parsed = urllib.parse.urlparse(uri)

@@ -87,10 +87,12 @@ def publish(local: Path, uri: str, overwrite: bool, tool: str) -> None:
 def check_target(uri: str, overwrite: bool, option: str) -> None:
     """Before any work: `uri` is an s3:// location we can list, and empty unless `overwrite` (`option` names the
     command-line option that gave it)."""
-    from flexbert.data.remote import check_s3_location
+    from flexbert.data.remote import check_s3_location, split_s3_uri
 
     if not str(uri).startswith("s3://"):
         raise DataError(f"{option} {uri}: only local folders and s3:// locations are supported")
+    if not split_s3_uri(uri)[1]:  # --overwrite of a whole bucket would delete everything else in it
+        raise DataError(f"{option} {uri}: give a prefix inside the bucket, e.g. {uri.rstrip('/')}/mds")
     existing = check_s3_location(uri)
     if existing and not overwrite:
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")

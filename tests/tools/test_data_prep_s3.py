@@ -68,6 +68,11 @@ def test_existing_prefix_is_refused_unless_overwrite(s3, tiny_corpus, capsys):
     assert "validation/shard.99999.mds" not in after  # what the new output does not have is gone
 
 
+def test_bucket_root_is_refused(s3, tiny_corpus, capsys):
+    assert tokenize_to_mds.main(_argv(tiny_corpus, f"s3://{s3.bucket}", "--overwrite")) == 2
+    assert "give a prefix inside the bucket" in capsys.readouterr().err
+
+
 def test_missing_bucket_fails_before_any_work(s3, tiny_corpus, capsys):
     start = time.monotonic()
     assert tokenize_to_mds.main(_argv(tiny_corpus, "s3://no-such-bucket/mds")) == 2

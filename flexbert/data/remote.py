@@ -111,3 +111,21 @@ def check_s3_location(uri: str, *, required: Optional[str] = None) -> list[str]:
                                f"under the prefix: {exists[:20] or 'nothing'} (write MDS shards there with "
                                f"data_prep/tokenize_to_mds.py --out {uri})")
     return keys
+
+
+def read_s3_object(uri: str, name: str) -> Optional[bytes]:
+    """The bytes of object `name` under `uri`, or None when there is none; RemoteStoreError (one line, in seconds)
+    when the store cannot be asked."""
+    bucket, prefix = split_s3_uri(uri)
+    client = s3_client()
+    try:
+        return client.get_object(Bucket=bucket, Key=join_key(prefix, name))["Body"].read()
+    except Exception as err:  # noqa: BLE001 -- botocore's own failures become a line; anything else re-raises
+        from botocore.exceptions import ClientError
+
+        if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") == "NoSuchKey":
+            return None
+        line = describe_failure(err, uri, bucket, endpoint_of(client))
+        if line is None:
+            raise
+        raise RemoteStoreError(line) from None

@@ -120,19 +120,41 @@ def check_data_folder(cfg: RunConfig, key: str) -> None:
         raise RunConfigError(f"{key}: split '{split}' not found in '{folder}' (it has: {', '.join(existing) or 'no splits'})")
 
 
+def _remote_manifest(remote: str) -> Optional[dict]:
+    """The manifest.json data_prep wrote next to the splits of an s3:// location (None: none, or another scheme)."""
+    import json
+
+    from flexbert.data.remote import read_s3_object
+    from flexbert.tokenizer_identity import MANIFEST
+
+    data = read_s3_object(remote, MANIFEST) if remote.startswith("s3://") else None
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except ValueError as err:
+        raise RunConfigError(f"'{remote}/{MANIFEST}' is not readable JSON ({err}); re-create the shards with "
+                             f"data_prep/tokenize_to_mds.py") from None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
-    """Local shards carry the identity of the tokenizer that made them (manifest.json); refuse another one."""
-    from flexbert.tokenizer_identity import shards_tokenizer_mismatch
+    """Shards carry the identity of the tokenizer that made them (manifest.json, local or next to the splits of an
+    s3:// location); refuse another one."""
+    from flexbert.tokenizer_identity import manifest_tokenizer_mismatch, shards_tokenizer_mismatch
 
     dataset = cfg.loader(key).dataset
-    if dataset.local and not dataset.remote:
-        if special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the run's roles
-            from flexbert.tokenizer_source import load_tokenizer
+    if not dataset.local and not dataset.remote:
+        return
+    if special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the run's roles
+        from flexbert.tokenizer_source import load_tokenizer
 
-            tokenizer = load_tokenizer(cfg.tokenizer())
+        tokenizer = load_tokenizer(cfg.tokenizer())
+    if dataset.remote:
+        manifest = _remote_manifest(dataset.remote)
+        problem = manifest and manifest_tokenizer_mismatch(manifest, dataset.remote, tokenizer, str(cfg.tokenizer()))
+    else:
         problem = shards_tokenizer_mismatch(dataset.local, tokenizer, str(cfg.tokenizer()))
-        if problem:
-            raise RunConfigError(f"{key}: {problem}")
+    if problem:
+        raise RunConfigError(f"{key}: {problem}")
 
 
 def build_loader(cfg: RunConfig, tokenizer, key: str, device_batch: int, microbatch: int, seq_len_warmup=None,

@@ -68,10 +68,20 @@ def _assert_equal_runs(reference: Path, folder: Path) -> None:
     assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
 
 
-def test_prepare_upload_train_resume_from_s3_equals_local_shards(s3, tiny_corpus, reference, tmp_path):
-    remote = f"s3://{s3.bucket}/mds"
-    assert tokenize_to_mds.main(["--input", str(tiny_corpus / "corpus"), "--tokenizer", str(tiny_corpus / "tokenizer"),
-                                 "--out", remote, "--max-seq-len", "64", "--quiet"]) == 0  # the shared shards' settings
+@pytest.fixture(scope="module")
+def remote(s3_server, tiny_corpus):
+    """The tiny corpus tokenized straight to s3://BUCKET/mds with the shared MDS folder's settings, once per module."""
+    uri = f"s3://{s3_server.new_bucket()}/mds"
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3_server.env().items():
+            env.setenv(name, value)
+        assert tokenize_to_mds.main(["--input", str(tiny_corpus / "corpus"), "--tokenizer",
+                                     str(tiny_corpus / "tokenizer"), "--out", uri, "--max-seq-len", "64",
+                                     "--quiet"]) == 0
+    return uri
+
+
+def test_prepare_upload_train_resume_from_s3_equals_local_shards(s3, remote, tiny_corpus, reference, tmp_path):
 
     run, cache = tmp_path / "s3_run", tmp_path / "cache"
     assert main(_argv(tiny_corpus, run, remote, cache)) == 0
@@ -94,3 +104,18 @@ def test_missing_bucket_stops_the_run_with_one_line(s3, tiny_corpus, tmp_path, c
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "s3://no-such-bucket/mds" in lines[0] and s3.endpoint in lines[0], err[-2000:]
     assert seconds < 60  # the whole start (model build included); streaming's own retries would take minutes
+
+
+def test_shards_of_another_tokenizer_are_refused_from_their_remote_manifest(s3, remote, tiny_corpus, tmp_path,
+                                                                             capsys):
+    from data_prep import train_tokenizer
+
+    other = tmp_path / "other_tokenizer"  # same vocabulary size, learned from other documents: other ids
+    assert train_tokenizer.main(["--input", str(tiny_corpus / "corpus" / "validation.jsonl"), "--vocab-size", "512",
+                                 "--out", str(other), "--quiet"]) == 0
+    argv = _argv(tiny_corpus, tmp_path / "run", remote, tmp_path / "cache")
+    assert main([*argv, f"tokenizer_name={other}", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert f"the shards in '{remote}' were made with tokenizer" in lines[0] and str(other) in lines[0]

@@ -6,7 +6,6 @@ without --overwrite, and a failed upload leaves no readable split."""
 import time
 from pathlib import Path
 
-import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from data_prep import tokenize_to_mds

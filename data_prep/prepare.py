@@ -1,6 +1,7 @@
 """Own data in one command: tokenizer, MDS shards and a run file sized to the corpus.
 
     python -m data_prep.prepare --input my_texts/ --out my_data/ [--txt-doc file|paragraph|line] [--vocab-size N]
+        [--upload s3://BUCKET/PREFIX]
 
 Output:
 - OUT/tokenizer: a BPE tokenizer trained on the input (`train_tokenizer.py`);
@@ -8,6 +9,10 @@ Output:
 - OUT/run.yaml: `yamls/demo.yaml`'s blocks with the sizes filled in from the data: vocab_size (the tokenizer's),
   max_seq_len (from the documents' lengths), a model size and a max_duration for the corpus size, data_local,
   tokenizer_name, save_folder. Then: `python main.py OUT/run.yaml`.
+- with --upload s3://BUCKET/PREFIX: the MDS splits are uploaded there instead (index files after their shards;
+  endpoint S3_ENDPOINT_URL, credentials AWS_*), and run.yaml streams them: data_remote, data_local OUT/mds_cache
+  (the download cache), `streaming: true`. The location is checked before any work and must be empty unless
+  --overwrite.
 
 Sizing rules (a starting point, printed with the numbers they came from):
 - vocabulary: about one token per 500 characters of text, a power of two from 512 to 32768;
@@ -25,12 +30,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from data_prep import tokenize_to_mds, train_tokenizer
+from data_prep._object_store import check_target, publish
 from data_prep._io import (BadRecords, DataError, add_input_arguments, argument_parser, atomic_output_dir, check_disjoint,
                            expand_inputs, folder_size, human_bytes, iter_documents, progress, run_main)
 
@@ -56,7 +63,11 @@ def parse_args(argv: Optional[List[str]]):
     parser.add_argument("--val-fraction", type=float, default=0.05, help="validation share of documents [0.05]")
     parser.add_argument("--run-name", default=None, help="run name in run.yaml [the output folder's name]")
     add_input_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument("--upload", default=None, metavar="s3://BUCKET/PREFIX",
+                        help="put the MDS shards in this object-store location instead of OUT/mds; run.yaml then "
+                             "streams them from there (cache: OUT/mds_cache)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (and --upload "
+                                                                 "location)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -76,13 +87,19 @@ def choose_model(train_tokens: int, vocab: int):
     return fitting[-1] if fitting else MODEL_SIZES[0]
 
 
-def write_run_file(path: Path, out: Path, run_name: str, manifest: dict, max_seq_len: int, size, epochs: int) -> None:
+def write_run_file(path: Path, out: Path, run_name: str, manifest: dict, max_seq_len: int, size, epochs: int,
+                   remote: Optional[str] = None) -> None:
     from flexbert.yaml_file import load_config_file, write_yaml
 
     name, hidden, layers, heads, intermediate = size
     # unresolved: the written file keeps the demo's ${max_seq_len}-style variables
     cfg = load_config_file(DEMO_RUN_FILE, kind="run file", resolve=False).values
     cfg["data_local"] = str((out / "mds").resolve())
+    if remote:  # StreamingDataset downloads the shards into data_local, the only reader of a remote location
+        cfg["data_remote"] = remote
+        cfg["data_local"] = str((out / "mds_cache").resolve())
+        for loader in ("train_loader", "eval_loader"):
+            cfg[loader]["dataset"]["streaming"] = True
     cfg["tokenizer_name"] = str((out / "tokenizer").resolve())
     cfg["max_seq_len"] = max_seq_len
     cfg["run_name"] = run_name
@@ -123,6 +140,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_seq_len = args.max_seq_len or _power_of_two(p90 / 4, 64, 1024)
         shared = ["--text-field", args.text_field, "--txt-doc", args.txt_doc, *(["--skip-bad"] if args.skip_bad else []),
                   *(["--quiet"] if args.quiet else [])]
+        if args.upload:
+            check_target(args.upload, args.overwrite, option="--upload")  # before any work
         with atomic_output_dir(out, args.overwrite, inputs=args.input, tool=PROG) as tmp:
             print(f"{PROG}: {len(lengths):,} documents / {chars / 1e6:.2f}M characters -> vocab {vocab}, "
                   f"max_seq_len {max_seq_len} (90% of documents <= {p90:,} characters)")
@@ -141,12 +160,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             params = model_params(size[1], size[2], size[4], manifest["vocab_size"])
             epochs = int(min(20, max(1, math.ceil(20 * params / train_tokens))))
             run_name = args.run_name or out.resolve().name
-            write_run_file(tmp / "run.yaml", out, run_name, manifest, max_seq_len, size, epochs)
+            write_run_file(tmp / "run.yaml", out, run_name, manifest, max_seq_len, size, epochs, args.upload)
+            if args.upload:  # last: a failed upload leaves no OUT, and OUT exists only with its data published
+                publish(tmp / "mds", args.upload, args.overwrite, PROG)
+                shutil.rmtree(tmp / "mds")
         print(f"{PROG}: model {size[0]} ({size[2]} layers x {size[1]}, ~{params / 1e6:.1f}M parameters) for "
               f"{train_tokens / 1e6:.2f}M training tokens, {epochs} epoch(s)"
               + ("; no validation split (eval_loader off)" if "validation" not in manifest["splits"] else ""))
-        print(f"{PROG}: tokenizer, mds, run.yaml ({human_bytes(folder_size(out))}) -> {out} in "
-              f"{time.time() - start:.1f}s")
+        print(f"{PROG}: tokenizer, {'run.yaml' if args.upload else 'mds, run.yaml'} ({human_bytes(folder_size(out))}) "
+              f"-> {out}" + (f", mds -> {args.upload}" if args.upload else "") + f" in {time.time() - start:.1f}s")
         print(f"next: python main.py {out / 'run.yaml'}")
         return 0
 

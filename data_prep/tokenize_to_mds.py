@@ -26,6 +26,9 @@ Rules:
   skipped, counted and the first few reported. Input formats: see `data_prep/_io.py`.
 - OUT is built as `OUT.tmp-<pid>` and renamed at the end; an existing non-empty OUT is only
   replaced with --overwrite. OUT may not equal, contain or lie inside an input or the tokenizer folder.
+- OUT may be `s3://BUCKET/PREFIX` (endpoint from S3_ENDPOINT_URL, credentials from AWS_*): the location is
+  checked first, the output is built in a temporary folder and uploaded, each split's index.json after its
+  shards and manifest.json last; a prefix that holds objects is only replaced with --overwrite.
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ from data_prep._io import (
     DataError,
     add_input_arguments,
     argument_parser,
-    atomic_output_dir,
     expand_inputs,
     folder_size,
     human_bytes,
@@ -60,6 +62,7 @@ from data_prep._io import (
     progress,
     run_main,
 )
+from data_prep._object_store import output_folder
 from flexbert.tokenizer_identity import IDENTITY_KEY, tokenizer_identity
 
 PROG = "tokenize_to_mds"
@@ -193,7 +196,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argument_parser(PROG, __doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs (.txt/.md/.rst/.jsonl/.parquet)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (train_tokenizer.py) or HF name")
-    parser.add_argument("--out", required=True, help="output folder (gets train/, validation/, manifest.json)")
+    parser.add_argument("--out", required=True, help="output folder (gets train/, validation/, manifest.json), or "
+                                                     "s3://BUCKET/PREFIX (built locally, then uploaded)")
     parser.add_argument("--max-seq-len", type=int, default=1024, help="max tokens per sample incl. [CLS]/[SEP] [1024]")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="validation share of unnamed inputs [0.05]")
     parser.add_argument("--long-docs", choices=("split", "truncate"), default="split", help="long documents [split]")
@@ -317,10 +321,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     def body() -> int:
         start = time.time()
         local_tokenizer = [args.tokenizer] if Path(args.tokenizer).expanduser().exists() else []
-        with atomic_output_dir(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer],
-                               tool=PROG) as tmp:
+        with output_folder(args.out, args.overwrite, inputs=[*args.input, *local_tokenizer], tool=PROG) as tmp:
             manifest, bad = tokenize(args, tmp)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            size = folder_size(tmp)
         bad.print_examples(PROG)
         per_split = "; ".join(
             f"{split} {c['documents']:,} docs -> {c['samples']:,} samples / {c['tokens'] / 1e6:.2f}M tokens"
@@ -331,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{PROG}: {per_split}; {manifest['empty_documents']:,} empty, {bad.count:,} bad skipped; "
             f"{manifest['dtype']}, max_seq_len {args.max_seq_len}"
             + (f"; no {'/'.join(missing)} split" if missing else "")
-            + f"; {human_bytes(folder_size(args.out))} -> {args.out} in {time.time() - start:.1f}s"
+            + f"; {human_bytes(size)} -> {args.out} in {time.time() - start:.1f}s"
         )
         return 0
 

@@ -42,8 +42,11 @@ def _manifest(local: str | Path) -> Optional[dict[str, Any]]:
 def shards_tokenizer_mismatch(local: str | Path, tokenizer, tokenizer_name: str) -> Optional[str]:
     """None when the shards under `local` were made with `tokenizer` (or do not say), else why not, in one line."""
     manifest = _manifest(local)
-    if manifest is None:
-        return None
+    return None if manifest is None else manifest_tokenizer_mismatch(manifest, str(local), tokenizer, tokenizer_name)
+
+
+def manifest_tokenizer_mismatch(manifest: dict[str, Any], local: str, tokenizer, tokenizer_name: str) -> Optional[str]:
+    """`shards_tokenizer_mismatch` for a manifest already read (from `local`: a folder or an object-store URI)."""
     made_with = manifest.get("tokenizer", "?")
     recorded, current = manifest.get(IDENTITY_KEY), tokenizer_identity(tokenizer)
     size = manifest.get("vocab_size")

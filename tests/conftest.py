@@ -44,3 +44,25 @@ def gloo_ranks():
     ranks = GlooRanks(world_size=2)
     yield ranks
     ranks.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto) on a free localhost port, credential checks on; stopped after the session."""
+    from tests.s3_server import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """`s3_server` with this test's environment pointing at it (S3_ENDPOINT_URL, valid AWS_* credentials) and a
+    fresh bucket: `s3.bucket`."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3_server.bucket = s3_server.new_bucket()
+    return s3_server

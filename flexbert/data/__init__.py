@@ -3,6 +3,7 @@
 Modules, one job each:
   sources.py  document sources over MDS folders (local / streaming / in memory) and the epoch order
   mixture.py  stream mixtures (`dataset.streams`): per-epoch counts, the epoch layout, global document ids
+  remote.py   object-store locations (s3://): parsing and the pre-flight check that fails in seconds
   packing.py  greedy best-fit packer, packed row and batch format, split into microbatches
   masking.py  MLM masking of a packed row (numpy, per-row random streams)
   warmup.py   batch-size warmup schedule (rows per step)

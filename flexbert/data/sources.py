@@ -7,7 +7,8 @@ Configured by the schema's `train_loader.dataset` (`local`, `remote`, `split`,
 - `LocalMDSSource` (`streaming: false`): `streaming.LocalDataset` over DIR/split, validated on open so a
   missing folder, a compressed-only shard or a truncated shard fails with the file named.
 - `StreamingMDSSource` (`streaming: true`): `streaming.StreamingDataset` (local cache + remote), used only
-  for random access `dataset[i]` (it downloads a shard on first touch). Its own shuffle/partition is not
+  for random access `dataset[i]` (it downloads a shard on first touch). An `s3://` remote is checked first
+  (`remote.check_s3_location`: bucket, credentials, endpoint, the split's index.json), failing in seconds. Its own shuffle/partition is not
   used: both sources share `EpochOrder`, so resumption works the same way for both.
 - `ArraySource`: documents held in memory (tests, benchmark).
 
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from typing import Protocol, Sequence
 
 import numpy as np
+from flexbert.data.remote import check_s3_location, join_key
 from flexbert.errors import DataError
 
 INDEX_FILE = "index.json"
@@ -171,6 +174,8 @@ class StreamingMDSSource:
 
         if remote is None:  # purely local: fail early with the same clear messages as LocalMDSSource
             _check_shards(_split_dir(local, split))
+        elif urllib.parse.urlparse(remote).scheme == "s3":  # streaming would retry a bad bucket for minutes
+            check_s3_location(remote, required=join_key(split or "", INDEX_FILE))
         self.where = f"{remote or local}/{split or ''}"
         try:
             self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False, **streaming_kwargs)

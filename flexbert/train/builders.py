@@ -107,19 +107,21 @@ def build_model(cfg: RunConfig, tokenizer, checkpoint_config: Optional[Mapping] 
                                  recompute_metric_loss=cfg.model.recompute_metric_loss)
 
 
-def _data_folders(cfg: RunConfig, key: str) -> list[tuple[str, str, str, Optional[str]]]:
-    """(what, its `local` key, local folder, split) of each folder a loader reads without a remote: its dataset's,
-    or each stream's (a stream's missing local / remote / split are the dataset's)."""
+def _data_sources(cfg: RunConfig, key: str) -> list[tuple[str, str, Optional[str], Optional[str], Optional[str]]]:
+    """(what, its `local` key, local folder, remote, split) of each source a loader reads: its dataset, or each
+    stream (a stream's missing local / remote / split are the dataset's)."""
     dataset = cfg.loader(key).dataset
     if dataset.streams is None:
-        return [] if dataset.remote else [(key, f"{key}.dataset.local", dataset.local, dataset.split)]
+        return [(key, f"{key}.dataset.local", dataset.local, dataset.remote, dataset.split)]
     return [(f"{key} stream '{name}'", f"{key}.dataset.streams.{name}.local", stream.local or dataset.local,
-             stream.split or dataset.split)
-            for name, stream in dataset.streams.items() if not (stream.remote or dataset.remote)]
+             stream.remote or dataset.remote, stream.split or dataset.split)
+            for name, stream in dataset.streams.items()]
 
 
 def check_data_folder(cfg: RunConfig, key: str) -> None:
-    for what, local_key, local, split in _data_folders(cfg, key):
+    for what, local_key, local, remote, split in _data_sources(cfg, key):
+        if remote:
+            continue  # streamed: the local folder is a cache
         folder = Path(local)
         if not folder.is_dir():
             raise RunConfigError(f"{what}: data folder '{folder}' does not exist (set data_local or {local_key})")
@@ -129,17 +131,38 @@ def check_data_folder(cfg: RunConfig, key: str) -> None:
                                  f"{', '.join(existing) or 'no splits'})")
 
 
-def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
-    """Local shards carry the identity of the tokenizer that made them (manifest.json); refuse another one."""
-    from flexbert.tokenizer_identity import shards_tokenizer_mismatch
+def _remote_manifest(remote: str) -> Optional[dict]:
+    """The manifest.json data_prep wrote next to the splits of an s3:// location (None: none, or another scheme)."""
+    import json
 
-    folders = [(what, local) for what, _, local, _ in _data_folders(cfg, key) if local]
-    if folders and special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the roles
+    from flexbert.data.remote import read_s3_object
+    from flexbert.tokenizer_identity import MANIFEST
+
+    data = read_s3_object(remote, MANIFEST) if remote.startswith("s3://") else None
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except ValueError as err:
+        raise RunConfigError(f"'{remote}/{MANIFEST}' is not readable JSON ({err}); re-create the shards with "
+                             f"data_prep/tokenize_to_mds.py") from None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def check_shards_tokenizer(cfg: RunConfig, tokenizer, key: str) -> None:
+    """Shards carry the identity of the tokenizer that made them (manifest.json, local or next to the splits of an
+    s3:// location); refuse another one."""
+    from flexbert.tokenizer_identity import manifest_tokenizer_mismatch, shards_tokenizer_mismatch
+
+    sources = [(what, local, remote) for what, _, local, remote, _ in _data_sources(cfg, key) if local or remote]
+    if sources and special_token_ids(cfg):  # the shards were made with the tokenizer as published, before the roles
         from flexbert.tokenizer_source import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer())
-    for what, local in folders:
-        problem = shards_tokenizer_mismatch(local, tokenizer, str(cfg.tokenizer()))
+    for what, local, remote in sources:
+        if remote:
+            manifest = _remote_manifest(remote)
+            problem = manifest and manifest_tokenizer_mismatch(manifest, remote, tokenizer, str(cfg.tokenizer()))
+        else:
+            problem = shards_tokenizer_mismatch(local, tokenizer, str(cfg.tokenizer()))
         if problem:
             raise RunConfigError(f"{what}: {problem}")
 

@@ -41,15 +41,27 @@ def _signal_file_round(rank: int, folder: str, nodes: int) -> str:
                 os.environ[key] = value
 
 
+def _import_composer(rank: int) -> None:
+    import composer.utils.dist  # noqa: F401
+
+
+@pytest.fixture
+def ranks_with_composer(gloo_ranks):
+    """The session's two ranks with composer imported, in a call of its own: its import alone can take minutes on a
+    loaded machine, beyond the time a call with collectives may take."""
+    gloo_ranks.run(_import_composer, timeout=600)
+    return gloo_ranks
+
+
 @pytest.mark.multiprocess
-def test_two_nodes_sharing_a_folder_get_their_own_signal_files(gloo_ranks, tmp_path):
-    node0, node1 = gloo_ranks.run(_signal_file_round, str(tmp_path), 2)
+def test_two_nodes_sharing_a_folder_get_their_own_signal_files(ranks_with_composer, tmp_path):
+    node0, node1 = ranks_with_composer.run(_signal_file_round, str(tmp_path), 2)
     assert node0 != node1
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.multiprocess
-def test_the_ranks_of_one_node_share_its_signal_file(gloo_ranks, tmp_path):
-    rank0, rank1 = gloo_ranks.run(_signal_file_round, str(tmp_path), 1)
+def test_the_ranks_of_one_node_share_its_signal_file(ranks_with_composer, tmp_path):
+    rank0, rank1 = ranks_with_composer.run(_signal_file_round, str(tmp_path), 1)
     assert rank0 == rank1
     assert os.listdir(tmp_path) == []

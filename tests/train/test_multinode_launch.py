@@ -57,6 +57,8 @@ def test_two_nodes_train_checkpoint_and_resume_like_one_node(tiny_corpus, fixed_
     nodes = tmp_path / "two_nodes"
     _launch_two_nodes(two_rank_run.overrides(tiny_corpus, fixed_length_data, nodes), tmp_path)
     _assert_same_run(two_process_run, nodes)
+    # global rank 0 alone wrote the shared folder: no file of rank 1 and no leftover signal file of either node
+    assert sorted(p.name for p in nodes.iterdir()) == sorted(p.name for p in two_process_run.iterdir())
 
     resumed = tmp_path / "resumed"
     as_killed_after(nodes, resumed, two_rank_run.SAVE_EVERY)  # the two-node run's own mid-run checkpoint

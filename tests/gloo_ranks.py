@@ -49,15 +49,18 @@ class GlooRanks:
             raise TimeoutError(f"ranks {[joined.index(f) for f in not_joined]} did not start and join the gloo "
                                f"group within {self.startup_timeout:.0f} s")
 
-    def run(self, fn, *args) -> list:
+    def run(self, fn, *args, timeout: float | None = None) -> list:
+        """`timeout` (default: the pool's) for a call that first imports something heavy (composer: minutes on a
+        loaded machine)."""
         if not self._pools:
             self._start()
+        timeout = self.timeout if timeout is None else timeout
         pending = [pool.submit(_call, fn, rank, args) for rank, pool in enumerate(self._pools)]
-        done, not_done = futures.wait(pending, timeout=self.timeout)
+        done, not_done = futures.wait(pending, timeout=timeout)
         if not_done:
             self.close()
             raise TimeoutError(f"{fn.__name__}: ranks {[pending.index(f) for f in not_done]} did not finish within "
-                               f"{self.timeout:.0f} s (a collective that some rank never joined?)")
+                               f"{timeout:.0f} s (a collective that some rank never joined?)")
         return [future.result() for future in pending]
 
     def close(self) -> None:

@@ -48,3 +48,23 @@ def mixed_length_batch(batch: int, seq: int, vocab: int, lengths, seed: int = 0)
         mask[row, :length] = 1
     ids = ids.masked_fill(mask == 0, 0)
     return ids, mask
+
+
+def as_killed_after(reference: Path, folder: Path, step: int, line_written: bool = True) -> None:
+    """`folder` = `reference` as a SIGKILL right after checkpoint `step` would leave it: later checkpoints and lines
+    gone; with line_written=False also step `step`'s own metrics line (Composer saves before loggers write)."""
+    import json
+    import os
+    import shutil
+
+    from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME, LATEST
+
+    shutil.copytree(reference, folder, symlinks=True)
+    for name in os.listdir(folder):
+        match = CHECKPOINT_NAME.match(name)
+        if match and int(match.group(2)) > step:
+            os.remove(folder / name)
+    os.remove(folder / LATEST)
+    os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
+    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] < step + line_written))

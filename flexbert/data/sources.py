@@ -179,6 +179,10 @@ class StreamingMDSSource:
         self.where = f"{remote or local}/{split or ''}"
         try:
             self.dataset = StreamingDataset(local=local, remote=remote, split=split, shuffle=False, **streaming_kwargs)
+        except FileExistsError as err:  # its per-host shared memory, taken by another node on this host
+            from flexbert.data.streaming_nodes import shared_memory_clash
+
+            raise shared_memory_clash(err, self.where) from None
         except ValueError as err:  # streaming's own `pkl` refusal names neither the shard nor a fix that applies here
             if "unsafe type" not in str(err):
                 raise

@@ -67,12 +67,14 @@ def start_run(cfg: RunConfig):
     from flexbert.checkpoints.crash_safe import count_earlier_checkpoints, install_atomic_checkpoint_writes, repair_latest
     from flexbert.train.parallelism import prepare_model
     from flexbert.checkpoints.resume_checks import check_resume
+    from flexbert.train.node_signal_files import install_node_unique_signal_files
     from flexbert.train.rng_resume import ResumeRngStates
     from flexbert.train.run_outputs import claim_save_folder
     from flexbert.train.validate import validate_run
 
     install_composer_guard()  # every checkpoint Composer opens (load_path, autoresume) passes the safe loader first
     install_atomic_checkpoint_writes()  # a checkpoint's name never holds a partial file (see checkpoints.crash_safe)
+    install_node_unique_signal_files()  # nodes sharing a file system do not remove each other's signal files
     rank0 = _global_rank() == 0
     plan = validate_run(cfg, _world_size(), _global_rank(), build_weights=True)
     composer_model = plan.model

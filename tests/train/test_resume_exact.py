@@ -6,7 +6,6 @@ resumes with autoresume; the final weights (torch.equal on every tensor) and eve
 Dropout draws from torch's global generator, so the saved RNG states must be restored for this to hold.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import torch
 from benchmarks import fault_injection as fi
 from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, as_killed_after
 
 # every test here trains the tiny recipe (the reference run, the resumed runs)
 pytestmark = pytest.mark.slow
@@ -31,20 +30,6 @@ DROPOUT = {f"model.model_config.{key}": 0.1 for key in
 
 def _overrides(data, folder) -> list[str]:
     return fi.run_overrides(data, folder, STEPS, EVERY, **DROPOUT)
-
-
-def _as_killed_after(reference: Path, folder: Path, step: int, line_written: bool = True) -> None:
-    """`folder` = `reference` as a SIGKILL right after checkpoint `step` would leave it: later checkpoints and lines
-    gone; with line_written=False also step `step`'s own metrics line (Composer saves before loggers write)."""
-    shutil.copytree(reference, folder, symlinks=True)
-    for name in os.listdir(folder):
-        match = CHECKPOINT_NAME.match(name)
-        if match and int(match.group(2)) > step:
-            os.remove(folder / name)
-    os.remove(folder / LATEST)
-    os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
-    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] < step + line_written))
 
 
 def _assert_bit_exact(reference: Path, folder: Path) -> None:
@@ -65,7 +50,7 @@ def reference(tiny_corpus, tmp_path_factory):
 
 def test_resume_with_dropout_is_bit_exact_one_rank(tiny_corpus, reference, tmp_path):
     folder = tmp_path / "resumed"
-    _as_killed_after(reference, folder, RESUME_AT)
+    as_killed_after(reference, folder, RESUME_AT)
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
     _assert_bit_exact(reference, folder)
 
@@ -80,7 +65,7 @@ def _same_lines(reference: Path, folder: Path, steps: list[int]) -> None:
 
 def test_a_kill_between_checkpoint_and_its_metrics_line_loses_no_step(tiny_corpus, reference, tmp_path):
     folder = tmp_path / "resumed"
-    _as_killed_after(reference, folder, RESUME_AT, line_written=False)
+    as_killed_after(reference, folder, RESUME_AT, line_written=False)
     assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, RESUME_AT))
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
     _assert_bit_exact(reference, folder)  # includes: every step exactly once, in order
@@ -90,7 +75,7 @@ def test_a_kill_between_checkpoint_and_its_metrics_line_loses_no_step(tiny_corpu
 def test_the_final_steps_line_and_evaluation_survive_a_kill_after_the_last_checkpoint(tiny_corpus, reference, tmp_path,
                                                                                          capsys):
     folder = tmp_path / "resumed"
-    _as_killed_after(reference, folder, STEPS, line_written=False)
+    as_killed_after(reference, folder, STEPS, line_written=False)
     assert any(k.startswith("metrics/eval") for k in fi.metrics_lines(reference)[-1])
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
     assert "nothing to do" in capsys.readouterr().out
@@ -109,7 +94,7 @@ def _composer(data, folder) -> None:
 def test_resume_with_dropout_is_bit_exact_two_ranks(tiny_corpus, tmp_path):
     reference, folder = tmp_path / "reference", tmp_path / "resumed"
     _composer(tiny_corpus, reference)
-    _as_killed_after(reference, folder, RESUME_AT)
+    as_killed_after(reference, folder, RESUME_AT)
     _composer(tiny_corpus, folder)
     _assert_bit_exact(reference, folder)
 
@@ -132,7 +117,7 @@ def test_killed_attempts_checkpoints_count_towards_the_number_kept(tiny_corpus, 
     """save_num_checkpoints_to_keep 2: an earlier attempt left ba2 and ba4; the resumed run writes ba6 and keeps
     ba4, ba6 -- what the uninterrupted run keeps."""
     folder = tmp_path / "resumed"
-    _as_killed_after(reference, folder, RESUME_AT)
+    as_killed_after(reference, folder, RESUME_AT)
     shutil.copy(folder / f"ep0-ba{RESUME_AT}-rank0.pt", folder / f"ep0-ba{RESUME_AT - EVERY}-rank0.pt")
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder)]) == 0
     kept = sorted(name for name in os.listdir(folder) if CHECKPOINT_NAME.match(name))
@@ -144,7 +129,7 @@ def test_killed_attempts_checkpoints_count_towards_the_number_kept(tiny_corpus, 
 def test_the_closing_summary_averages_the_steps_before_the_kill_too(tiny_corpus, reference, tmp_path, capsys):
     """One evaluation at the last step: its line's train loss is the mean over every step of the uninterrupted run."""
     folder = tmp_path / "resumed"
-    _as_killed_after(reference, folder, RESUME_AT)
+    as_killed_after(reference, folder, RESUME_AT)
     capsys.readouterr()
     assert main([str(ROOT / "yamls/demo.yaml"), *_overrides(tiny_corpus, folder), "loggers.eval_summary={}"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"step {STEPS}/{STEPS} |")]

@@ -15,7 +15,10 @@ Configured by the schema's `train_loader` / `eval_loader` sections.
   max(2, num_workers) batches; any exception there is re-raised in the consumer (no hang). No worker
   processes: the work is numpy-heavy (the GIL is released) and one producer keeps the state exact.
 - Composer saves dataset state only for torch DataLoaders: `LoaderStateCallback` puts the loader
-  state of every rank into the checkpoint (rank 0 writes it) and gives each rank its own back.
+  state of every rank into the checkpoint (rank 0 writes it) and gives each rank its own back. A checkpoint
+  of another world size resumes elastically (elastic.py): the state then also holds the pieces to repack
+  (`pending`), the resized epochs' remainder levels (`remainders`) and the global counts before the resize
+  (`before_resize`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import torch
 from flexbert.config import IGNORE_INDEX
 from flexbert.data import ArraySource, BatchSizeWarmup, LoaderSettings, LoaderStateCallback, MaskingSpec, PackedLoader
 from flexbert.data.elastic import ElasticResumeError, RemainderOrder, resize_states
+from flexbert.data.seq_len_warmup import SeqLenWarmup
 from flexbert.data.sources import EpochOrder
 
 PAD, MASK, FIRST_ID = 0, 1, 2
@@ -35,10 +36,11 @@ VOCAB = FIRST_ID + len(DOCS) * STRIDE
 SPEC = MaskingSpec(0.3, MASK, np.isin(np.arange(VOCAB), [PAD, MASK]), np.arange(FIRST_ID, VOCAB))
 
 
-def settings(rank, world_size, *, endless=True, split=True, warmup=None, rows=2):
+def settings(rank, world_size, *, endless=True, split=True, warmup=None, rows=2, seq_len_warmup=None):
     return LoaderSettings(max_seq_len=MAX_SEQ_LEN, microbatch_size=MICRO, warmup=warmup or BatchSizeWarmup(rows, rows, 0),
                           seed=5, pad_token_id=PAD, rank=rank, world_size=world_size, shuffle=True, shuffle_seed=3,
-                          shuffle_block_size=16, endless=endless, split_long_documents=split, max_open_rows=4)
+                          shuffle_block_size=16, endless=endless, split_long_documents=split, max_open_rows=4,
+                          seq_len_warmup=seq_len_warmup)
 
 
 def epoch_tokens(split=True):
@@ -153,6 +155,26 @@ def test_batch_size_warmup_follows_the_global_slot_clock_across_resizes():
             sizes.append(want)
             global_slots += sum(b["input_ids"].numel() for b in present)
     assert sizes[0] == 1 and 3 in sizes and len(set(sizes)) == 3, sizes  # the warmup ran through the resizes
+
+
+def test_sequence_length_warmup_follows_the_global_sequence_clock_across_resizes():
+    """A sequence-length warmup counted in sequence slots: every batch's sequence length is the schedule's value at
+    the GLOBAL sequences handed out before it (summed here over every rank's batches); with truncate: false every
+    token still arrives exactly once."""
+    warmup = SeqLenWarmup(min_length=8, max_length=MAX_SEQ_LEN, step_size=8, warmup_span=64, unit="sp",
+                          run_max_seq_len=MAX_SEQ_LEN, truncate=False)
+    stages = [(2, 2), (1, 3), (2, None)]
+    seen, per_stage = run_stages(stages, seq_len_warmup=warmup)
+    assert_exactly_once(seen)
+    sequences, lengths = 0, []
+    for stage in per_stage:
+        for step in itertools.zip_longest(*stage):
+            present = [b for b in step if b is not None]
+            want = warmup.length_at(sequences)
+            assert all(b["input_ids"].shape[1] == want * MICRO for b in present)
+            lengths.append(want)
+            sequences += sum(b["input_ids"].shape[0] * MICRO for b in present)
+    assert lengths[0] == 8 and MAX_SEQ_LEN in lengths and len(set(lengths)) == 4, lengths
 
 
 def test_two_epochs_when_old_ranks_straddle_the_epoch_boundary():

@@ -37,10 +37,10 @@ SPEC = MaskingSpec(0.3, MASK, np.isin(np.arange(VOCAB), [PAD, MASK]), np.arange(
 
 
 def settings(rank, world_size, *, endless=True, split=True, warmup=None, rows=2, seq_len_warmup=None):
-    return LoaderSettings(max_seq_len=MAX_SEQ_LEN, microbatch_size=MICRO, warmup=warmup or BatchSizeWarmup(rows, rows, 0),
-                          seed=5, pad_token_id=PAD, rank=rank, world_size=world_size, shuffle=True, shuffle_seed=3,
-                          shuffle_block_size=16, endless=endless, split_long_documents=split, max_open_rows=4,
-                          seq_len_warmup=seq_len_warmup)
+    warmup = warmup or BatchSizeWarmup(rows, rows, 0)
+    return LoaderSettings(max_seq_len=MAX_SEQ_LEN, microbatch_size=MICRO, warmup=warmup, seed=5, pad_token_id=PAD,
+                          rank=rank, world_size=world_size, shuffle=True, shuffle_seed=3, shuffle_block_size=16,
+                          endless=endless, split_long_documents=split, max_open_rows=4, seq_len_warmup=seq_len_warmup)
 
 
 def epoch_tokens(split=True):

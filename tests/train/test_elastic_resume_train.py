@@ -10,7 +10,6 @@ every rank trained on, counted here).
 
 import collections
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest

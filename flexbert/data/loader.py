@@ -23,6 +23,7 @@ Configured by the schema's `train_loader` / `eval_loader` sections.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -264,10 +265,9 @@ class _Producer:
 
     def _order(self, epoch: int, rank: int | None = None, world_size: int | None = None) -> EpochOrder:
         """The global document ids rank `rank` of `world_size` (default: this rank's) reads in `epoch`."""
-        rank = self.s.rank if rank is None else rank
-        world_size = self.s.world_size if world_size is None else world_size
-        return EpochOrder(len(self.source), epoch=epoch, seed=self.s.shuffle_seed, shuffle=self.s.shuffle,
-                          rank=rank, world_size=world_size, max_block=self.s.shuffle_block_size)
+        s = self.s if rank is None else dataclasses.replace(self.s, rank=rank, world_size=world_size)
+        return EpochOrder(len(self.source), epoch=epoch, seed=s.shuffle_seed, shuffle=s.shuffle, rank=s.rank,
+                          world_size=s.world_size, max_block=s.shuffle_block_size)
 
     def _epoch_order(self, epoch: int):
         """This rank's order in `epoch`: its share of the remainder in an epoch resized by an elastic resume."""

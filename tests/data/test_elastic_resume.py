@@ -264,3 +264,24 @@ def test_unresizable_states_are_refused_in_one_line():
     saved_before_elastic = {k: v for k, v in states[1].items() if k != "piece_doc"} | {"piece": 3}
     with pytest.raises(ElasticResumeError, match="predates elastic resume"):
         resize_states([states[0], saved_before_elastic], 1)
+
+
+def test_rows_after_a_resize_draw_mask_streams_no_earlier_row_drew():
+    """A row's mask selection is its stream's first draws (every real token is selectable), so two rows masked from
+    one stream select the same positions of their common real prefix. Rows start at index 0 again after a resize:
+    keyed as before, the new rank's rows would reuse the old ranks' streams."""
+    _, per_stage = run_stages([(2, 4), (1, 8)])
+
+    def selections(stage):
+        out = []
+        for rank_batches in stage:
+            for batch in rank_batches:
+                for ids, labels in zip(batch["input_ids"].numpy(), batch["labels"].numpy()):
+                    out.append((labels != IGNORE_INDEX)[: int((ids != PAD).sum())])
+        return out
+
+    before, after = selections(per_stage[0]), selections(per_stage[1])
+    for new in after:
+        for old in before:
+            common = min(len(new), len(old))
+            assert common < 32 or not np.array_equal(new[:common], old[:common]), "a mask stream was reused"

@@ -15,11 +15,15 @@ Configured by the schema's `train_loader` / `eval_loader` sections.
   max(2, num_workers) batches; any exception there is re-raised in the consumer (no hang). No worker
   processes: the work is numpy-heavy (the GIL is released) and one producer keeps the state exact.
 - Composer saves dataset state only for torch DataLoaders: `LoaderStateCallback` puts the loader
-  state of every rank into the checkpoint (rank 0 writes it) and gives each rank its own back.
+  state of every rank into the checkpoint (rank 0 writes it) and gives each rank its own back. A checkpoint
+  of another world size resumes elastically (elastic.py): the state then also holds the pieces to repack
+  (`pending`), the resized epochs' remainder levels (`remainders`) and the global counts before the resize
+  (`before_resize`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -30,8 +34,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 from composer.core import Callback, DataSpec
 
-from flexbert.data.mixture import StreamConfig, check_weights, open_mixture, parse_epoch_size
+from flexbert.data.elastic import TO_DOCUMENT_END, remainder_order, resize_states
 from flexbert.data.masking import EVAL_MLM_PROBABILITY, MaskingSpec, default_mlm_probability, mask_row, row_rng
+from flexbert.data.mixture import StreamConfig, check_weights, open_mixture, parse_epoch_size
 from flexbert.data.packing import (BestFitPacker, Row, SlotPacker, assemble_row, collate_rows, count_rows,
                                    count_tokens, split_packed_batch)
 from flexbert.data.seq_len_warmup import SeqLenWarmup
@@ -268,7 +273,12 @@ class _Producer:
                     "exhausted"):
             setattr(self, key, state[key])
         self.rows = state.get("rows", self.slots // s.row_len)  # states saved before the counter: full rows only
-        self.order = self._order(self.epoch)
+        # After a resume with another world size (see elastic.py): pieces to repack first, the epochs whose order is
+        # a remainder, and the global counts handed out before the resize.
+        self.pending = [list(p) for p in state.get("pending", [])]
+        self.remainders = dict(state.get("remainders", {}))
+        self.before_resize = dict(state.get("before_resize", {}))
+        self.order = self._epoch_order(self.epoch)
         self._doc: tuple[int, np.ndarray | None] = (-1, None)
         # The sequence length of the next batch, and the row length it implies. Saved rows are rebuilt at this
         # length, which is what an uninterrupted run has grown them to by the start of the next batch.
@@ -283,13 +293,30 @@ class _Producer:
         warmup = self.s.seq_len_warmup
         if warmup is None:
             return self.s.max_seq_len
-        clock = {"ba": self.batches, "sp": self.rows * self.s.microbatch_size * self.s.world_size,
-                 "tok": self.tokens * self.s.world_size}[warmup.unit]
+        clock = {"ba": self.batches, "sp": self._global("rows") * self.s.microbatch_size,
+                 "tok": self._global("tokens")}[warmup.unit]
         return warmup.length_at(clock)  # capped at the run's max_seq_len by the schedule
 
-    def _order(self, epoch: int):
-        """This rank's global document ids of `epoch`, in reading order (random access)."""
-        return epoch_order(self.source, self.s, epoch)
+    def _global(self, counter: str) -> int:
+        """A counter over all ranks: this rank's count x world size, plus what was handed out before a resize."""
+        return self.before_resize.get(counter, 0) + getattr(self, counter) * self.s.world_size
+
+    def _order(self, epoch: int, rank: int | None = None, world_size: int | None = None):
+        """The global document ids rank `rank` of `world_size` (default: this rank's) reads in `epoch`, in reading
+        order (random access)."""
+        s = self.s if rank is None else dataclasses.replace(self.s, rank=rank, world_size=world_size)
+        return epoch_order(self.source, s, epoch)
+
+    def _epoch_order(self, epoch: int):
+        """This rank's order in `epoch`: its share of the remainder in an epoch resized by an elastic resume."""
+        levels = self.remainders.get(epoch)
+        if levels is None:
+            return self._order(epoch)
+        return remainder_order(levels, self.s.rank, lambda rank, world_size: self._order(epoch, rank, world_size))
+
+    def _limit(self, tokens: np.ndarray) -> int:
+        """Where reading a document stops: its end, or its first piece unless split_long_documents."""
+        return len(tokens) if self.s.split_long_documents else min(len(tokens), self.s.max_seq_len)
 
     def _read(self, doc_id: int) -> np.ndarray:
         if self._doc[0] != doc_id:
@@ -313,34 +340,47 @@ class _Producer:
 
     def _step(self) -> None:
         """Feed one document piece to the packer, or close the epoch."""
+        if self.pending and self.pending[0][0] == self.epoch:  # pieces an elastic resume put back: repacked first
+            epoch, doc_id, start, end = self.pending[0]
+            tokens = self._read(doc_id)
+            limit = self._limit(tokens) if end == TO_DOCUMENT_END else end
+            nxt = self._feed(doc_id, tokens, start, limit)
+            if nxt >= limit:
+                self.pending.pop(0)
+            else:
+                self.pending[0] = [epoch, doc_id, nxt, end]
+            return
         if self.cursor >= len(self.order):
             self._emit(self.packer.flush())
-            if self.rows_in_epoch == 0:
+            if self.rows_in_epoch == 0 and self.epoch not in self.remainders:  # a remainder's share may be empty
                 raise ValueError(f"epoch {self.epoch} of rank {self.s.rank} produced no tokens: are all "
                                  f"{len(self.order)} of its documents empty?")
             if not self.s.endless:
                 self.exhausted = True
                 return
             self.epoch, self.cursor, self.piece, self.rows_in_epoch = self.epoch + 1, 0, 0, 0
-            self.order = self._order(self.epoch)
+            self.order = self._epoch_order(self.epoch)
             return
         doc_id = self.order[self.cursor]
         tokens = self._read(doc_id)
-        start = self.piece
+        limit = self._limit(tokens)
+        nxt = self._feed(doc_id, tokens, self.piece, limit)
+        if nxt >= limit:
+            self.cursor, self.piece = self.cursor + 1, 0
+        else:
+            self.piece = nxt
+
+    def _feed(self, doc_id: int, tokens: np.ndarray, start: int, limit: int) -> int:
+        """Pack the next piece of a document from `start`; return where the one after it starts."""
         # The document is read in max_seq_len pieces (only the first one unless split_long_documents). During a
         # sequence-length warmup a sequence holds at most seq_len tokens of a piece: with truncate the rest of the
         # piece is dropped, without it the document continues in seq_len chunks.
-        limit = len(tokens) if self.s.split_long_documents else min(len(tokens), self.s.max_seq_len)
         piece_end = min(start + self.s.max_seq_len, limit)
         truncate = self.s.seq_len_warmup is None or self.s.seq_len_warmup.truncate
         end = min(start + self.seq_len, piece_end if truncate else limit)
         if end > start:  # empty documents are skipped
             self._emit(self.packer.add((doc_id, start, end), tokens[start:end]))
-        nxt = piece_end if truncate else end
-        if nxt >= limit:
-            self.cursor, self.piece = self.cursor + 1, 0
-        else:
-            self.piece = nxt
+        return piece_end if truncate else end
 
     def next_batch(self) -> tuple[dict, dict] | None:
         """(batch, state right after it), or None when an eval pass is over."""
@@ -351,7 +391,7 @@ class _Producer:
         if seq_len != self.seq_len:  # the warmup only grows: rows packed so far get the extra room
             self.seq_len, self.row_len = seq_len, self.s.microbatch_size * seq_len
             self.packer.resize(self.row_len)
-        want = self.s.warmup.rows_at(self.slots * self.s.world_size)
+        want = self.s.warmup.rows_at(self._global("slots"))
         while len(self.ready) < want and not self.exhausted:
             self._step()
         if not self.ready or (len(self.ready) < want and self.s.drop_last):
@@ -360,7 +400,9 @@ class _Producer:
         rows = []
         for epoch, index, row in taken:
             r = assemble_row(row.arrays, self.row_len, self.s.pad_token_id)
-            rng = row_rng(self.s.seed, epoch, index * self.s.world_size + self.s.rank)
+            # a resized epoch's rows draw streams of their own level (see elastic.py): row indices restart there
+            level = len(self.remainders[epoch]) - 1 if epoch in self.remainders else 0
+            rng = row_rng(self.s.seed, epoch, index * self.s.world_size + self.s.rank, level)
             r["input_ids"], r["labels"] = mask_row(r["input_ids"], self.masking, rng)
             rows.append(r)
         real, slots = sum(r["num_tokens"] for r in rows), len(rows) * self.row_len
@@ -370,13 +412,19 @@ class _Producer:
         return collate_rows(rows), self.snapshot()
 
     def snapshot(self) -> dict:
+        oldest = min([self.epoch] + [e for e, _, _ in self.ready])  # older resized epochs are done with
         return {
             "version": STATE_VERSION, "fingerprint": data_fingerprint(self.source, self.s),
             "epoch": self.epoch, "cursor": self.cursor, "piece": self.piece, "rows_in_epoch": self.rows_in_epoch,
+            # the document a long-document split is in the middle of: an elastic resume repacks its tail
+            "piece_doc": self.order[self.cursor] if self.piece else None,
             "batches": self.batches, "tokens": self.tokens, "real_tokens": self.real_tokens, "slots": self.slots,
             "rows": self.rows, "exhausted": self.exhausted,
             "open_rows": [_flat(row.segments) for row in self.packer.open],
             "ready_rows": [(e, i, _flat(row.segments)) for e, i, row in self.ready],
+            "pending": [list(p) for p in self.pending],
+            "remainders": {e: levels for e, levels in self.remainders.items() if e >= oldest},
+            "before_resize": dict(self.before_resize),
         }
 
 
@@ -538,7 +586,9 @@ def every_rank_has_a_batch(have_one: bool) -> bool:
 # --------------------------------------------------------------------------- Composer integration
 class LoaderStateCallback(Callback):
     """Checkpoints a PackedLoader: every rank's state goes into the checkpoint (Composer writes rank 0's
-    copy), and on load each rank takes its own. Use with `Trainer(spin_dataloaders=False)`.
+    copy), and on load each rank takes its own. Use with `Trainer(spin_dataloaders=False)`. A checkpoint of
+    another world size resumes elastically: each rank derives its share of the rest of the epoch from all the
+    saved states (see elastic.py).
 
     strict=False ignores (with a warning) a saved state from another data setup, e.g. when a new phase
     starts from a checkpoint of the previous phase with another sequence length or dataset.
@@ -555,11 +605,10 @@ class LoaderStateCallback(Callback):
         return {"ranks": dist.all_gather_object(local) if dist.get_world_size() > 1 else [local]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ranks, rank = state["ranks"], self.loader.settings.rank
+        ranks, rank, world_size = state["ranks"], self.loader.settings.rank, self.loader.settings.world_size
         try:
-            if len(ranks) != self.loader.settings.world_size:
-                raise ValueError(f"checkpoint holds loader states of {len(ranks)} ranks, this run has "
-                                 f"{self.loader.settings.world_size}")
+            if len(ranks) != world_size:  # another world size: this rank's share of what no old rank consumed
+                ranks = resize_states(ranks, world_size)
             self.loader.load_state_dict(ranks[rank])
         except ValueError as e:
             if self.strict:

@@ -68,14 +68,15 @@ class MaskingSpec:
         return cls(float(probability), int(tokenizer.mask_token_id), is_special, replacement)
 
 
-def row_rng(seed: int, epoch: int, global_row: int) -> np.random.Generator:
+def row_rng(seed: int, epoch: int, global_row: int, resize_level: int = 0) -> np.random.Generator:
     """The random stream of one packed row; seeds must be non-negative ints.
 
     Keyed by the row's global index (row index on its rank x world size + rank): every rank draws a different
     stream, and a run on N ranks masks the same rows exactly as one process reading the same rows would --
-    which makes multi-process runs comparable to single-process ones.
+    which makes multi-process runs comparable to single-process ones. In an epoch resumed with another world size
+    row indices restart at 0, so its rows add the resize level (1, 2, ...) as a fourth key: a stream of its own.
     """
-    return np.random.default_rng([seed, epoch, global_row])
+    return np.random.default_rng([seed, epoch, global_row, resize_level] if resize_level else [seed, epoch, global_row])
 
 
 def mask_row(input_ids: np.ndarray, spec: MaskingSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,13 @@ a freshly seeded generator and the run diverged at the first step after the chec
 `ResumeRngStates` takes the states Composer loaded and restores them at FIT_START on every rank, which is the moment
 the uninterrupted run was at when it saved: nothing between the checkpoint and the next step's forward draws from a
 global generator (the packed loader's shuffling and masking use their own generators keyed by seed, epoch and row,
-whose position is part of the loader state). With no checkpoint loaded it does nothing.
+whose position is part of the loader state). With no checkpoint loaded it does nothing. A checkpoint of another world
+size (an elastic resume) restores the states of the ranks that exist in both and says so in one line.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 from composer.core import Callback, State
@@ -34,7 +36,28 @@ class ResumeRngStates(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         if self._states is not None:
-            from composer.utils import reproducibility
+            from composer.utils import dist, reproducibility
 
-            reproducibility.load_rng_state(self._states)
+            saved, world_size = len(self._states), dist.get_world_size()
+            with warnings.catch_warnings():
+                if saved != world_size:  # said once below, in one line, instead of Composer's paragraph per rank
+                    warnings.filterwarnings("ignore", message=r"\s*The current world size")
+                    if dist.get_global_rank() == 0:
+                        warnings.warn(resized_rng_note(saved, world_size))
+                reproducibility.load_rng_state(self._states)
             self._states = None
+
+
+def resized_rng_note(saved: int, world_size: int) -> str:
+    """What an elastic resume does with the random states of the old ranks."""
+    kept = min(saved, world_size)
+    rest = (f"{_ranks(kept, world_size)} keep the generators seeded at start" if world_size > saved
+            else f"the states of old {_ranks(kept, saved)} are dropped")
+    verb = "restores" if kept == 1 else "restore"
+    return (f"the checkpoint holds the random states of {saved} ranks, this run has {world_size}: {_ranks(0, kept)} "
+            f"{verb} those of the same rank and {rest}; random draws after the resume (dropout) differ from an "
+            f"uninterrupted {saved}-rank run")
+
+
+def _ranks(first: int, end: int) -> str:
+    return f"rank {first}" if end - first == 1 else f"ranks {first}..{end - 1}"

@@ -32,9 +32,10 @@ $(STAMP): requirements.txt requirements-demo.txt pyproject.toml
 demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m flexbert.demo
 
-# tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side.
+# tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side. OMP_WAIT_POLICY: as for the
+# demo; many tests run a second Python process (ranks, main.py) beside pytest's on the same 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
 
 clean-demo:
 	rm -rf demo_data demo_runs

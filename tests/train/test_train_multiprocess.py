@@ -71,12 +71,9 @@ def _weights(folder: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(tiny_corpus, fixed_length_data, tmp_path):
-    from flexbert.train.trainer import main
-
     composer = Path(sys.executable).parent / "composer"
     one, two = tmp_path / "one", tmp_path / "two"
-    # the one-process run trains in this process (an interpreter start less); the two ranks are their own processes
-    assert main([str(ROOT / "yamls" / "demo.yaml"), *_overrides(tiny_corpus, fixed_length_data, one)]) == 0
+    _run([sys.executable, "main.py", "yamls/demo.yaml", *_overrides(tiny_corpus, fixed_length_data, one)], ROOT)
     _run([str(composer), "-n", "2", "--master_port", "29517", "main.py", "yamls/demo.yaml",
           *_overrides(tiny_corpus, fixed_length_data, two)], ROOT)
     a, b = _weights(one), _weights(two)

@@ -17,11 +17,13 @@ venv: $(STAMP)
 
 # uv resolves and installs the pinned set in ~30 s (pip takes minutes for the 5 GB CUDA torch wheel).
 # requirements-demo.txt: the demo's labelled data package, without the dependencies it does not need for that.
+# --compile-bytecode: the .pyc files are written once here, so no process compiles torch, transformers and
+# Composer's imports from source again, even where PYTHONDONTWRITEBYTECODE is set (a bare `pytest`, a subprocess).
 $(STAMP): requirements.txt requirements-demo.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
-	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -r requirements-demo.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) --no-deps -r requirements-demo.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $(STAMP)
 
@@ -30,9 +32,10 @@ $(STAMP): requirements.txt requirements-demo.txt pyproject.toml
 demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m flexbert.demo
 
-# tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side.
+# tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side. OMP_WAIT_POLICY: as for the
+# demo; many tests run a second Python process (ranks, main.py) beside pytest's on the same 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
 
 clean-demo:
 	rm -rf demo_data demo_runs
@@ -54,8 +57,8 @@ $(STAMP_NEXT): requirements-next.txt requirements-next-nodeps.txt pyproject.toml
 	  if [ -z "$$py" ]; then echo "make venv-next: no Python 3.12 found (tried $(PYTHON_NEXT), ~/.pyenv/versions/3.12*): install one or pass PYTHON_NEXT=/path/to/python3.12" >&2; exit 1; fi; \
 	  test -x $(PY_NEXT) || "$$py" -m venv $(VENV_NEXT)
 	$(PY_NEXT) -m pip install -q --disable-pip-version-check uv
-	$(VENV_NEXT)/bin/uv pip install -q --python $(PY_NEXT) -r requirements-next.txt
-	$(VENV_NEXT)/bin/uv pip install -q --python $(PY_NEXT) --no-deps -r requirements-next-nodeps.txt
+	$(VENV_NEXT)/bin/uv pip install -q --compile-bytecode --python $(PY_NEXT) -r requirements-next.txt
+	$(VENV_NEXT)/bin/uv pip install -q --compile-bytecode --python $(PY_NEXT) --no-deps -r requirements-next-nodeps.txt
 	$(VENV_NEXT)/bin/uv pip install -q --python $(PY_NEXT) --no-deps -e .
 	touch $(STAMP_NEXT)
 

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default 6; --tiny 4)")
     p.add_argument("--checks", default=",".join(CHECK_KEYS), help=f"comma-separated subset of {','.join(CHECK_KEYS)}")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--tiny-corpus", default=None, metavar="DIR",
+                   help="check f: a tiny_corpus folder (tokenizer/ and mds/, as tests/tiny_setup.py builds it); "
+                        "built in a temporary folder when omitted")
     args = p.parse_args(argv)
     unknown = [c for c in args.checks.split(",") if c not in CHECK_KEYS]
     if unknown:
@@ -116,6 +119,7 @@ class Settings:
     train_warmup: int
     throughput_layers: int  # check e: ModernBERT-base depth on a GPU
     throughput_tokens: int  # check e: real tokens per step (documents of 1024, or of min(8192, this) tokens)
+    tiny_corpus: Optional[str] = None  # check f: a corpus built by tests/tiny_setup.py (None: build one)
 
     @property
     def cuda(self) -> bool:
@@ -129,20 +133,21 @@ class Settings:
         return train_step.flexbert_config(layers or self.layers, **self.model_overrides)
 
 
-def make_settings(device: torch.device, tiny: bool, layers: Optional[int]) -> Settings:
+def make_settings(device: torch.device, tiny: bool, layers: Optional[int],
+                  tiny_corpus: Optional[str] = None) -> Settings:
     rng = random.Random(0)
     if tiny:  # seconds on a CPU: narrow model, short documents; head dim stays ModernBERT's 64
         return Settings(
             device, True, layers or 4, dict(hidden_size=128, num_attention_heads=2, intermediate_size=192), 2,
             {"mixed": [1, 2, 3, 17, 64, 65, 130, 300], "many short": [rng.randint(1, 16) for _ in range(80)],
              "one 1024": [1024]},
-            (4, 128), 512, 1, 1, layers or 2, 2048)  # e: 2 documents of 1024, 1 of 2048 (8192 takes a minute)
+            (4, 128), 512, 1, 1, layers or 2, 2048, tiny_corpus)  # e: 2 documents of 1024, 1 of 2048 (8192: a minute)
     return Settings(
         device, False, layers or 6, {}, 12,
         {"mixed": [1, 2, 3, 5, 17, 63, 64, 65, 127, 128, 129, 257, 511, 1000, 1024, 2047],
          "many short": [rng.randint(1, 48) for _ in range(150)],  # > 64 runs: SDPA's padded path
          "one 8192": [8192]},
-        (96, 1024), 65536, 5, 2, layers or 22, 65536)
+        (96, 1024), 65536, 5, 2, layers or 22, 65536, tiny_corpus)
 
 
 def row(case: str, status: str, detail: str, **values) -> dict:
@@ -518,8 +523,8 @@ def check_main(s: Settings) -> list[dict]:
 
     with tempfile.TemporaryDirectory(prefix="gpu_smoke_") as tmp:
         root = Path(tmp)
-        build_tiny_corpus(root)
-        overrides = tiny_run_overrides(root, root / "run", max_duration="3ba", eval_interval="3ba",
+        corpus = Path(s.tiny_corpus) if s.tiny_corpus else build_tiny_corpus(root)
+        overrides = tiny_run_overrides(corpus, root / "run", max_duration="3ba", eval_interval="3ba",
                                        eval_subset_num_batches=1, save_interval="3ba", precision="amp_bf16",
                                        **{"model.model_config.compile_model": "true"})
         start = time.perf_counter()
@@ -625,7 +630,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("highest")  # the fp32 references must not run in TF32
-    s = make_settings(device, args.tiny, args.layers)
+    s = make_settings(device, args.tiny, args.layers, args.tiny_corpus)
     info = machine(device)
     print(f"# gpu_smoke on {info.get('gpu', 'cpu')}: torch {torch.__version__}, transformers "
           f"{info['transformers']}, flash-attn 2/3 {info['flash_attn2']}/{info['flash_attn3']}, {s.layers} layers, "

@@ -10,6 +10,9 @@ from tests.tiny_setup import build_tiny_corpus
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The Python processes the tests start (ranks, main.py, sweeps) inherit this: OpenMP threads that spin while
+# waiting take the cores that the other ranks and processes of the test need (the Makefile sets it for pytest).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture

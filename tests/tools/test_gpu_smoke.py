@@ -17,12 +17,15 @@ CUDA_ONLY = {"d"}  # peak CUDA memory: reported SKIP with its reason on CPU
 
 
 @pytest.mark.slow
-def test_cpu_tiny_run_passes_every_check(tmp_path):
+def test_cpu_tiny_run_passes_every_check(tiny_corpus, tmp_path):
+    # Its own process (run in pytest's, the checks took more CPU time), on the session's corpus (check f builds none).
     out = tmp_path / "smoke.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_smoke", "--device", "cpu", "--tiny",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--tiny-corpus", str(tiny_corpus), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["settings"]["tiny_corpus"] == str(tiny_corpus)
     checks = report["checks"]
     assert sorted(checks) == list("abcdefg")
     # torch >= 2.8 refuses FlexAttention's backward on the CPU: there its rows are skipped (and say why)

@@ -105,8 +105,13 @@ def test_kill_loop_ci_variant_with_dropout_warmup_and_unaligned_saves(tiny_corpu
     import random
 
     seed = random.randrange(1 << 16)  # kill timing; printed on failure to reproduce
-    result = fi.run_experiment(tiny_corpus, tmp_path, world_size=1, kills=2, seed=seed, max_duration=9,
-                               save_interval=4, max_delay=1.0, extra=fi.experiment_overrides(0.1, "2500tok"),
+    steps, every, extra = 9, 4, fi.experiment_overrides(0.1, "2500tok")
+    # The uninterrupted reference trains in this process (one interpreter start less); the killed and resumed runs
+    # are `python main.py` subprocesses, so the comparison still spans processes.
+    reference = tmp_path / "uninterrupted"
+    assert main([str(ROOT / "yamls/demo.yaml"), *fi.run_overrides(tiny_corpus, reference, steps, every, **extra)]) == 0
+    result = fi.run_experiment(tiny_corpus, tmp_path, world_size=1, kills=2, seed=seed, max_duration=steps,
+                               save_interval=every, max_delay=1.0, extra=extra, reference=reference,
                                modes=["save", "step"], recheck=False, log=lambda msg: None)
     assert result.passed, (seed, result.kills, result.problems)
     assert [k["mode"] for k in result.kills] == ["save", "step"]

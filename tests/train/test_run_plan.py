@@ -90,6 +90,30 @@ def test_a_refused_start_leaves_no_lock_and_no_files(tiny_corpus, tmp_path, caps
     assert not (folder / ".lock").exists() and not folder.exists()
 
 
+def _listing(folder):
+    """Every entry under `folder` with its bytes (a link: its target), to compare before and after a start."""
+    return {str(p.relative_to(folder)): (p.readlink() if p.is_symlink() else p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_a_start_refused_by_the_resume_check_leaves_no_lock_and_no_files(tiny_corpus, uninterrupted_run, tmp_path,
+                                                                           capsys):
+    """The save folder holds a run of another architecture (3 layers; this run has 2): autoresume refuses it after
+    validation, before the folder is taken -- no lock, nothing written, the earlier run's files untouched."""
+    from benchmarks import fault_injection
+
+    folder = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, folder, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
+    before = _listing(folder)
+    overrides = fault_injection.run_overrides(tiny_corpus, folder, 6, 2, **{"model.model_config.num_hidden_layers": 2})
+    assert "autoresume=true" in overrides
+    assert main([str(DEMO), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "another architecture" in err, err
+    assert not (folder / ".lock").exists()
+    assert _listing(folder) == before
+
+
 def test_dry_run_prints_the_resolved_numbers(tiny_corpus, tmp_path, capsys):
     overrides = tiny_run_overrides(tiny_corpus, tmp_path / "run", device_eval_batch_size=12,
                                    device_eval_microbatch_size=5, **{"eval_loader.dataset.mlm_probability": 0.2})

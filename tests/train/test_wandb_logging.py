@@ -1,9 +1,10 @@
 """W&B: the logged config is the whole resolved run file (an evaluation's: the whole evaluation file), and a missing
 wandb package is one line naming the run-file key that removes the logger (a key that then works)."""
 
+import contextlib
 import glob
+import io
 import json
-import subprocess
 import sys
 
 import pytest
@@ -95,34 +96,28 @@ def test_offline_eval_logs_the_whole_eval_file(tmp_path, monkeypatch):
     assert logged["start"]["path"] == str(start["checkpoint"]) and logged["start"]["random_init"] is False
 
 
-# One process without wandb (its import fails, as when it is not installed) runs an entry point's main() several
-# times: a cold Composer import costs tens of seconds on a loaded machine, so it is paid once.
-SCRIPT_WITHOUT_WANDB = """
-import contextlib, io, json, sys
-sys.modules["wandb"] = None
-from {module} import main
-results = []
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(args)
-    results.append([code, err.getvalue()])
-print(json.dumps(results))
-"""
-WITHOUT_WANDB = SCRIPT_WITHOUT_WANDB.format(module="flexbert.train.trainer")
-EVAL_WITHOUT_WANDB = SCRIPT_WITHOUT_WANDB.format(module="flexbert.eval.__main__")
+def _without_wandb(monkeypatch, main, calls: list[list[str]]) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each `main(args)` while `import wandb` fails, as when the package is not installed.
+    In this process: `None` in sys.modules makes every later `import wandb` raise, whatever imported it before."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    results = []
+    for args in calls:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(args)
+        results.append((code, err.getvalue()))
+    return results
 
 
 @pytest.mark.slow
-def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, tmp_path):
+def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, tmp_path, monkeypatch):
+    from flexbert.train.trainer import main
+
     run_file = str(_run_file_with_wandb(tmp_path))
     overrides = tiny_run_overrides(tiny_corpus, tmp_path / "run", **SHORT)
     calls = [[run_file, *overrides, "--dry-run"], [run_file, *overrides],
              [run_file, *overrides, "loggers={}", "--dry-run"], [run_file, *overrides, "loggers.wandb=null"]]
-    done = subprocess.run([sys.executable, "-c", WITHOUT_WANDB, json.dumps(calls)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (dry, start, emptied, nulled) = json.loads(done.stdout.strip().splitlines()[-1])
+    (dry, start, emptied, nulled) = _without_wandb(monkeypatch, main, calls)
     for code, stderr in (dry, start):  # validation and a real start stop the same way, before anything is written
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
@@ -132,7 +127,8 @@ def test_missing_wandb_is_one_line_naming_the_key_that_removes_it(tiny_corpus, t
     assert (tmp_path / "run" / "latest-rank0.pt").exists()
 
 
-def test_eval_without_wandb_stops_before_training_in_one_line_naming_the_key(tmp_path):
+def test_eval_without_wandb_stops_before_training_in_one_line_naming_the_key(tmp_path, monkeypatch):
+    from flexbert.eval.__main__ import main
     from tests.eval_fixtures import build_starting_points, eval_file, sentiment_records, write_jsonl
 
     start = build_starting_points(tmp_path / "start")
@@ -142,10 +138,7 @@ def test_eval_without_wandb_stops_before_training_in_one_line_naming_the_key(tmp
     path = str(eval_file(tmp_path, start["checkpoint"], tasks, loggers={"wandb": {"project": "flexbert-test"}}))
     stopped, nulled = tmp_path / "stopped", tmp_path / "nulled"
     calls = [[path, "--out", str(stopped)], [path, "--out", str(nulled), "loggers.wandb=null"]]
-    done = subprocess.run([sys.executable, "-c", EVAL_WITHOUT_WANDB, json.dumps(calls)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (code, stderr), (nulled_code, nulled_err) = json.loads(done.stdout.strip().splitlines()[-1])
+    (code, stderr), (nulled_code, nulled_err) = _without_wandb(monkeypatch, main, calls)
     lines = stderr.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert "wandb" in lines[0] and "loggers.wandb=null" in lines[0]

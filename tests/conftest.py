@@ -59,6 +59,22 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_corpus_on_s3(s3_server, tiny_corpus):
+    """The tiny corpus tokenized straight to s3://BUCKET/mds with the shared MDS folder's settings, once per session
+    (tests only read it)."""
+    from data_prep import tokenize_to_mds
+
+    uri = f"s3://{s3_server.new_bucket()}/mds"
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3_server.env().items():
+            env.setenv(name, value)
+        assert tokenize_to_mds.main(["--input", str(tiny_corpus / "corpus"), "--tokenizer",
+                                     str(tiny_corpus / "tokenizer"), "--out", uri, "--max-seq-len", "64",
+                                     "--quiet"]) == 0
+    return uri
+
+
 @pytest.fixture
 def s3(s3_server, monkeypatch):
     """`s3_server` with this test's environment pointing at it (S3_ENDPOINT_URL, valid AWS_* credentials) and a

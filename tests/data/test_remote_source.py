@@ -10,24 +10,15 @@ import numpy as np
 import pytest
 from streaming import LocalDataset
 
-from data_prep import tokenize_to_mds
 from flexbert.data import open_source
 from flexbert.data.remote import PREFLIGHT_TIMEOUT_S, RemoteStoreError
 
 FAST_S = PREFLIGHT_TIMEOUT_S + 5.0  # one attempt, plus the client's start on a busy machine (streaming: minutes)
 
 
-@pytest.fixture(scope="module")
-def uploaded(s3_server, tiny_corpus):
-    """The tiny corpus tokenized straight to s3://BUCKET/mds (the shared MDS folder's settings), once per module."""
-    uri = f"s3://{s3_server.new_bucket()}/mds"
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in s3_server.env().items():
-            env.setenv(name, value)
-        assert tokenize_to_mds.main(["--input", str(tiny_corpus / "corpus"), "--tokenizer",
-                                     str(tiny_corpus / "tokenizer"), "--out", uri, "--max-seq-len", "64",
-                                     "--quiet"]) == 0
-    return uri
+@pytest.fixture
+def uploaded(tiny_corpus_on_s3):
+    return tiny_corpus_on_s3
 
 
 def test_streaming_source_reads_the_documents_of_the_local_shards(uploaded, s3, tiny_corpus, tmp_path):

@@ -9,19 +9,14 @@ copy must equal it bit for bit (torch.equal on every tensor of the final weights
 object store changes where the bytes come from, never which documents a step trains on.
 """
 
-import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import fault_injection as fi
-from data_prep import tokenize_to_mds
-from flexbert.checkpoints.crash_safe import CHECKPOINT_NAME, LATEST
 from flexbert.train.trainer import main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, as_killed_after
 
 pytestmark = pytest.mark.slow  # trains the tiny recipe
 
@@ -44,19 +39,6 @@ def reference(tiny_corpus, tmp_path_factory):
     return folder
 
 
-def _as_killed_after(run: Path, folder: Path, step: int) -> None:
-    """`folder` = `run` as a SIGKILL right after checkpoint `step` leaves it: later checkpoints and lines gone."""
-    shutil.copytree(run, folder, symlinks=True)
-    for name in os.listdir(folder):
-        match = CHECKPOINT_NAME.match(name)
-        if match and int(match.group(2)) > step:
-            os.remove(folder / name)
-    os.remove(folder / LATEST)
-    os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
-    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] <= step))
-
-
 def _assert_equal_runs(reference: Path, folder: Path) -> None:
     import torch
 
@@ -68,17 +50,9 @@ def _assert_equal_runs(reference: Path, folder: Path) -> None:
     assert [r["batch"] for r in fi.metrics_lines(folder)] == list(range(1, STEPS + 1))
 
 
-@pytest.fixture(scope="module")
-def remote(s3_server, tiny_corpus):
-    """The tiny corpus tokenized straight to s3://BUCKET/mds with the shared MDS folder's settings, once per module."""
-    uri = f"s3://{s3_server.new_bucket()}/mds"
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in s3_server.env().items():
-            env.setenv(name, value)
-        assert tokenize_to_mds.main(["--input", str(tiny_corpus / "corpus"), "--tokenizer",
-                                     str(tiny_corpus / "tokenizer"), "--out", uri, "--max-seq-len", "64",
-                                     "--quiet"]) == 0
-    return uri
+@pytest.fixture
+def remote(tiny_corpus_on_s3):
+    return tiny_corpus_on_s3
 
 
 def test_prepare_upload_train_resume_from_s3_equals_local_shards(s3, remote, tiny_corpus, reference, tmp_path):
@@ -89,7 +63,7 @@ def test_prepare_upload_train_resume_from_s3_equals_local_shards(s3, remote, tin
     _assert_equal_runs(reference, run)
 
     resumed, fresh_cache = tmp_path / "s3_resumed", tmp_path / "cache_after_restart"
-    _as_killed_after(run, resumed, RESUME_AT)
+    as_killed_after(run, resumed, RESUME_AT)
     assert main(_argv(tiny_corpus, resumed, remote, fresh_cache)) == 0
     assert (fresh_cache / "train" / "index.json").is_file()
     _assert_equal_runs(reference, resumed)

@@ -34,8 +34,11 @@ demo: $(STAMP)
 
 # tests/test_cross_lane.py needs both lanes: `make test-next` runs it, from each side. OMP_WAIT_POLICY: as for the
 # demo; many tests run a second Python process (ranks, main.py) beside pytest's on the same 2 cores.
+# TEST_WORKERS pytest processes (pytest-xdist) share the tests: one alone keeps a 2-core machine about half idle
+# (most tests are one thread). TEST_WORKERS=0 runs them all in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q tests --ignore=tests/test_cross_lane.py
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q -n $(TEST_WORKERS) tests --ignore=tests/test_cross_lane.py
 
 clean-demo:
 	rm -rf demo_data demo_runs

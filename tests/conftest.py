@@ -15,6 +15,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prewarmed_processes(tmp_path_factory):
+    """Python commands the tests start (main.py, sweeps, launcher ranks) fork from a zygote that has imported torch,
+    Composer and flexbert once, instead of each loading them again (see tests/prewarmed.py).
+    FLEXBERT_TEST_PREWARM=0 starts every command the ordinary way (to rule the zygote out of a failure)."""
+    from tests import prewarmed
+
+    if os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0":
+        yield None
+        return
+
+    zygote = prewarmed.Zygote(str(tmp_path_factory.mktemp("zygote")), str(ROOT))
+    prewarmed.install()
+    yield zygote
+    zygote.close()
+
+
 @pytest.fixture
 def tiny_modernbert_kwargs():
     return dict(TINY_MODERNBERT)

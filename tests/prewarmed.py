@@ -17,11 +17,14 @@ otherwise starts the command the ordinary way:
   PYTHON* but PYTHONUNBUFFERED and PYTHONPATH, which the fork applies itself, ...);
 - no preexec_fn other than flexbert's `die_with_parent` (applied here), no pass_fds, no user or group change.
 
-The fork is made a child of the process that asked for it: the zygote forks an intermediate that forks the
-command and exits, and the requester is a child subreaper (prctl) for that moment, so the kernel hands it the
-orphan. `Popen.wait`, `os.wait4` (peak RSS), `PR_SET_PDEATHSIG` and `kill` then work as for any child. The
-requester's own subprocesses find the zygote through FLEXBERT_TEST_ZYGOTE, so the `composer` launcher's ranks
-are prewarmed too.
+For the test process that started the zygote, the fork is made its own child: the zygote forks an intermediate
+that forks the command and exits, and the test process is a child subreaper (prctl) for that moment, so the kernel
+hands it the orphan. `Popen.wait`, `os.wait4` (the sweep's peak RSS), `PR_SET_PDEATHSIG` (the sweep's
+`die_with_parent`) and `kill` then work as for any child. The commands' own subprocesses (the `composer`
+launcher's ranks) find the zygote through FLEXBERT_TEST_ZYGOTE too; a launcher is not an ancestor of the zygote,
+so its ranks stay the zygote's children and the zygote sends each exit status back over the request's
+connection, where `PrewarmedPopen.poll`/`wait` read it (a `die_with_parent` child of such a command starts the
+ordinary way).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import ctypes
 import ctypes.util
 import importlib
 import io
+import locale
 import os
 import pickle
 import random
@@ -56,7 +60,7 @@ PRELOAD = ("torch", "transformers", "composer", "composer.cli.launcher", "stream
 _IMPORT_TIME_ENV = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "OPENBLAS",
                     "CUDA", "TOKENIZERS", "PYTHON", "LD_", "TRITON", "XDG_", "TMPDIR", "COMPOSER")
 # Exceptions: applied by the fork itself, or read only when a process group is built (the launcher sets these).
-_RUNTIME_ENV = ("PYTHONUNBUFFERED", "PYTHONPATH", "TORCH_NCCL_", "NCCL_")
+_RUNTIME_ENV = ("PYTHONUNBUFFERED", "PYTHONPATH", "TORCH_NCCL_")
 
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -98,7 +102,11 @@ def serve(path: str) -> None:
         if not ready:
             continue
         conn, _ = listener.accept()
-        request, fds = _receive(conn)
+        try:
+            request, fds = _receive(conn)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            conn.close()  # the requester died mid-request: it waits for nothing
+            continue
         if request["adopt"]:
             with conn:
                 conn.sendall(struct.pack("q", _fork_orphan(request, fds, [listener, conn, *running.values()])))
@@ -138,20 +146,23 @@ def _fork_orphan(request: dict, fds: list[int], sockets: list[socket.socket]) ->
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     header, fds, _, _ = socket.recv_fds(conn, 8, 3)
-    size = struct.unpack("q", header)[0]
-    payload = b""
-    while len(payload) < size:
-        payload += conn.recv(size - len(payload))
+    size = struct.unpack("q", header)[0] if len(header) == 8 else 0
+    payload = conn.recv(size, socket.MSG_WAITALL)
+    if len(header) != 8 or len(payload) != size:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError("incomplete request")
     return pickle.loads(payload), fds
 
 
 def _text_stream(fd: int, mode: str, unbuffered: bool, errors: str, line_buffering: bool) -> io.TextIOWrapper:
     """A std stream as the interpreter builds it at start-up for this fd."""
     raw = io.FileIO(fd, mode, closefd=False)
+    encoding = locale.getpreferredencoding(False)
     if mode == "r":
-        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors=errors)
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding, errors=errors)
     binary = raw if unbuffered else io.BufferedWriter(raw)
-    return io.TextIOWrapper(binary, encoding="utf-8", errors=errors, line_buffering=line_buffering or os.isatty(fd),
+    return io.TextIOWrapper(binary, encoding=encoding, errors=errors, line_buffering=line_buffering or os.isatty(fd),
                             write_through=unbuffered)
 
 
@@ -406,8 +417,8 @@ def install() -> None:
 
 
 class Zygote:
-    """The zygote process of one test process (started in the background; commands start the ordinary way until
-    it is ready)."""
+    """The zygote process of one test process, started in the background: a command asked for while it still
+    imports waits for it (up to a minute, then starts the ordinary way)."""
 
     def __init__(self, folder: str, cwd: str):
         self.path = os.path.join(folder, "zygote.sock")

@@ -39,7 +39,7 @@ def _both_ways(zygote, cmd, **kwargs):
     before = open(log).read().count("\n") if os.path.exists(log) else 0
     warm = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
     lines = open(log).read().splitlines()[before:]
-    assert len(lines) == 1 and lines[0].startswith(f"prewarmed {os.getpid()} "), lines
+    assert lines and lines[0].startswith(f"prewarmed {os.getpid()} "), lines  # then any of its own children
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess, "Popen", prewarmed._original_popen)
         ordinary = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
@@ -134,3 +134,32 @@ def test_a_zygote_that_is_gone_means_the_ordinary_start(prewarmed_processes, tmp
     done = subprocess.run([sys.executable, "-m", "json.tool", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage:" in done.stdout
     assert (tmp_path / "commands.log").read_text().startswith("ordinary ")
+
+
+def test_a_commands_own_children_report_status_poll_timeout_and_kill(prewarmed_processes, tmp_path):
+    """As the composer launcher does with its ranks: a prewarmed command starts Python children, which stay the
+    zygote's (not the command's) children; poll, wait with a timeout, kill and the exit status still behave as for
+    ordinary children."""
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(int(sys.argv[1]))\n")
+    (tmp_path / "sleeps.py").write_text("import time\ntime.sleep(600)\n")
+    (tmp_path / "parent.py").write_text(textwrap.dedent("""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "exits.py", "7"])
+        print(type(child).__name__, child.wait())
+        sleeper = subprocess.Popen([sys.executable, "sleeps.py"])
+        time.sleep(0.3)
+        print("running", sleeper.poll())
+        try:
+            sleeper.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            print("timed out")
+        sleeper.kill()
+        print("killed", sleeper.wait())
+    """))
+    warm, ordinary = _both_ways(prewarmed_processes, [sys.executable, "parent.py"], cwd=tmp_path)
+    assert warm.returncode == ordinary.returncode == 0, warm.stderr
+    assert warm.stdout == "PrewarmedPopen 7\nrunning None\ntimed out\nkilled -9\n"
+    assert ordinary.stdout == warm.stdout.replace("PrewarmedPopen", "Popen")
+    log = os.path.join(os.path.dirname(prewarmed_processes.path), "commands.log")
+    children = [line.split()[0] for line in open(log) if "exits.py" in line or "sleeps.py" in line]
+    assert children == ["prewarmed", "prewarmed"]

@@ -68,3 +68,12 @@ def as_killed_after(reference: Path, folder: Path, step: int, line_written: bool
     os.symlink(f"ep0-ba{step}-rank0.pt", folder / LATEST)
     lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
     (folder / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["batch"] < step + line_written))
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False

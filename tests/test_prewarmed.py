@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests import prewarmed
+from tests.helpers import process_alive
 
 pytestmark = pytest.mark.skipif(os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0",
                                 reason="FLEXBERT_TEST_PREWARM=0: every command starts the ordinary way")
@@ -100,9 +101,9 @@ def test_parent_death_signal_still_ties_the_child_of_a_prewarmed_process(prewarm
     proc.kill()
     proc.wait()
     deadline = time.time() + 10
-    while _alive(int(child_pid)) and time.time() < deadline:
+    while process_alive(int(child_pid)) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _alive(int(child_pid))
+    assert not process_alive(int(child_pid))
     proc.stdout.close()
     log = os.path.join(os.path.dirname(prewarmed_processes.path), "commands.log")
     assert [line.split()[0] for line in open(log) if str(child) in line] == ["ordinary"]
@@ -117,13 +118,6 @@ def test_an_import_time_variable_that_differs_starts_the_ordinary_way(prewarmed_
     assert done.returncode == 0
     assert open(log).read().splitlines()[-1].startswith("ordinary ") and "HF_HUB_OFFLINE" in open(log).read()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_zygote_that_is_gone_means_the_ordinary_start(prewarmed_processes, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import torch
 
 from flexbert.eval.__main__ import main
 from tests.eval_fixtures import build_starting_points, eval_file, sentiment_records, write_jsonl
+from tests.helpers import process_alive
 
 FAST = {"max_duration": "2ba", "global_train_batch_size": 8, "device_eval_batch_size": 16}
 
@@ -189,18 +190,10 @@ def test_a_sigkilled_sweep_leaves_no_child_running(tmp_path):
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait()
         deadline = time.time() + 10
-        while _alive(child) and time.time() < deadline:
+        while process_alive(child) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the sweep's child outlived it"
+        assert not process_alive(child), "the sweep's child outlived it"
     finally:
-        if child_pid_file.is_file() and child_pid_file.read_text() and _alive(int(child_pid_file.read_text())):
+        if child_pid_file.is_file() and child_pid_file.read_text() and process_alive(int(child_pid_file.read_text())):
             os.kill(int(child_pid_file.read_text()), signal.SIGKILL)
 
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie reaped by init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -261,6 +261,37 @@ class MixedSource:
         return self.sources[s].get(doc_id - int(self.mixture.bases[s]))
 
 
+def describe(streams: Optional[Mapping[str, StreamConfig]], *, local: Optional[str], remote: Optional[str],
+             split: Optional[str], epoch_size: Optional[int], seed: int) -> list[str]:
+    """What a loader will read, for a dry-run: its folder or URI and document count, or for a mixture each stream's
+    rule and samples per epoch (streaming's counts, as the loader draws them). Counts need every stream's local
+    index; a streamed source's count is known only once its index is downloaded, at the start."""
+    from flexbert.data.sources import local_size
+
+    def where(s_local, s_remote, s_split):
+        return (s_remote or s_local or "?") + (f" (split {s_split})" if s_split else "")
+
+    if streams is None and epoch_size is None:
+        size = None if remote else local_size(local, split)
+        return [where(local, remote, split) + (f", {size:,} documents" if size is not None else "")]
+    streams = streams or {"dataset": StreamConfig()}  # epoch_size alone resamples the one dataset
+    resolved = {name: (stream.local or local, stream.remote or remote, stream.split or split)
+                for name, stream in streams.items()}
+    sizes = [None if r else local_size(l, s) for l, r, s in resolved.values()]
+    counts = None
+    if all(size is not None for size in sizes):
+        counts = stream_counts(sizes, [(st.rule, getattr(st, st.rule) if st.rule else None) for st in streams.values()],
+                               epoch_size, seed).tolist()
+    head = f"mixture of {len(streams)} stream{'s' * (len(streams) > 1)}" + (
+        f", {sum(counts):,} samples per epoch" if counts is not None else ", counts known at the start (streamed)")
+    lines = [head]
+    for i, (name, stream) in enumerate(streams.items()):
+        rule = f"{stream.rule} {getattr(stream, stream.rule):g}" if stream.rule else "no rule"
+        count = f", {counts[i]:,} of {sizes[i]:,} documents per epoch" if counts is not None else ""
+        lines.append(f"  {name}: {rule}{count} <- {where(*resolved[name])}")
+    return lines
+
+
 def open_mixture(streams: Mapping[str, StreamConfig], *, local: Optional[str], remote: Optional[str],
                  split: Optional[str], streaming: bool, tokenizer, streaming_kwargs: Mapping, epoch_size: Optional[int],
                  seed: int, max_block: int, where: str) -> MixedSource:

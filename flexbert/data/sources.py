@@ -96,6 +96,17 @@ def check_column_encodings(shard: str, names: Sequence[str], encodings: Sequence
                         f"encodings {', '.join(DATA_ENCODINGS)})")
 
 
+def local_size(local: str | None, split: str | None) -> int | None:
+    """Documents in a local MDS split, summed from its index.json (None: no readable index there)."""
+    if not local:
+        return None
+    try:
+        with open(os.path.join(local, split or "", INDEX_FILE)) as f:
+            return sum(int(shard["samples"]) for shard in json.load(f)["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _split_dir(local: str, split: str | None) -> str:
     """DIR/split holding index.json, or a FileNotFoundError naming the path and what exists."""
     if not os.path.isdir(local):

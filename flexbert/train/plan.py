@@ -35,6 +35,13 @@ class LoaderPlan:
     def mask_rate(self) -> float:
         return self.section.dataset.mlm_probability
 
+    def describe_data(self) -> list[str]:
+        from flexbert.data.mixture import describe, parse_epoch_size
+
+        ds = self.section.dataset
+        return describe(ds.streams, local=ds.local, remote=ds.remote, split=ds.split, seed=ds.shuffle_seed,
+                        epoch_size=parse_epoch_size(ds.epoch_size, "epoch_size"))
+
 
 @dataclass
 class RunPlan:
@@ -83,6 +90,11 @@ class RunPlan:
         ]
         if self.eval is not None:
             lines.append(f"eval batch   {self.eval.device_batch} per rank in microbatches of {self.eval.microbatch}")
+        for name, loader in (("train", self.train), ("eval", self.eval)):
+            if loader is not None:
+                described = loader.describe_data()
+                lines.append(f"data         {name}: {described[0]}")
+                lines += [f"             {line}" for line in described[1:]]
         lines += [
             f"duration     {cfg.max_duration} ({self._steps(tokens_per_step)})",
             f"precision    {self.precision}",

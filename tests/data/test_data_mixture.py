@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from flexbert import schema
 from flexbert.data import EpochOrder, LoaderConfig, LoaderStateCallback, build_packed_dataloader
-from flexbert.data.mixture import Mixture, stream_counts
+from flexbert.data.mixture import Mixture, StreamConfig, describe, stream_counts
 from flexbert.schema import ConfigError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -284,3 +284,24 @@ def test_help_config_lists_the_stream_keys():
     for key in ("local", "remote", "split", "proportion", "repeat", "choose"):
         assert f"dataset.streams.<name>.{key}" in rows
     assert "dataset.epoch_size" in rows and "not supported" not in rows["dataset.streams"]
+
+
+# ------------------------------------------------------------------------------------------ dry-run lines
+def test_dry_run_lines_give_each_streams_rule_and_samples_per_epoch(streams_dir):
+    streams = {"web": StreamConfig(local=str(streams_dir / "web"), proportion=0.7),
+               "code": StreamConfig(local=str(streams_dir / "code"), proportion=0.3)}
+    # 800 documents in all, 0.7 / 0.3 of them: the counts an epoch of the loader holds (see the epoch test above)
+    assert describe(streams, local=None, remote=None, split="train", epoch_size=None, seed=3) == [
+        "mixture of 2 streams, 800 samples per epoch",
+        f"  web: proportion 0.7, 560 of 600 documents per epoch <- {streams_dir / 'web'} (split train)",
+        f"  code: proportion 0.3, 240 of 200 documents per epoch <- {streams_dir / 'code'} (split train)"]
+    streamed = dict(streams, code=StreamConfig(remote="s3://bucket/code", proportion=0.3))
+    assert describe(streamed, local=str(streams_dir / "web"), remote=None, split="train", epoch_size=None,
+                    seed=3) == ["mixture of 2 streams, counts known at the start (streamed)",
+                                f"  web: proportion 0.7 <- {streams_dir / 'web'} (split train)",
+                                "  code: proportion 0.3 <- s3://bucket/code (split train)"]
+    # epoch_size alone resamples the one dataset, as the loader does
+    assert describe(None, local=str(streams_dir / "code"), remote=None, split="train", epoch_size=300, seed=3)[0] == \
+        "mixture of 1 stream, 300 samples per epoch"
+    assert describe(None, local=str(streams_dir / "code"), remote=None, split="train", epoch_size=None, seed=3) == \
+        [f"{streams_dir / 'code'} (split train), 200 documents"]

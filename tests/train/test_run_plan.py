@@ -123,6 +123,11 @@ def test_dry_run_prints_the_resolved_numbers(tiny_corpus, tmp_path, capsys):
     assert "(16 per rank in microbatches of 8, world size 1)" in out, out
     assert "eval batch   10 per rank in microbatches of 5" in out, out
     assert "masking      train 0.3, eval 0.2" in out, out
+    from streaming import LocalDataset  # streaming's own reader counts the documents
+
+    for name, split in (("train", "train"), ("eval", "validation")):
+        documents = len(LocalDataset(str(tiny_corpus / "mds"), split))
+        assert f"data         {name}: {tiny_corpus / 'mds'} (split {split}), {documents:,} documents" in out, out
     from flexbert.model.modeling import FlexBertForMaskedLM
     from flexbert.train.builders import build_tokenizer, model_config_from
 

@@ -1,6 +1,7 @@
 """Shared fixtures (helpers to import live in tests/helpers.py). Everything runs on CPU without network."""
 
 import os
+import sys
 
 import pytest
 
@@ -19,12 +20,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def prewarmed_processes(tmp_path_factory):
     """Python commands the tests start (main.py, sweeps, launcher ranks) fork from a zygote that has imported torch,
     Composer and flexbert once, instead of each loading them again (see tests/prewarmed.py).
-    FLEXBERT_TEST_PREWARM=0 starts every command the ordinary way (to rule the zygote out of a failure)."""
-    from tests import prewarmed
-
-    if os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0":
+    FLEXBERT_TEST_PREWARM=0 starts every command the ordinary way (to rule the zygote out of a failure); so does a
+    system other than Linux (the zygote needs prctl)."""
+    if os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0" or not sys.platform.startswith("linux"):
         yield None
         return
+    from tests import prewarmed
 
     zygote = prewarmed.Zygote(str(tmp_path_factory.mktemp("zygote")), str(ROOT))
     prewarmed.install()

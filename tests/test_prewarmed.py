@@ -14,8 +14,8 @@ import pytest
 from tests import prewarmed
 from tests.helpers import process_alive
 
-pytestmark = pytest.mark.skipif(os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0",
-                                reason="FLEXBERT_TEST_PREWARM=0: every command starts the ordinary way")
+pytestmark = pytest.mark.skipif(os.environ.get("FLEXBERT_TEST_PREWARM", "1") == "0" or sys.platform != "linux",
+                                reason="the zygote is off (FLEXBERT_TEST_PREWARM=0, or not Linux)")
 
 PROBE = textwrap.dedent("""
     import os, sys

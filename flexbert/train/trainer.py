@@ -10,7 +10,9 @@ restart.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -232,6 +234,16 @@ USAGE = """usage: composer main.py RUN.yaml [key.sub=value ...]
        python main.py --help-config                              the run-file schema with defaults"""
 
 
+def _refused() -> int:
+    """Exit status 2 for a run refused before training, whose error line is printed. From here SIGTERM just ends
+    the process: a launcher SIGTERMs the other ranks as soon as one exits, and Composer's handler (installed when
+    it is imported) turns SIGTERM into SystemExit wherever it lands -- inside the interpreter's exit handlers that
+    prints a traceback under the one-line error. Nothing was written that exit handlers would need to flush."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python main.py RUN.yaml [key.sub=value ...] [--dry-run]` / `composer main.py ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -271,19 +283,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except setup_errors as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _refused()
     except RuntimeError as err:
         if not _lost_peer(err):
             raise
         print(_peer_error_line(err), file=sys.stderr)
-        return 2
+        return _refused()
     except BaseException as err:  # torch.distributed.checkpoint wraps a refused sharded checkpoint in one
         from flexbert.checkpoints.safe_unpickle import checkpoint_refusal
 
         if checkpoint_refusal(err) is None:
             raise
         print(f"error: {checkpoint_refusal(err)}", file=sys.stderr)
-        return 2
+        return _refused()
     rank0 = _global_rank() == 0
     reset_time = plan.reset_time
     if rank0 and trainer.state.timestamp.batch > 0 and not reset_time:

@@ -430,6 +430,24 @@ def test_corrupted_shard_mid_run_with_prefetch_thread_exits_fast(tiny_corpus, tm
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def test_sigterm_while_a_refused_run_exits_adds_no_traceback(tmp_path):
+    """A launcher SIGTERMs the other ranks as soon as one exits (the next test). A rank refusing the run at that
+    moment -- its error line printed, the interpreter running its exit handlers -- ends without a traceback under
+    that line (Composer's SIGTERM handler would raise SystemExit inside the exit handlers)."""
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, os, signal, sys, time
+        import composer  # installs Composer's SIGTERM handler, as in every rank
+        from flexbert.train.trainer import main
+        # the launcher's SIGTERM, arriving while the interpreter runs its exit handlers (the last registered runs first)
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+        sys.exit(main([{str(ROOT / "yamls" / "demo.yaml")!r}, "optimizer.lrr=1e-3"]))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert _error_lines(proc.stderr) and all("did you mean" in line for line in _error_lines(proc.stderr))
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr[-3000:])
+
+
 def test_world_size_that_does_not_divide_the_batch(tiny_corpus, tmp_path):
     composer = str(Path(sys.executable).parent / "composer")
     argv = _argv(tiny_corpus, tmp_path / "run", global_train_batch_size=3, device_train_microbatch_size=1,

@@ -261,6 +261,18 @@ class MixedSource:
         return self.sources[s].get(doc_id - int(self.mixture.bases[s]))
 
 
+def stream_sources(streams: Mapping[str, StreamConfig], local: Optional[str], remote: Optional[str],
+                   split: Optional[str]) -> dict[str, tuple[Optional[str], Optional[str], Optional[str]]]:
+    """(local, remote, split) of each stream: its own, else the dataset's (as the reference builds its Streams)."""
+    return {name: (stream.local or local, stream.remote or remote, stream.split or split)
+            for name, stream in streams.items()}
+
+
+def stream_rules(streams: Mapping[str, StreamConfig]) -> list[tuple[Optional[str], Optional[float]]]:
+    """(rule, value) of each stream for `stream_counts`; (None, None) for a stream with no rule."""
+    return [(stream.rule, getattr(stream, stream.rule) if stream.rule else None) for stream in streams.values()]
+
+
 def describe(streams: Optional[Mapping[str, StreamConfig]], *, local: Optional[str], remote: Optional[str],
              split: Optional[str], epoch_size: Optional[int], seed: int) -> list[str]:
     """What a loader will read, for a dry-run: its folder or URI and document count, or for a mixture each stream's
@@ -275,13 +287,11 @@ def describe(streams: Optional[Mapping[str, StreamConfig]], *, local: Optional[s
         size = None if remote else local_size(local, split)
         return [where(local, remote, split) + (f", {size:,} documents" if size is not None else "")]
     streams = streams or {"dataset": StreamConfig()}  # epoch_size alone resamples the one dataset
-    resolved = {name: (stream.local or local, stream.remote or remote, stream.split or split)
-                for name, stream in streams.items()}
+    resolved = stream_sources(streams, local, remote, split)
     sizes = [None if r else local_size(l, s) for l, r, s in resolved.values()]
     counts = None
     if all(size is not None for size in sizes):
-        counts = stream_counts(sizes, [(st.rule, getattr(st, st.rule) if st.rule else None) for st in streams.values()],
-                               epoch_size, seed).tolist()
+        counts = stream_counts(sizes, stream_rules(streams), epoch_size, seed).tolist()
     head = f"mixture of {len(streams)} stream{'s' * (len(streams) > 1)}" + (
         f", {sum(counts):,} samples per epoch" if counts is not None else ", counts known at the start (streamed)")
     lines = [head]
@@ -299,8 +309,7 @@ def open_mixture(streams: Mapping[str, StreamConfig], *, local: Optional[str], r
     the dataset's, as the reference builds its `Stream`s), and the mixture's per-epoch counts."""
     from flexbert.data.sources import open_source
 
-    resolved = {name: (stream.local or local, stream.remote or remote, stream.split or split)
-                for name, stream in streams.items()}
+    resolved = stream_sources(streams, local, remote, split)
     owners = {}
     for name, (s_local, s_remote, s_split) in resolved.items():  # before any download
         owner, owner_remote = owners.setdefault((s_local, s_split or ""), (name, s_remote))
@@ -319,6 +328,5 @@ def open_mixture(streams: Mapping[str, StreamConfig], *, local: Optional[str], r
         except (OSError, ValueError) as err:
             raise type(err)(f"stream '{name}' (`{where}.{name}`): {err}") from None
     sizes = [len(source) for source in sources]
-    counts = stream_counts(sizes, [(s.rule, getattr(s, s.rule) if s.rule else None) for s in streams.values()],
-                           epoch_size, seed)
+    counts = stream_counts(sizes, stream_rules(streams), epoch_size, seed)
     return MixedSource(sources, Mixture(list(streams), sizes, counts, seed=seed, max_block=max_block))

@@ -113,9 +113,10 @@ def _data_sources(cfg: RunConfig, key: str) -> list[tuple[str, str, Optional[str
     dataset = cfg.loader(key).dataset
     if dataset.streams is None:
         return [(key, f"{key}.dataset.local", dataset.local, dataset.remote, dataset.split)]
-    return [(f"{key} stream '{name}'", f"{key}.dataset.streams.{name}.local", stream.local or dataset.local,
-             stream.remote or dataset.remote, stream.split or dataset.split)
-            for name, stream in dataset.streams.items()]
+    from flexbert.data.mixture import stream_sources
+
+    return [(f"{key} stream '{name}'", f"{key}.dataset.streams.{name}.local", *source)
+            for name, source in stream_sources(dataset.streams, dataset.local, dataset.remote, dataset.split).items()]
 
 
 def check_data_folder(cfg: RunConfig, key: str) -> None:

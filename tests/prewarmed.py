@@ -307,9 +307,9 @@ class PrewarmedPopen(_original_popen):
         adopt = os.environ.get(ENV_VAR + "_OWNER") == str(os.getpid())
         die_with_parent = getattr(preexec_fn, "__qualname__", "") == "die_with_parent.<locals>.tie" and adopt
         full_env = dict(os.environ if env is None else env)
-        eligible = (parsed is not None and path and _ready(path) and (preexec_fn is None or die_with_parent)
+        eligible = (parsed is not None and path and (preexec_fn is None or die_with_parent)
                     and gid is None and gids is None and uid is None and umask < 0 and more in ((), (-1,))
-                    and _import_time_env(full_env) == _zygote_env())
+                    and _import_time_env(full_env) == _zygote_env() and _ready(path))  # the wait last
         if eligible:
             argv, unbuffered = parsed
             stdio = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
@@ -368,8 +368,8 @@ def _ready(path: str) -> bool:
 def _log(path: str, how: str, args, env: dict) -> None:
     """One line per Python command in commands.log beside the socket: how it started and, if the ordinary way,
     which import-time variables differed."""
-    differing = sorted(k for k in set(_import_time_env(env)) | set(_zygote_env())
-                       if _import_time_env(env).get(k) != _zygote_env().get(k))
+    mine, zygote = _import_time_env(env), _zygote_env()
+    differing = sorted(k for k in mine.keys() | zygote.keys() if mine.get(k) != zygote.get(k))
     with open(os.path.join(os.path.dirname(path), "commands.log"), "a") as log:
         log.write(f"{how} {os.getpid()} {' '.join(map(os.fspath, args))[:300]} {differing or ''}\n")
 
